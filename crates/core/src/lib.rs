@@ -1,0 +1,15 @@
+//! evershell-core: the domain without I/O — typed ids, timestamps, scopes and roles, the workspace state machine,
+//! caps.yaml validation, the audit model and the one domain error.
+
+pub mod audit;
+pub mod caps;
+pub mod error;
+pub mod ids;
+pub mod lifecycle;
+pub mod model;
+pub mod names;
+pub mod scope;
+pub mod time;
+
+pub use error::{Error, ErrorCode, FieldErrors, Result};
+pub use time::Timestamp;

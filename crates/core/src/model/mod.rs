@@ -1,0 +1,12 @@
+//! The domain entities the store keeps and the API shows: organisations, people, keys, providers, roles, workspaces,
+//! snapshots.
+
+mod identity;
+mod provider;
+mod role;
+mod workspace;
+
+pub use identity::*;
+pub use provider::*;
+pub use role::*;
+pub use workspace::*;
