@@ -268,7 +268,9 @@ mod tests {
     fn rejects_bad_yaml_and_wrong_shapes() {
         assert!(check("- name: [unclosed").0["capabilities"].contains("not valid YAML"));
         assert!(check("name: x").0["capabilities"].contains("list"));
-        let e = check("- name: a\n  allow: [{domains: [a.com], methods: [GET]}]\n- name: a\n  allow: [{domains: [b.com], methods: [GET]}]\n");
+        let e = check(
+            "- name: a\n  allow: [{domains: [a.com], methods: [GET]}]\n- name: a\n  allow: [{domains: [b.com], methods: [GET]}]\n",
+        );
         assert!(e.0["capabilities[1].name"].contains("duplicates"));
     }
 

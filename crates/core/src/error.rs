@@ -84,7 +84,46 @@ pub enum ErrorCode {
 
 impl ErrorCode {
     /// Every code, in declaration order.
-    pub const ALL: &[ErrorCode] = &[ErrorCode::ValidationError, ErrorCode::InvalidCursor, ErrorCode::Unauthenticated, ErrorCode::PermissionDenied, ErrorCode::WorkspaceNotVisible, ErrorCode::NotFound, ErrorCode::WorkspaceNotFound, ErrorCode::RoleNotFound, ErrorCode::ProviderNotFound, ErrorCode::TaskNotFound, ErrorCode::CredentialNotFound, ErrorCode::ApiKeyNotFound, ErrorCode::MembershipNotFound, ErrorCode::OrgNotFound, ErrorCode::FileNotFound, ErrorCode::SnapshotNotFound, ErrorCode::MethodNotAllowed, ErrorCode::InvalidState, ErrorCode::WorkspaceBusy, ErrorCode::WorkspaceArchived, ErrorCode::RoleArchived, ErrorCode::ProviderArchived, ErrorCode::WorkspaceStopped, ErrorCode::WorkspaceFailed, ErrorCode::WorkspaceProvisioning, ErrorCode::WorkspacesActive, ErrorCode::NotArchived, ErrorCode::PendingInvitation, ErrorCode::LastOwner, ErrorCode::AlreadyExists, ErrorCode::SnapshotMissing, ErrorCode::IdempotencyKeyReused, ErrorCode::IdempotencyKeyInFlight, ErrorCode::PayloadTooLarge, ErrorCode::BillingInactive, ErrorCode::AgentUnreachable, ErrorCode::Unavailable, ErrorCode::Internal];
+    pub const ALL: &[ErrorCode] = &[
+        ErrorCode::ValidationError,
+        ErrorCode::InvalidCursor,
+        ErrorCode::Unauthenticated,
+        ErrorCode::PermissionDenied,
+        ErrorCode::WorkspaceNotVisible,
+        ErrorCode::NotFound,
+        ErrorCode::WorkspaceNotFound,
+        ErrorCode::RoleNotFound,
+        ErrorCode::ProviderNotFound,
+        ErrorCode::TaskNotFound,
+        ErrorCode::CredentialNotFound,
+        ErrorCode::ApiKeyNotFound,
+        ErrorCode::MembershipNotFound,
+        ErrorCode::OrgNotFound,
+        ErrorCode::FileNotFound,
+        ErrorCode::SnapshotNotFound,
+        ErrorCode::MethodNotAllowed,
+        ErrorCode::InvalidState,
+        ErrorCode::WorkspaceBusy,
+        ErrorCode::WorkspaceArchived,
+        ErrorCode::RoleArchived,
+        ErrorCode::ProviderArchived,
+        ErrorCode::WorkspaceStopped,
+        ErrorCode::WorkspaceFailed,
+        ErrorCode::WorkspaceProvisioning,
+        ErrorCode::WorkspacesActive,
+        ErrorCode::NotArchived,
+        ErrorCode::PendingInvitation,
+        ErrorCode::LastOwner,
+        ErrorCode::AlreadyExists,
+        ErrorCode::SnapshotMissing,
+        ErrorCode::IdempotencyKeyReused,
+        ErrorCode::IdempotencyKeyInFlight,
+        ErrorCode::PayloadTooLarge,
+        ErrorCode::BillingInactive,
+        ErrorCode::AgentUnreachable,
+        ErrorCode::Unavailable,
+        ErrorCode::Internal,
+    ];
 
     /// The wire slug (`workspace_not_found`).
     pub fn as_str(self) -> &'static str {

@@ -53,7 +53,10 @@ impl WorkspaceStatus {
 
     /// Settled states need no reconciler work to reach; `?wait=true` returns when one is reached.
     pub fn is_settled(self) -> bool {
-        matches!(self, WorkspaceStatus::Idle | WorkspaceStatus::Busy | WorkspaceStatus::Stopped | WorkspaceStatus::Failed)
+        matches!(
+            self,
+            WorkspaceStatus::Idle | WorkspaceStatus::Busy | WorkspaceStatus::Stopped | WorkspaceStatus::Failed
+        )
     }
 
     /// A pod exists or is being made: the states that block archiving a role or provider.
@@ -186,9 +189,15 @@ impl StatusReason {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Call {
     /// `reason` is the stop's origin (`StopRequested`, `StopAll`, `RoleStopWorkspaces`).
-    Stop { reason: StatusReason },
-    Resume { allow_empty: bool },
-    Restart { force: bool },
+    Stop {
+        reason: StatusReason,
+    },
+    Resume {
+        allow_empty: bool,
+    },
+    Restart {
+        force: bool,
+    },
     Archive,
     Unarchive,
 }
@@ -257,11 +266,15 @@ pub fn decide(call: Call, f: Facts) -> Decision {
                 return Refuse(ErrorCode::WorkspaceArchived, "the workspace is archived; unarchive it first");
             }
             match f.status {
-                S::Idle => Begin { status: S::Stopping, desired: Desired::Running, reason: StatusReason::RestartRequested },
+                S::Idle => {
+                    Begin { status: S::Stopping, desired: Desired::Running, reason: StatusReason::RestartRequested }
+                }
                 S::Busy if force => {
                     Begin { status: S::Stopping, desired: Desired::Running, reason: StatusReason::RestartRequested }
                 }
-                S::Busy => Refuse(ErrorCode::WorkspaceBusy, "the workspace is busy; pass force=true to interrupt its task"),
+                S::Busy => {
+                    Refuse(ErrorCode::WorkspaceBusy, "the workspace is busy; pass force=true to interrupt its task")
+                }
                 _ => Refuse(ErrorCode::InvalidState, "only an idle or busy workspace can be restarted"),
             }
         }
@@ -405,7 +418,11 @@ mod tests {
             match s {
                 S::Idle | S::Busy => assert_eq!(
                     d,
-                    Decision::Begin { status: S::Stopping, desired: Desired::Stopped, reason: StatusReason::StopRequested }
+                    Decision::Begin {
+                        status: S::Stopping,
+                        desired: Desired::Stopped,
+                        reason: StatusReason::StopRequested
+                    }
                 ),
                 _ => assert_eq!(refused(d), Some(E::InvalidState), "{s:?}"),
             }

@@ -51,7 +51,10 @@ pub fn check_email(errs: &mut FieldErrors, field: &str, value: &str) {
         && !value.chars().any(|c| c.is_whitespace() || c.is_control())
         && match value.split_once('@') {
             Some((local, domain)) => {
-                !local.is_empty() && !domain.contains('@') && domain.contains('.') && !domain.starts_with('.')
+                !local.is_empty()
+                    && !domain.contains('@')
+                    && domain.contains('.')
+                    && !domain.starts_with('.')
                     && !domain.ends_with('.')
             }
             None => false,

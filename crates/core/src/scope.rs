@@ -166,10 +166,17 @@ impl MemberRole {
         ];
         match self {
             MemberRole::Owner => ScopeSet::new(owner),
-            MemberRole::Operator => ScopeSet::new(owner.into_iter().filter(|s| !matches!(s, MembersWrite | BillingWrite))),
-            MemberRole::Member => {
-                ScopeSet::new([WorkspaceReadOwn, WorkspaceWriteOwn, TasksWriteOwn, AuditReadOwn, MembersRead, AuthWriteOwn])
+            MemberRole::Operator => {
+                ScopeSet::new(owner.into_iter().filter(|s| !matches!(s, MembersWrite | BillingWrite)))
             }
+            MemberRole::Member => ScopeSet::new([
+                WorkspaceReadOwn,
+                WorkspaceWriteOwn,
+                TasksWriteOwn,
+                AuditReadOwn,
+                MembersRead,
+                AuthWriteOwn,
+            ]),
         }
     }
 }
@@ -209,7 +216,9 @@ impl PermissionSet {
     pub fn scopes(self) -> ScopeSet {
         use Scope::*;
         match self {
-            PermissionSet::FullAccess => ScopeSet::new([CapsWrite, WorkspaceRead, WorkspaceWrite, TasksWrite, AuditRead]),
+            PermissionSet::FullAccess => {
+                ScopeSet::new([CapsWrite, WorkspaceRead, WorkspaceWrite, TasksWrite, AuditRead])
+            }
             PermissionSet::SubmitObserve => ScopeSet::new([WorkspaceRead, WorkspaceWrite, TasksWrite, AuditRead]),
             PermissionSet::ReadOnly => ScopeSet::new([WorkspaceRead, AuditRead]),
         }
@@ -223,7 +232,9 @@ impl FromStr for PermissionSet {
             "full_access" => Ok(Self::FullAccess),
             "submit_observe" => Ok(Self::SubmitObserve),
             "read_only" => Ok(Self::ReadOnly),
-            other => Err(format!("unknown permission set `{other}` (expected full_access, submit_observe or read_only)")),
+            other => {
+                Err(format!("unknown permission set `{other}` (expected full_access, submit_observe or read_only)"))
+            }
         }
     }
 }

@@ -1,0 +1,32 @@
+//! The state every handler shares.
+
+use std::sync::{Arc, OnceLock};
+
+use evershell_app::App;
+use metrics_exporter_prometheus::PrometheusHandle;
+
+/// Request-size limits.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Largest JSON body.
+    pub max_body_bytes: usize,
+    /// Largest file written through `PUT …/sandbox/files/{path}`.
+    pub max_upload_bytes: u64,
+    /// Longest `?wait=true` hold.
+    pub max_wait_ms: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self { max_body_bytes: 1 << 20, max_upload_bytes: 1 << 30, max_wait_ms: 300_000 }
+    }
+}
+
+#[derive(Clone)]
+pub struct AppState {
+    pub app: Arc<App>,
+    /// The OpenAPI document, serialised once the router is built.
+    pub openapi: Arc<OnceLock<String>>,
+    pub metrics: Option<PrometheusHandle>,
+    pub limits: Limits,
+}

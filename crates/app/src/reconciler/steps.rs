@@ -1,0 +1,442 @@
+//! Performing the planned steps for one workspace: observe the pod, `plan`, act, write the outcome under the
+//! generation guard, repeat until settled. Failures are retried with backoff; a step that keeps failing moves the
+//! workspace to `failed` with a reason, never leaving it stuck in a transitional state.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use evershell_core::audit::{AuditEvent, EventType};
+use evershell_core::ids::{SnapshotId, WorkspaceId};
+use evershell_core::lifecycle::{Desired, PodObservation, StatusReason, Step, WorkspaceStatus, plan};
+use evershell_core::model::{SnapshotRecord, SnapshotState, WorkspaceRecord};
+use evershell_core::{Result, Timestamp};
+use evershell_runtime::{PodError, PodSpec};
+use evershell_snapshot::SnapshotKeys;
+use tracing::{info, warn};
+
+use super::Inner;
+
+/// What a step did.
+enum Flow {
+    /// Plan again.
+    Again,
+    /// The step failed in a way worth retrying later.
+    Retry(anyhow::Error),
+}
+
+/// Memory of one reconcile pass (what this pass did, for the reason it records).
+#[derive(Default)]
+struct Pass {
+    /// `Some(snapshot)` once this pass prepared the pod's files (restored from `snapshot`, or empty).
+    prepared: Option<Option<SnapshotId>>,
+    /// When this pass started the sandbox.
+    started_at: Option<Instant>,
+}
+
+/// Reconcile `id` until its plan is `Nothing`. Returns a delay when it should be tried again later.
+pub(crate) async fn reconcile(inner: &Arc<Inner>, id: WorkspaceId) -> Option<Duration> {
+    let mut pass = Pass::default();
+    for _ in 0..64 {
+        let ws = match inner.store.get_workspace_by_id(id).await {
+            Ok(Some(ws)) => ws,
+            Ok(None) => return None,
+            Err(e) => return Some(backoff(inner, id, &anyhow::anyhow!("{e:?}"))),
+        };
+        let obs = match ws.pod_id {
+            None => PodObservation::Unallocated,
+            Some(pod) => match inner.runtime.observe(pod).await {
+                Ok(o) => o,
+                Err(e) => return Some(backoff(inner, id, &anyhow::anyhow!(e))),
+            },
+        };
+        let step = plan(ws.status, ws.desired, obs);
+        if step == Step::Nothing {
+            inner.attempts.lock().unwrap().remove(&id);
+            return None;
+        }
+        let started = Instant::now();
+        let flow = perform(inner, &ws, obs, step, &mut pass).await;
+        metrics::histogram!("evershell_reconcile_step_seconds", "step" => format!("{step:?}"))
+            .record(started.elapsed().as_secs_f64());
+        match flow {
+            Ok(Flow::Again) => {}
+            Ok(Flow::Retry(e)) => return give_up_or_retry(inner, &ws, step, e).await,
+            Err(e) => return give_up_or_retry(inner, &ws, step, anyhow::anyhow!("{e:?}")).await,
+        }
+    }
+    warn!("reconcile pass did not settle after 64 steps; trying again shortly");
+    Some(Duration::from_secs(1))
+}
+
+fn backoff(inner: &Inner, id: WorkspaceId, e: &anyhow::Error) -> Duration {
+    let mut attempts = inner.attempts.lock().unwrap();
+    let n = attempts.entry(id).or_insert(0);
+    *n += 1;
+    warn!(error = %format!("{e:#}"), attempt = *n, "reconcile step failed; will retry");
+    Duration::from_millis(250u64 << (*n).min(7))
+}
+
+/// Retry a failing step with backoff; after `max_attempts` move the workspace to `failed` so it is never stuck.
+async fn give_up_or_retry(inner: &Arc<Inner>, ws: &WorkspaceRecord, step: Step, e: anyhow::Error) -> Option<Duration> {
+    let delay = backoff(inner, ws.id, &e);
+    let n = inner.attempts.lock().unwrap().get(&ws.id).copied().unwrap_or(0);
+    if n < inner.cfg.max_attempts || !matches!(ws.status, WorkspaceStatus::Provisioning | WorkspaceStatus::Stopping) {
+        return Some(delay);
+    }
+    let reason = match ws.status {
+        WorkspaceStatus::Stopping => StatusReason::SnapshotFailed,
+        _ => StatusReason::PodStartFailed,
+    };
+    let msg = format!("{step:?} failed {n} times: {e:#}");
+    match fail(inner, ws, reason, msg).await {
+        Ok(_) => {
+            inner.attempts.lock().unwrap().remove(&ws.id);
+            Some(Duration::from_millis(100)) // plan once more (e.g. release a partial pod)
+        }
+        Err(_) => Some(delay),
+    }
+}
+
+/// An audit row for an automatic transition of `ws`.
+async fn auto_audit(inner: &Inner, ws: &WorkspaceRecord, t: EventType) -> AuditEvent {
+    let mut e = AuditEvent::system(ws.org_id, t).workspace(ws.id).target("workspace", ws.id);
+    if let Ok(Some(role)) = inner.store.get_role(ws.org_id, ws.role_id).await {
+        if let Ok(Some(p)) = inner.store.get_provider(ws.org_id, role.provider_id).await {
+            e.agent_provider = Some(p.name);
+        }
+        e.agent_role = Some(role.name);
+    }
+    e
+}
+
+/// Write `next` over `ws` under the generation guard; `true` when it landed.
+async fn write(inner: &Inner, ws: &WorkspaceRecord, mut next: WorkspaceRecord, audit: &[AuditEvent]) -> Result<bool> {
+    next.updated_at = Timestamp::now();
+    let ok = inner.store.update_workspace(&next, ws.generation, audit).await?;
+    if ok {
+        inner.notify(ws.id);
+    }
+    Ok(ok)
+}
+
+/// Move `ws` to `failed` with a reason and an explanation.
+async fn fail(inner: &Inner, ws: &WorkspaceRecord, reason: StatusReason, error: String) -> Result<bool> {
+    let mut next = ws.clone();
+    next.status = WorkspaceStatus::Failed;
+    next.status_reason = Some(reason);
+    next.last_error = Some(error.clone());
+    let audit = auto_audit(inner, ws, EventType::WorkspaceFailed)
+        .await
+        .reason(reason.as_str())
+        .details(serde_json::json!({ "from": ws.status, "error": error, "pod_id": ws.pod_id }));
+    info!(reason = reason.as_str(), "workspace failed");
+    write(inner, ws, next, &[audit]).await
+}
+
+fn spec(ws: &WorkspaceRecord) -> PodSpec {
+    PodSpec {
+        pod_id: ws.pod_id.expect("planned steps that need a pod have one"),
+        org_id: ws.org_id,
+        workspace_id: ws.id,
+    }
+}
+
+async fn perform(
+    inner: &Arc<Inner>,
+    ws: &WorkspaceRecord,
+    obs: PodObservation,
+    step: Step,
+    pass: &mut Pass,
+) -> Result<Flow> {
+    let rt = &inner.runtime;
+    match step {
+        Step::Nothing => Ok(Flow::Again),
+        Step::AllocatePod => {
+            let mut next = ws.clone();
+            next.pod_id = Some(evershell_core::ids::PodId::new());
+            next.pod_pack_ids = inner.store.get_role(ws.org_id, ws.role_id).await?.map(|r| r.pack_ids);
+            write(inner, ws, next, &[]).await?;
+            Ok(Flow::Again)
+        }
+        Step::PreparePod => {
+            let snap = match ws.snapshot_id {
+                Some(id) => inner.store.get_snapshot(id).await?,
+                None => None,
+            };
+            if ws.snapshot_id.is_some() && snap.is_none() {
+                let msg =
+                    format!("snapshot {} is recorded on the workspace but its row is missing", ws.snapshot_id.unwrap());
+                fail(inner, ws, StatusReason::RestoreFailed, msg).await?;
+                return Ok(Flow::Again);
+            }
+            let keys = snap.as_ref().map(|s| SnapshotKeys::from_strings(&s.archive_key, &s.manifest_key));
+            match rt.prepare(&spec(ws), keys.as_ref()).await {
+                Ok(_) => {
+                    pass.prepared = Some(ws.snapshot_id);
+                    Ok(Flow::Again)
+                }
+                Err(PodError::Snapshot(e)) => {
+                    // Never an empty idle: the resume fails, the snapshot stays for inspection.
+                    let mut msg = format!(
+                        "restoring snapshot {}: {e}",
+                        ws.snapshot_id.map(|s| s.to_string()).unwrap_or_default()
+                    );
+                    msg.push_str(" (the snapshot is kept for inspection)");
+                    let audit = auto_audit(inner, ws, EventType::SnapshotFailed)
+                        .await
+                        .reason("restore_failed")
+                        .details(serde_json::json!({ "snapshot_id": ws.snapshot_id, "error": e.to_string() }));
+                    inner.store.append_audit(&[audit]).await?;
+                    fail(inner, ws, StatusReason::RestoreFailed, msg).await?;
+                    Ok(Flow::Again)
+                }
+                Err(e) => Ok(Flow::Retry(e.into())),
+            }
+        }
+        Step::DiscardPartialPod => {
+            rt.remove(spec(ws).pod_id).await.map_err(pod_err)?;
+            Ok(Flow::Again)
+        }
+        Step::ReleasePod => {
+            rt.remove(spec(ws).pod_id).await.map_err(pod_err)?;
+            let mut next = ws.clone();
+            next.pod_id = None;
+            next.pod_pack_ids = None;
+            write(inner, ws, next, &[]).await?;
+            Ok(Flow::Again)
+        }
+        Step::StartSandbox => match rt.start(&spec(ws)).await {
+            Ok(()) => {
+                pass.started_at = Some(Instant::now());
+                Ok(Flow::Again)
+            }
+            Err(PodError::Start(msg)) => {
+                fail(inner, ws, StatusReason::PodStartFailed, format!("the sandbox could not start: {msg}")).await?;
+                Ok(Flow::Again)
+            }
+            Err(e) => Ok(Flow::Retry(e.into())),
+        },
+        Step::AwaitAgent => {
+            let began = *pass.started_at.get_or_insert_with(Instant::now);
+            let pod = spec(ws).pod_id;
+            let mut pause = Duration::from_millis(2);
+            loop {
+                match rt.observe(pod).await.map_err(pod_err)? {
+                    PodObservation::Unhealthy => {}
+                    _ => return Ok(Flow::Again),
+                }
+                if began.elapsed() >= inner.cfg.pod_start_timeout {
+                    let diag = rt.diagnostics(pod).await.unwrap_or_default();
+                    rt.stop(pod).await.map_err(pod_err)?;
+                    let msg = format!(
+                        "the agent did not answer within {:?} of the sandbox starting{}{diag}",
+                        inner.cfg.pod_start_timeout,
+                        if diag.is_empty() { "" } else { ": " }
+                    );
+                    fail(inner, ws, StatusReason::PodStartFailed, msg).await?;
+                    return Ok(Flow::Again);
+                }
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_millis(50));
+            }
+        }
+        Step::MarkReady => {
+            let reason = match pass.prepared {
+                Some(Some(_)) => StatusReason::Restored,
+                Some(None) => StatusReason::Ready,
+                None if pass.started_at.is_some() => StatusReason::Reattached,
+                None if ws.snapshot_id.is_some() => StatusReason::Restored,
+                None => StatusReason::Ready,
+            };
+            let mut next = ws.clone();
+            next.status = WorkspaceStatus::Idle;
+            next.status_reason = Some(reason);
+            next.last_error = None;
+            let mut audit = vec![
+                auto_audit(inner, ws, EventType::WorkspaceReady)
+                    .await
+                    .reason(reason.as_str())
+                    .details(serde_json::json!({ "pod_id": ws.pod_id })),
+            ];
+            if reason == StatusReason::Restored && pass.prepared.is_some() {
+                audit.push(
+                    auto_audit(inner, ws, EventType::SnapshotRestored)
+                        .await
+                        .details(serde_json::json!({ "snapshot_id": ws.snapshot_id, "pod_id": ws.pod_id })),
+                );
+            }
+            write(inner, ws, next, &audit).await?;
+            Ok(Flow::Again)
+        }
+        Step::StopSandbox => {
+            rt.stop(spec(ws).pod_id).await.map_err(pod_err)?;
+            Ok(Flow::Again)
+        }
+        Step::SnapshotAndRelease => snapshot_and_release(inner, ws).await,
+        Step::FinishStopWithoutSnapshot => {
+            if obs == PodObservation::Partial {
+                rt.remove(spec(ws).pod_id).await.map_err(pod_err)?;
+            }
+            let kept = ws.snapshot_id.map(|s| format!("; the previous snapshot {s} is kept")).unwrap_or_default();
+            let msg = format!(
+                "the pod no longer existed when the workspace was stopped, so its files could not be saved{kept}"
+            );
+            let mut next = release(ws);
+            next.last_snapshot_error = Some(msg.clone());
+            let mut audit = vec![
+                auto_audit(inner, ws, EventType::SnapshotFailed)
+                    .await
+                    .reason("pod_vanished")
+                    .details(serde_json::json!({ "error": msg })),
+            ];
+            audit.push(finish_stop(inner, ws, &mut next).await);
+            write(inner, ws, next, &audit).await?;
+            Ok(Flow::Again)
+        }
+        Step::FailExited => {
+            let diag = rt.diagnostics(spec(ws).pod_id).await.unwrap_or_default();
+            let msg = format!(
+                "the sandbox exited unexpectedly{}{diag}; its files are kept: resume to restart it on them",
+                if diag.is_empty() { "" } else { ": " }
+            );
+            fail(inner, ws, StatusReason::PodExited, msg).await?;
+            Ok(Flow::Again)
+        }
+        Step::FailVanished => {
+            if obs == PodObservation::Partial {
+                rt.remove(spec(ws).pod_id).await.map_err(pod_err)?;
+            }
+            let mut next = release(ws);
+            next.status = WorkspaceStatus::Failed;
+            next.status_reason = Some(StatusReason::PodVanished);
+            let msg = match ws.snapshot_id {
+                Some(s) => format!("the pod's files disappeared; resume restores the last snapshot ({s})"),
+                None => "the pod's files disappeared and the workspace has no snapshot".to_string(),
+            };
+            next.last_error = Some(msg.clone());
+            let audit = auto_audit(inner, ws, EventType::WorkspaceFailed)
+                .await
+                .reason("pod_vanished")
+                .details(serde_json::json!({ "from": ws.status, "error": msg }));
+            write(inner, ws, next, &[audit]).await?;
+            Ok(Flow::Again)
+        }
+    }
+}
+
+fn pod_err(e: PodError) -> evershell_core::Error {
+    evershell_core::Error::internal(anyhow::anyhow!(e))
+}
+
+/// `ws` without its pod.
+fn release(ws: &WorkspaceRecord) -> WorkspaceRecord {
+    let mut next = ws.clone();
+    next.pod_id = None;
+    next.pod_pack_ids = None;
+    next
+}
+
+/// Finish a stop: `stopped`, or back to `provisioning` for a restart. Returns the audit row.
+async fn finish_stop(inner: &Inner, ws: &WorkspaceRecord, next: &mut WorkspaceRecord) -> AuditEvent {
+    if ws.status == WorkspaceStatus::Stopping && ws.desired == Desired::Running {
+        next.status = WorkspaceStatus::Provisioning;
+        next.status_reason = Some(StatusReason::RestartRequested);
+        auto_audit(inner, ws, EventType::WorkspaceRestarting)
+            .await
+            .details(serde_json::json!({ "snapshot_id": next.snapshot_id }))
+    } else {
+        next.status = WorkspaceStatus::Stopped;
+        auto_audit(inner, ws, EventType::WorkspaceStopped)
+            .await
+            .reason(ws.status_reason.map(|r| r.as_str()).unwrap_or("stop_requested"))
+            .details(serde_json::json!({ "snapshot_id": next.snapshot_id }))
+    }
+}
+
+/// Save the stopped pod's files (unless the latest snapshot already holds them), delete older snapshots, remove the
+/// pod, and record the stop. A snapshot counts only once written, read back and verified; the previous one is
+/// deleted only after that.
+async fn snapshot_and_release(inner: &Arc<Inner>, ws: &WorkspaceRecord) -> Result<Flow> {
+    let pod = spec(ws).pod_id;
+    let current = match ws.snapshot_id {
+        Some(id) => inner.store.get_snapshot(id).await?,
+        None => None,
+    };
+    let mut ws = ws.clone();
+    let already = current.as_ref().is_some_and(|s| s.pod_id == Some(pod) && s.state == SnapshotState::Verified);
+    if !already {
+        // Leftovers of an interrupted capture of this workspace (we hold its lease, so nobody else writes them).
+        for s in inner.store.list_snapshots(ws.id).await? {
+            if s.state == SnapshotState::Pending {
+                discard_snapshot(inner, &s, &[]).await?;
+            }
+        }
+        let snap_id = SnapshotId::new();
+        let keys = SnapshotKeys::new(ws.org_id, ws.id, snap_id);
+        let mut rec = SnapshotRecord {
+            id: snap_id,
+            org_id: ws.org_id,
+            workspace_id: ws.id,
+            pod_id: Some(pod),
+            state: SnapshotState::Pending,
+            archive_key: keys.archive.to_string(),
+            manifest_key: keys.manifest.to_string(),
+            sha256: None,
+            size_bytes: None,
+            file_count: None,
+            created_at: Timestamp::now(),
+        };
+        inner.store.insert_snapshot(&rec).await?;
+        let manifest = match inner.runtime.capture(pod, &keys, (ws.org_id, ws.id, snap_id)).await {
+            Ok(m) => m,
+            Err(e) => {
+                let audit = auto_audit(inner, &ws, EventType::SnapshotFailed)
+                    .await
+                    .details(serde_json::json!({ "snapshot_id": snap_id, "error": e.to_string() }));
+                discard_snapshot(inner, &rec, &[audit]).await?;
+                return Ok(Flow::Retry(anyhow::anyhow!("saving the snapshot: {e}")));
+            }
+        };
+        rec.state = SnapshotState::Verified;
+        rec.sha256 = Some(manifest.archive_sha256.clone());
+        rec.size_bytes = Some(manifest.archive_bytes as i64);
+        rec.file_count = Some(manifest.file_count as i64);
+        let mut next = ws.clone();
+        next.snapshot_id = Some(snap_id);
+        next.last_snapshot_error = None;
+        next.updated_at = Timestamp::now();
+        let audit = auto_audit(inner, &ws, EventType::SnapshotSaved).await.details(serde_json::json!({
+            "snapshot_id": snap_id, "sha256": manifest.archive_sha256, "size_bytes": manifest.archive_bytes,
+            "file_count": manifest.file_count, "content_bytes": manifest.content_bytes,
+        }));
+        if !inner.store.commit_snapshot(&rec, &next, ws.generation, &[audit]).await? {
+            discard_snapshot(inner, &rec, &[]).await?;
+            return Ok(Flow::Again);
+        }
+        inner.notify(ws.id);
+        next.generation = ws.generation + 1;
+        ws = next;
+    }
+    // Older snapshots go only now that a newer one is verified.
+    for s in inner.store.list_snapshots(ws.id).await? {
+        if Some(s.id) != ws.snapshot_id {
+            let audit = auto_audit(inner, &ws, EventType::SnapshotDeleted)
+                .await
+                .details(serde_json::json!({ "snapshot_id": s.id, "replaced_by": ws.snapshot_id }));
+            discard_snapshot(inner, &s, &[audit]).await?;
+        }
+    }
+    inner.runtime.remove(pod).await.map_err(pod_err)?;
+    let mut next = release(&ws);
+    let audit =
+        if ws.status == WorkspaceStatus::Stopping { vec![finish_stop(inner, &ws, &mut next).await] } else { vec![] };
+    write(inner, &ws, next, &audit).await?;
+    Ok(Flow::Again)
+}
+
+/// Delete a snapshot's objects, then its row.
+async fn discard_snapshot(inner: &Inner, s: &SnapshotRecord, audit: &[AuditEvent]) -> Result<()> {
+    let keys = SnapshotKeys::from_strings(&s.archive_key, &s.manifest_key);
+    inner.snapshots.delete(&keys).await.map_err(|e| evershell_core::Error::internal(anyhow::anyhow!(e)))?;
+    inner.store.delete_snapshot(s.id, audit).await
+}

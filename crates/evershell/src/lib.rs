@@ -1,0 +1,5 @@
+//! The `evershell` binary's library half: configuration and the server, so integration tests can start the real
+//! server in-process on port 0.
+
+pub mod config;
+pub mod server;

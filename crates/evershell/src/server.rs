@@ -1,0 +1,137 @@
+//! `evershell serve`: open the store, the snapshot store and the pod runtime, start the reconciler (which first
+//! recovers whatever a previous run left), and serve the API until SIGINT/SIGTERM.
+
+use std::net::SocketAddr;
+use std::os::fd::AsRawFd;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use anyhow::Context;
+use evershell_app::{App, AppConfig, ReconcilerConfig};
+use evershell_runtime::local::{LocalRuntime, LocalRuntimeConfig};
+use evershell_snapshot::SnapshotStore;
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use tokio::sync::oneshot;
+
+use crate::config::Config;
+
+/// A running server.
+pub struct Server {
+    pub addr: SocketAddr,
+    pub app: Arc<App>,
+    stop: Option<oneshot::Sender<()>>,
+    done: tokio::task::JoinHandle<anyhow::Result<()>>,
+    _lock: Option<std::fs::File>,
+}
+
+impl Server {
+    /// Stop accepting requests, let in-flight reconcile steps finish, and return.
+    pub async fn shutdown(mut self) -> anyhow::Result<()> {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        (&mut self.done).await.context("server task panicked")?
+    }
+
+    /// Wait until the server stops on its own (a signal).
+    pub async fn wait(mut self) -> anyhow::Result<()> {
+        (&mut self.done).await.context("server task panicked")?
+    }
+}
+
+/// The process-wide Prometheus recorder (installed once, shared by every server in the process).
+fn prometheus() -> Option<PrometheusHandle> {
+    static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
+    HANDLE.get_or_init(|| PrometheusBuilder::new().install_recorder().ok()).clone()
+}
+
+/// Only one `serve` per data directory on SQLite: the file lock makes a second one fail fast instead of corrupting
+/// the single-server assumptions (leases, pending snapshots).
+fn lock_data_dir(cfg: &Config) -> anyhow::Result<Option<std::fs::File>> {
+    if !cfg.is_sqlite() {
+        return Ok(None);
+    }
+    let path = cfg.data_dir.join("serve.lock");
+    let f = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(&path)?;
+    // SAFETY: flock on a descriptor we own.
+    let rc = unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    anyhow::ensure!(
+        rc == 0,
+        "another `evershell serve` is already using the data directory {} (lock file {})",
+        cfg.data_dir.display(),
+        path.display()
+    );
+    Ok(Some(f))
+}
+
+/// Start a server: returns once it listens.
+pub async fn start(cfg: Config) -> anyhow::Result<Server> {
+    std::fs::create_dir_all(&cfg.data_dir)
+        .with_context(|| format!("creating the data directory {}", cfg.data_dir.display()))?;
+    let lock = lock_data_dir(&cfg)?;
+    let store = evershell_store::connect(&cfg.database_url()).await.context("opening the store")?;
+    let snap_dir = cfg.snapshots.dir.clone().unwrap_or_else(|| cfg.data_dir.join("snapshots"));
+    let snapshots = SnapshotStore::local(&snap_dir).context("opening the snapshot directory")?;
+    anyhow::ensure!(cfg.runtime.kind == "local", "unknown runtime kind `{}` (expected `local`)", cfg.runtime.kind);
+    let agent_binary = match &cfg.runtime.agent_binary {
+        Some(p) => p.clone(),
+        None => std::env::current_exe().context("locating this executable for the in-pod agent")?,
+    };
+    let mut rcfg = LocalRuntimeConfig::new(
+        cfg.runtime.pods_dir.clone().unwrap_or_else(|| cfg.data_dir.join("pods")),
+        agent_binary,
+        snapshots.clone(),
+    );
+    if let Some(b) = &cfg.runtime.bwrap {
+        rcfg.bwrap = b.clone();
+    }
+    let runtime = Arc::new(LocalRuntime::new(rcfg)?);
+    let app_cfg = AppConfig {
+        session_ttl_ms: cfg.sessions.ttl_seconds * 1000,
+        reconciler: ReconcilerConfig {
+            interval: Duration::from_millis(cfg.reconciler.interval_ms),
+            concurrency: cfg.reconciler.concurrency,
+            pod_start_timeout: Duration::from_millis(cfg.reconciler.pod_start_timeout_ms),
+            single_server: cfg.is_sqlite(),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let app = Arc::new(App::new(store, runtime, snapshots, app_cfg));
+    app.reconciler.start().await.context("starting the reconciler")?;
+    let limits = evershell_api::Limits {
+        max_body_bytes: cfg.limits.max_body_bytes,
+        max_upload_bytes: cfg.limits.max_upload_bytes,
+        max_wait_ms: cfg.limits.max_wait_ms,
+    };
+    let router = evershell_api::router(app.clone(), prometheus(), limits);
+    let listener =
+        tokio::net::TcpListener::bind(&cfg.listen).await.with_context(|| format!("listening on {}", cfg.listen))?;
+    let addr = listener.local_addr()?;
+    let (stop_tx, stop_rx) = oneshot::channel::<()>();
+    let app2 = app.clone();
+    let done = tokio::spawn(async move {
+        let shutdown = async move {
+            tokio::select! {
+                _ = stop_rx => {}
+                _ = signal() => tracing::info!("shutting down"),
+            }
+        };
+        axum::serve(listener, router).with_graceful_shutdown(shutdown).await?;
+        app2.reconciler.shutdown().await;
+        Ok(())
+    });
+    tracing::info!(%addr, "evershell listening");
+    Ok(Server { addr, app, stop: Some(stop_tx), done, _lock: lock })
+}
+
+async fn signal() {
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(_) => return std::future::pending().await,
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}

@@ -1,0 +1,225 @@
+//! The `Store` trait: every query the control plane makes, one method each. Implementations hold no business rules
+//! beyond the guarded writes that must be atomic (generation checks, last-Owner, archive guards); every method that
+//! changes something takes the audit rows to write in the same transaction, so a change and its audit row land
+//! together or not at all.
+
+use async_trait::async_trait;
+use evershell_core::Result;
+use evershell_core::Timestamp;
+use evershell_core::audit::{AuditEvent, AuditQuery};
+use evershell_core::ids::{ApiKeyId, OrgId, PodId, ProviderId, RoleId, SessionId, SnapshotId, UserId, WorkspaceId};
+use evershell_core::lifecycle::WorkspaceStatus;
+use evershell_core::model::{
+    AgentRole, ApiKey, BillingStatus, Membership, Org, Provider, Session, SnapshotRecord, User, WorkspaceRecord,
+};
+use evershell_core::scope::MemberRole;
+
+/// Which database a store runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+/// Filters of `GET /v1/workspaces`.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct WorkspaceFilter {
+    pub role_id: Option<RoleId>,
+    pub status: Option<WorkspaceStatus>,
+    pub include_archived: bool,
+    /// Only workspaces created by this user (`workspace:read:own`).
+    pub created_by: Option<UserId>,
+}
+
+/// The result of starting an idempotent request.
+#[derive(Debug, Clone, PartialEq)]
+pub enum IdempotencyBegin {
+    /// First use of the key: process the request, then `idempotency_complete` (or `idempotency_abandon`).
+    New,
+    /// The key was used with the same fingerprint: replay this response.
+    Replay { status: u16, body: String },
+    /// The key was used with a different request.
+    Mismatch,
+    /// The first request with this key is still being processed.
+    InFlight,
+}
+
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    fn backend(&self) -> Backend;
+
+    /// A round trip to the database (`GET /healthz`).
+    async fn ping(&self) -> Result<()>;
+
+    // ---- organisations -------------------------------------------------------------------------------------------
+    /// `AlreadyExists` (field `slug`) when the slug is taken.
+    async fn create_org(&self, org: &Org, audit: &[AuditEvent]) -> Result<()>;
+    async fn get_org(&self, id: OrgId) -> Result<Option<Org>>;
+    async fn get_org_by_slug(&self, slug: &str) -> Result<Option<Org>>;
+    /// `OrgNotFound` when absent. Returns the updated org.
+    async fn set_org_billing(
+        &self,
+        id: OrgId,
+        status: BillingStatus,
+        trial_ends_at: Option<Timestamp>,
+        audit: &[AuditEvent],
+    ) -> Result<Org>;
+
+    // ---- users -----------------------------------------------------------------------------------------------------
+    /// `AlreadyExists` (field `email`) when the email is taken.
+    async fn create_user(&self, user: &User, audit: &[AuditEvent]) -> Result<()>;
+    async fn get_user(&self, id: UserId) -> Result<Option<User>>;
+    async fn get_user_by_email(&self, email: &str) -> Result<Option<User>>;
+
+    // ---- memberships -----------------------------------------------------------------------------------------------
+    /// Insert a membership, creating `new_user` first in the same transaction when given. `invite_token_hash` is set
+    /// for pending invitations. `AlreadyExists` (field `email`) when the user is already a member of the org.
+    async fn create_membership(
+        &self,
+        m: &Membership,
+        new_user: Option<&User>,
+        invite_token_hash: Option<&str>,
+        audit: &[AuditEvent],
+    ) -> Result<()>;
+    async fn get_membership(&self, org: OrgId, user: UserId) -> Result<Option<Membership>>;
+    /// Every membership of the org, oldest first.
+    async fn list_memberships(&self, org: OrgId) -> Result<Vec<Membership>>;
+    /// Every membership of the user with its org, oldest first.
+    async fn list_user_memberships(&self, user: UserId) -> Result<Vec<(Membership, Org)>>;
+    /// The pending membership whose invite token hashes to `token_hash`.
+    async fn find_invitation(&self, token_hash: &str) -> Result<Option<Membership>>;
+    /// Activate a pending membership (clearing its token) and, when given, set the user's password hash.
+    /// `MembershipNotFound` when it is not pending any more.
+    async fn accept_invitation(
+        &self,
+        org: OrgId,
+        user: UserId,
+        password_hash: Option<&str>,
+        now: Timestamp,
+        audit: &[AuditEvent],
+    ) -> Result<Membership>;
+    /// Change an active member's role. `LastOwner` when it would leave the org without an active Owner;
+    /// `MembershipNotFound` when absent.
+    async fn update_membership_role(
+        &self,
+        org: OrgId,
+        user: UserId,
+        role: MemberRole,
+        now: Timestamp,
+        audit: &[AuditEvent],
+    ) -> Result<Membership>;
+    /// Remove a membership or revoke an invitation. `LastOwner` when it would leave the org without an active Owner;
+    /// `MembershipNotFound` when absent. Also revokes the user's sessions in that org.
+    async fn delete_membership(&self, org: OrgId, user: UserId, now: Timestamp, audit: &[AuditEvent]) -> Result<()>;
+
+    // ---- API keys --------------------------------------------------------------------------------------------------
+    async fn create_api_key(&self, key: &ApiKey, secret_hash: &str, audit: &[AuditEvent]) -> Result<()>;
+    /// The org's keys that are not revoked, oldest first.
+    async fn list_api_keys(&self, org: OrgId) -> Result<Vec<ApiKey>>;
+    /// The non-revoked key whose secret hashes to `secret_hash`.
+    async fn find_api_key(&self, secret_hash: &str) -> Result<Option<ApiKey>>;
+    /// Revoke a key. `false` when no such live key exists in the org.
+    async fn revoke_api_key(&self, org: OrgId, id: ApiKeyId, now: Timestamp, audit: &[AuditEvent]) -> Result<bool>;
+
+    // ---- sessions and server keys ----------------------------------------------------------------------------------
+    async fn create_session(&self, s: &Session, audit: &[AuditEvent]) -> Result<()>;
+    async fn get_session(&self, id: SessionId) -> Result<Option<Session>>;
+    async fn revoke_session(&self, id: SessionId, now: Timestamp, audit: &[AuditEvent]) -> Result<()>;
+    /// The named server key, created from `candidate` if it does not exist yet (first writer wins; every caller gets
+    /// the stored value).
+    async fn server_key(&self, name: &str, candidate: &[u8]) -> Result<Vec<u8>>;
+
+    // ---- providers -------------------------------------------------------------------------------------------------
+    /// `AlreadyExists` (field `name`) when the name is taken in the org.
+    async fn create_provider(&self, p: &Provider, audit: &[AuditEvent]) -> Result<()>;
+    async fn list_providers(&self, org: OrgId, include_archived: bool) -> Result<Vec<Provider>>;
+    async fn get_provider(&self, org: OrgId, id: ProviderId) -> Result<Option<Provider>>;
+    /// Write every mutable field of `p`. `ProviderNotFound` when absent.
+    async fn update_provider(&self, p: &Provider, audit: &[AuditEvent]) -> Result<()>;
+    /// Archive the provider and every non-archived role that references it, writing `audit` plus one
+    /// `agent_role_archived` row per cascaded role (built by `role_audit`). `WorkspacesActive` when a dependent role
+    /// has active workspaces (`provisioning`, `idle`, `busy`, `stopping`). Returns the cascaded role count.
+    async fn archive_provider(
+        &self,
+        org: OrgId,
+        id: ProviderId,
+        now: Timestamp,
+        audit: &[AuditEvent],
+        role_audit: &(dyn for<'r> Fn(&'r AgentRole) -> AuditEvent + Send + Sync),
+    ) -> Result<u64>;
+    async fn unarchive_provider(&self, org: OrgId, id: ProviderId, now: Timestamp, audit: &[AuditEvent]) -> Result<()>;
+
+    // ---- agent roles -----------------------------------------------------------------------------------------------
+    /// `AlreadyExists` (field `name`); `ProviderArchived` when the provider is archived (checked in the transaction).
+    async fn create_role(&self, r: &AgentRole, audit: &[AuditEvent]) -> Result<()>;
+    async fn list_roles(&self, org: OrgId, include_archived: bool) -> Result<Vec<AgentRole>>;
+    async fn get_role(&self, org: OrgId, id: RoleId) -> Result<Option<AgentRole>>;
+    async fn get_role_by_name(&self, org: OrgId, name: &str) -> Result<Option<AgentRole>>;
+    /// Write every mutable field of `r`. `RoleNotFound` when absent.
+    async fn update_role(&self, r: &AgentRole, audit: &[AuditEvent]) -> Result<()>;
+    /// `WorkspacesActive` when the role has active workspaces.
+    async fn archive_role(&self, org: OrgId, id: RoleId, now: Timestamp, audit: &[AuditEvent]) -> Result<()>;
+    /// `ProviderArchived` when its provider is archived.
+    async fn unarchive_role(&self, org: OrgId, id: RoleId, now: Timestamp, audit: &[AuditEvent]) -> Result<()>;
+
+    // ---- workspaces ------------------------------------------------------------------------------------------------
+    /// `RoleArchived` / `ProviderArchived` when a parent is archived (checked in the transaction, so an archive and
+    /// a create cannot interleave).
+    async fn create_workspace(&self, ws: &WorkspaceRecord, audit: &[AuditEvent]) -> Result<()>;
+    async fn get_workspace(&self, org: OrgId, id: WorkspaceId) -> Result<Option<WorkspaceRecord>>;
+    /// For the reconciler, which works across orgs.
+    async fn get_workspace_by_id(&self, id: WorkspaceId) -> Result<Option<WorkspaceRecord>>;
+    /// Newest first.
+    async fn list_workspaces(&self, org: OrgId, filter: &WorkspaceFilter) -> Result<Vec<WorkspaceRecord>>;
+    /// Write every mutable field of `ws` if its generation is still `expected_generation`, setting it to
+    /// `expected_generation + 1`. `false` when another writer got there first (a normal outcome).
+    async fn update_workspace(&self, ws: &WorkspaceRecord, expected_generation: i64, audit: &[AuditEvent])
+    -> Result<bool>;
+    /// Workspaces the reconciler must look at: transitional ones and every one that owns a pod.
+    async fn workspaces_to_reconcile(&self) -> Result<Vec<WorkspaceId>>;
+    /// Every pod id some workspace owns.
+    async fn owned_pod_ids(&self) -> Result<Vec<PodId>>;
+    /// Take (or extend) the reconcile lease on a workspace until `until`. `false` when another owner holds a live
+    /// lease.
+    async fn claim_workspace(&self, id: WorkspaceId, owner: &str, now: Timestamp, until: Timestamp) -> Result<bool>;
+    async fn release_workspace(&self, id: WorkspaceId, owner: &str) -> Result<()>;
+    /// Drop every lease (single-server start-up: no other replica can hold one).
+    async fn clear_leases(&self) -> Result<()>;
+
+    // ---- snapshots -------------------------------------------------------------------------------------------------
+    async fn insert_snapshot(&self, s: &SnapshotRecord) -> Result<()>;
+    async fn get_snapshot(&self, id: SnapshotId) -> Result<Option<SnapshotRecord>>;
+    /// A workspace's snapshots, oldest first.
+    async fn list_snapshots(&self, ws: WorkspaceId) -> Result<Vec<SnapshotRecord>>;
+    /// Snapshots still `pending` (their writer may have died), across all workspaces.
+    async fn list_pending_snapshots(&self) -> Result<Vec<SnapshotRecord>>;
+    /// In one transaction: store the verified snapshot `snap` and write `ws` (which points at it) under the generation
+    /// guard. `false` (and nothing written) when the generation moved.
+    async fn commit_snapshot(
+        &self,
+        snap: &SnapshotRecord,
+        ws: &WorkspaceRecord,
+        expected_generation: i64,
+        audit: &[AuditEvent],
+    ) -> Result<bool>;
+    async fn delete_snapshot(&self, id: SnapshotId, audit: &[AuditEvent]) -> Result<()>;
+
+    // ---- audit -----------------------------------------------------------------------------------------------------
+    async fn append_audit(&self, events: &[AuditEvent]) -> Result<()>;
+    /// One page of events, at most `q.limit`.
+    async fn query_audit(&self, q: &AuditQuery) -> Result<Vec<AuditEvent>>;
+
+    // ---- idempotency -----------------------------------------------------------------------------------------------
+    /// Start a request under `key`. Keys expire at `expires_at`; an expired key counts as new.
+    async fn idempotency_begin(
+        &self,
+        org: OrgId,
+        key: &str,
+        fingerprint: &str,
+        now: Timestamp,
+        expires_at: Timestamp,
+    ) -> Result<IdempotencyBegin>;
+    async fn idempotency_complete(&self, org: OrgId, key: &str, status: u16, body: &str) -> Result<()>;
+    /// Forget an in-flight key whose request failed with a server error, so a retry runs again.
+    async fn idempotency_abandon(&self, org: OrgId, key: &str) -> Result<()>;
+}
