@@ -173,8 +173,12 @@ pub trait Store: Send + Sync + 'static {
     async fn list_workspaces(&self, org: OrgId, filter: &WorkspaceFilter) -> Result<Vec<WorkspaceRecord>>;
     /// Write every mutable field of `ws` if its generation is still `expected_generation`, setting it to
     /// `expected_generation + 1`. `false` when another writer got there first (a normal outcome).
-    async fn update_workspace(&self, ws: &WorkspaceRecord, expected_generation: i64, audit: &[AuditEvent])
-    -> Result<bool>;
+    async fn update_workspace(
+        &self,
+        ws: &WorkspaceRecord,
+        expected_generation: i64,
+        audit: &[AuditEvent],
+    ) -> Result<bool>;
     /// Workspaces the reconciler must look at: transitional ones and every one that owns a pod.
     async fn workspaces_to_reconcile(&self) -> Result<Vec<WorkspaceId>>;
     /// Every pod id some workspace owns.

@@ -1,0 +1,331 @@
+//! The `local` runtime: one bubblewrap sandbox per pod on this machine, its files in `<pods_dir>/<pod_id>/`.
+//!
+//! Everything the runtime knows lives on disk in the pod directory (the `complete` marker, `sandbox.pid`,
+//! `exit_status`, bwrap's `sandbox.status`), so a restarted control plane adopts running sandboxes simply by
+//! observing them: the only in-memory state is the set of reaper tasks for sandboxes this process spawned.
+
+mod bwrap;
+mod diag;
+mod layout;
+mod procfs;
+mod sandbox;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, anyhow};
+use async_trait::async_trait;
+use evershell_core::ids::{OrgId, PodId, SnapshotId, WorkspaceId};
+use evershell_core::lifecycle::PodObservation;
+use evershell_snapshot::{Manifest, SnapshotKeys, SnapshotStore};
+use tokio::sync::watch;
+use tracing::Instrument;
+
+use crate::agent_client::AgentClient;
+use crate::pod::{PodError, PodRuntime, PodSpec, PrepareReport};
+use layout::PodDir;
+
+pub use bwrap::{AGENT_PATH, AGENT_SOCKET};
+
+/// How long `start` watches a new sandbox for an immediate failure before leaving the rest to `observe`.
+const START_SETTLE: Duration = Duration::from_secs(1);
+
+/// How the `local` runtime is set up.
+#[derive(Clone)]
+pub struct LocalRuntimeConfig {
+    /// One directory per pod lives here.
+    pub pods_dir: PathBuf,
+    /// The `evershell` binary, bound read-only into every sandbox to run `evershell agent`.
+    pub agent_binary: PathBuf,
+    pub snapshots: SnapshotStore,
+    /// The bubblewrap executable.
+    pub bwrap: PathBuf,
+}
+
+impl LocalRuntimeConfig {
+    /// A config using the `bwrap` found on `PATH` (or plain `bwrap`, which `LocalRuntime::new` then reports missing).
+    pub fn new(pods_dir: PathBuf, agent_binary: PathBuf, snapshots: SnapshotStore) -> Self {
+        let bwrap = bwrap::find_on_path().unwrap_or_else(|| PathBuf::from("bwrap"));
+        Self { pods_dir, agent_binary, snapshots, bwrap }
+    }
+}
+
+/// Pods as bubblewrap sandboxes on this machine.
+pub struct LocalRuntime {
+    cfg: LocalRuntimeConfig,
+    caps: bwrap::Capabilities,
+    /// Sandboxes this process spawned: their reaper flips the flag once `exit_status` is written.
+    reapers: Arc<Mutex<HashMap<PodId, watch::Receiver<bool>>>>,
+}
+
+impl LocalRuntime {
+    /// Check bubblewrap (installed, and able to create every namespace) and the agent binary, and create `pods_dir`.
+    /// Fails rather than run anything unsandboxed.
+    pub fn new(cfg: LocalRuntimeConfig) -> anyhow::Result<Self> {
+        let caps = bwrap::probe(&cfg.bwrap)?;
+        anyhow::ensure!(
+            cfg.agent_binary.is_file(),
+            "the agent binary {} does not exist (it is bound into every sandbox)",
+            cfg.agent_binary.display()
+        );
+        std::fs::create_dir_all(&cfg.pods_dir).with_context(|| format!("creating {}", cfg.pods_dir.display()))?;
+        let pods_dir = cfg.pods_dir.canonicalize().with_context(|| format!("resolving {}", cfg.pods_dir.display()))?;
+        let agent_binary = cfg.agent_binary.canonicalize()?;
+        let cfg = LocalRuntimeConfig { pods_dir, agent_binary, ..cfg };
+        Ok(Self { cfg, caps, reapers: Arc::default() })
+    }
+
+    pub fn pods_dir(&self) -> &std::path::Path {
+        &self.cfg.pods_dir
+    }
+
+    /// The pod's directory on the host (`<pods_dir>/<pod_id>`).
+    pub fn pod_dir(&self, pod: PodId) -> PathBuf {
+        self.dir(pod).root
+    }
+
+    /// The pid of the sandbox's outer bwrap process, while it runs.
+    pub fn sandbox_pid(&self, pod: PodId) -> Option<i32> {
+        sandbox::read_pid_record(&self.dir(pod)).filter(|r| r.alive()).map(|r| r.pid)
+    }
+
+    /// Stop every running sandbox under `pods_dir` (shutdown, tests).
+    pub async fn stop_all(&self) {
+        let pods = self.list_pods().await.unwrap_or_default();
+        for pod in pods {
+            if let Err(e) = self.stop(pod).await {
+                tracing::warn!(pod_id = %pod, error = %e, "stopping sandbox failed");
+            }
+        }
+    }
+
+    fn dir(&self, pod: PodId) -> PodDir {
+        PodDir::new(&self.cfg.pods_dir, &pod.to_string())
+    }
+
+    fn running(&self, dir: &PodDir) -> Option<sandbox::PidRecord> {
+        sandbox::read_pid_record(dir).filter(|r| r.alive())
+    }
+
+    async fn do_observe(&self, pod: PodId) -> Result<PodObservation, PodError> {
+        let dir = self.dir(pod);
+        if !dir.exists().context("reading the pod directory")? {
+            return Ok(PodObservation::Absent);
+        }
+        if !dir.is_complete().context("reading the complete marker")? {
+            return Ok(PodObservation::Partial);
+        }
+        if self.running(&dir).is_none() {
+            return Ok(PodObservation::Exited);
+        }
+        Ok(match AgentClient::unix(dir.socket()).health().await {
+            Ok(()) => PodObservation::Running,
+            Err(_) => PodObservation::Unhealthy,
+        })
+    }
+
+    async fn do_prepare(&self, spec: &PodSpec, snapshot: Option<&SnapshotKeys>) -> Result<PrepareReport, PodError> {
+        let dir = self.dir(spec.pod_id);
+        if dir.exists().context("reading the pod directory")? {
+            if self.running(&dir).is_some() {
+                return Err(anyhow!("pod {} has a running sandbox; stop it before preparing", spec.pod_id).into());
+            }
+            if dir.is_complete().context("reading the complete marker")? {
+                return Err(anyhow!("pod {} is already prepared; remove it to prepare it again", spec.pod_id).into());
+            }
+            tracing::info!("discarding incomplete pod files");
+            let d = dir.clone();
+            blocking(move || layout::remove_tree(&d.root)).await.context("removing incomplete pod files")?;
+        }
+        let (d, id) = (dir.clone(), spec.pod_id.to_string());
+        blocking(move || layout::create(&d, &id)).await.context("creating the pod directory")?;
+        let restored = match snapshot {
+            Some(keys) => Some(self.cfg.snapshots.restore(keys, &dir.workspace()).await?),
+            None => None,
+        };
+        let d = dir.clone();
+        blocking(move || layout::mark_complete(&d)).await.context("marking the pod complete")?;
+        tracing::info!(restored = restored.is_some(), "pod prepared");
+        Ok(PrepareReport { restored })
+    }
+
+    async fn do_start(&self, spec: &PodSpec) -> Result<(), PodError> {
+        let pod = spec.pod_id;
+        let dir = self.dir(pod);
+        if !dir.is_complete().context("reading the complete marker")? {
+            return Err(PodError::Start(format!("pod {pod} has no complete files to start on")));
+        }
+        if self.running(&dir).is_some() {
+            return Ok(());
+        }
+        let (child, rec) =
+            sandbox::spawn(&self.cfg.bwrap, &self.cfg.agent_binary, &dir, &pod.to_string(), self.caps.disable_userns)
+                .await
+                .map_err(|e| {
+                    let diag = diag::describe(&dir).unwrap_or_default();
+                    PodError::Start(format!("{e:#}{}{diag}", if diag.is_empty() { "" } else { "; " }))
+                })?;
+        tracing::info!(pid = rec.pid, init_pid = ?rec.init_pid, "sandbox started");
+        let (tx, rx) = watch::channel(false);
+        let mine = rx.clone();
+        self.reapers.lock().unwrap_or_else(|p| p.into_inner()).insert(pod, rx);
+        let reapers = self.reapers.clone();
+        let reap_dir = dir.clone();
+        tokio::spawn(
+            async move {
+                sandbox::reap(child, reap_dir, rec).await;
+                let _ = tx.send(true);
+                let mut map = reapers.lock().unwrap_or_else(|p| p.into_inner());
+                if map.get(&pod).is_some_and(|rx| rx.same_channel(&mine)) {
+                    map.remove(&pod);
+                }
+            }
+            .instrument(tracing::info_span!("reaper", pod_id = %pod)),
+        );
+        // Setup errors (a bind that fails, a missing library) end the sandbox within milliseconds: report them
+        // here rather than as an agent that never answers. Normally the agent's socket appears first.
+        let deadline = Instant::now() + START_SETTLE;
+        while !dir.socket().exists() && Instant::now() < deadline {
+            if !rec.alive() {
+                self.await_reaper(pod).await;
+                let diag = diag::describe(&dir).unwrap_or_else(|| "no diagnostics".into());
+                return Err(PodError::Start(format!("the sandbox exited during start-up: {diag}")));
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        Ok(())
+    }
+
+    async fn do_stop(&self, pod: PodId) -> Result<(), PodError> {
+        let dir = self.dir(pod);
+        if let Some(rec) = self.running(&dir) {
+            tracing::info!(pid = rec.pid, "stopping sandbox");
+            sandbox::stop(&dir, rec, sandbox::STOP_GRACE).await?;
+            tracing::info!("sandbox stopped");
+        }
+        self.await_reaper(pod).await;
+        Ok(())
+    }
+
+    /// When this process spawned the sandbox, wait (briefly) for its reaper to have recorded the exit.
+    async fn await_reaper(&self, pod: PodId) {
+        let rx = self.reapers.lock().unwrap_or_else(|p| p.into_inner()).get(&pod).cloned();
+        if let Some(mut rx) = rx {
+            let _ = tokio::time::timeout(Duration::from_secs(2), rx.wait_for(|done| *done)).await;
+            self.reapers.lock().unwrap_or_else(|p| p.into_inner()).remove(&pod);
+        }
+    }
+
+    async fn do_capture(
+        &self,
+        pod: PodId,
+        keys: &SnapshotKeys,
+        ids: (OrgId, WorkspaceId, SnapshotId),
+    ) -> Result<Manifest, PodError> {
+        let dir = self.dir(pod);
+        if !dir.is_complete().context("reading the complete marker")? {
+            return Err(anyhow!("pod {pod} has no complete files to capture").into());
+        }
+        if self.running(&dir).is_some() {
+            return Err(anyhow!("pod {pod} is running; stop its sandbox before capturing").into());
+        }
+        let manifest = self.cfg.snapshots.capture(&dir.workspace(), keys, ids).await?;
+        tracing::info!(files = manifest.file_count, bytes = manifest.archive_bytes, "workspace captured");
+        Ok(manifest)
+    }
+
+    async fn do_remove(&self, pod: PodId) -> Result<(), PodError> {
+        self.do_stop(pod).await?;
+        let dir = self.dir(pod);
+        if !dir.exists().context("reading the pod directory")? {
+            return Ok(());
+        }
+        blocking(move || {
+            // Unmark first: a crash halfway through leaves `Partial` files, never a complete-looking husk.
+            layout::unmark_complete(&dir)?;
+            layout::remove_tree(&dir.root)
+        })
+        .await
+        .context("removing the pod directory")?;
+        tracing::info!("pod removed");
+        Ok(())
+    }
+}
+
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> std::io::Result<T> + Send + 'static) -> anyhow::Result<T> {
+    Ok(tokio::task::spawn_blocking(f).await.context("blocking task panicked")??)
+}
+
+#[async_trait]
+impl PodRuntime for LocalRuntime {
+    fn name(&self) -> &'static str {
+        "local"
+    }
+
+    async fn observe(&self, pod: PodId) -> Result<PodObservation, PodError> {
+        self.do_observe(pod).await
+    }
+
+    async fn prepare(&self, spec: &PodSpec, snapshot: Option<&SnapshotKeys>) -> Result<PrepareReport, PodError> {
+        let span = tracing::info_span!("pod.prepare", pod_id = %spec.pod_id, workspace_id = %spec.workspace_id);
+        self.do_prepare(spec, snapshot).instrument(span).await
+    }
+
+    async fn start(&self, spec: &PodSpec) -> Result<(), PodError> {
+        let span = tracing::info_span!("pod.start", pod_id = %spec.pod_id, workspace_id = %spec.workspace_id);
+        self.do_start(spec).instrument(span).await
+    }
+
+    async fn stop(&self, pod: PodId) -> Result<(), PodError> {
+        self.do_stop(pod).instrument(tracing::info_span!("pod.stop", pod_id = %pod)).await
+    }
+
+    async fn capture(
+        &self,
+        pod: PodId,
+        keys: &SnapshotKeys,
+        ids: (OrgId, WorkspaceId, SnapshotId),
+    ) -> Result<Manifest, PodError> {
+        self.do_capture(pod, keys, ids).instrument(tracing::info_span!("pod.capture", pod_id = %pod)).await
+    }
+
+    async fn remove(&self, pod: PodId) -> Result<(), PodError> {
+        self.do_remove(pod).instrument(tracing::info_span!("pod.remove", pod_id = %pod)).await
+    }
+
+    async fn list_pods(&self) -> Result<Vec<PodId>, PodError> {
+        let dir = self.cfg.pods_dir.clone();
+        let pods = blocking(move || {
+            let mut pods = Vec::new();
+            let rd = match std::fs::read_dir(&dir) {
+                Ok(rd) => rd,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(pods),
+                Err(e) => return Err(e),
+            };
+            for entry in rd {
+                let name = entry?.file_name();
+                let Some(name) = name.to_str().filter(|n| n.starts_with(PodId::PREFIX)) else { continue };
+                match name.parse::<PodId>() {
+                    Ok(id) => pods.push(id),
+                    Err(_) => tracing::warn!(name, "ignoring an unparsable pod directory"),
+                }
+            }
+            pods.sort();
+            Ok(pods)
+        })
+        .await
+        .context("listing pods")?;
+        Ok(pods)
+    }
+
+    fn agent(&self, pod: PodId) -> AgentClient {
+        AgentClient::unix(self.dir(pod).socket())
+    }
+
+    async fn diagnostics(&self, pod: PodId) -> Option<String> {
+        let dir = self.dir(pod);
+        tokio::task::spawn_blocking(move || diag::describe(&dir)).await.ok().flatten()
+    }
+}

@@ -1,0 +1,256 @@
+//! The sandbox process of a pod: spawning bwrap detached from the control plane (own process group, no inherited
+//! pipes, no `--die-with-parent`) so it survives a control-plane crash; the `sandbox.pid` record that lets a later
+//! process recognise it (pid + start time of bwrap and of the namespace's init); the reaper; and stopping, which
+//! also works for a sandbox adopted from an earlier control-plane process.
+//!
+//! Process tree: `bwrap` (the recorded `pid`, leader of its own process group, outside the namespaces) →
+//! bwrap's init (`init_pid`: pid 1 of the sandbox's pid namespace, leader of a new session because of
+//! `--new-session`) → the agent and anything it runs. Killing the namespace's init kills every process in it.
+
+use std::os::fd::AsRawFd;
+use std::os::unix::process::ExitStatusExt;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, anyhow};
+use serde::{Deserialize, Serialize};
+use tokio::process::Child;
+
+use super::bwrap;
+use super::layout::{self, PodDir};
+use super::procfs;
+
+/// How long a stop waits after SIGTERM before SIGKILL.
+pub const STOP_GRACE: Duration = Duration::from_secs(3);
+/// How long a stop waits for processes to vanish after SIGKILL.
+const KILL_WAIT: Duration = Duration::from_secs(5);
+/// How long `start` waits for bwrap to report its namespace init's pid.
+const INIT_PID_WAIT: Duration = Duration::from_secs(5);
+const POLL: Duration = Duration::from_millis(10);
+
+/// `sandbox.pid`: which processes are this pod's sandbox.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PidRecord {
+    /// The outer `bwrap` process (process-group leader).
+    pub pid: i32,
+    pub starttime: u64,
+    /// Pid 1 of the sandbox's pid namespace, as seen from the host.
+    pub init_pid: Option<i32>,
+    pub init_starttime: Option<u64>,
+}
+
+impl PidRecord {
+    fn bwrap_alive(&self) -> bool {
+        procfs::is_alive(self.pid, self.starttime)
+    }
+
+    fn init_alive(&self) -> bool {
+        match (self.init_pid, self.init_starttime) {
+            (Some(p), Some(t)) => procfs::is_alive(p, t),
+            _ => false,
+        }
+    }
+
+    /// Any process of the sandbox still runs.
+    pub fn alive(&self) -> bool {
+        self.bwrap_alive() || self.init_alive()
+    }
+}
+
+/// The sandbox's record. When the init's pid was never recorded (a crash right after spawning), it is recovered
+/// from bwrap's status file, trusted only while it is still bwrap's child.
+pub fn read_pid_record(dir: &PodDir) -> Option<PidRecord> {
+    let mut rec: PidRecord = serde_json::from_slice(&std::fs::read(dir.pid_file()).ok()?).ok()?;
+    if rec.init_pid.is_none()
+        && rec.bwrap_alive()
+        && let Some(init) = read_bwrap_status(dir).child_pid
+        && let Some(st) = procfs::stat(init).filter(|s| s.ppid == rec.pid)
+    {
+        rec.init_pid = Some(init);
+        rec.init_starttime = Some(st.starttime);
+    }
+    Some(rec)
+}
+
+fn write_pid_record(dir: &PodDir, rec: &PidRecord) -> std::io::Result<()> {
+    layout::write_atomic(&dir.pid_file(), &serde_json::to_vec(rec).expect("a PidRecord serialises"))
+}
+
+/// `exit_status`: how the outer bwrap process ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExitRecord {
+    /// Exit code of bwrap (it passes on the agent's; 128 + n when the agent died of signal n).
+    pub code: Option<i32>,
+    /// Signal that killed bwrap itself.
+    pub signal: Option<i32>,
+    /// Epoch milliseconds.
+    pub at_ms: i64,
+}
+
+pub fn read_exit_record(dir: &PodDir) -> Option<ExitRecord> {
+    serde_json::from_slice(&std::fs::read(dir.exit_status()).ok()?).ok()
+}
+
+/// What bwrap itself wrote to `--json-status-fd`: the init's pid, and (when it saw the sandbox end) the exit code.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct BwrapStatus {
+    pub child_pid: Option<i32>,
+    pub exit_code: Option<i32>,
+}
+
+pub fn read_bwrap_status(dir: &PodDir) -> BwrapStatus {
+    let mut st = BwrapStatus::default();
+    let text = std::fs::read_to_string(dir.bwrap_status()).unwrap_or_default();
+    // bwrap writes one JSON document per write, not always newline-separated.
+    for doc in serde_json::Deserializer::from_str(&text).into_iter::<serde_json::Value>().flatten() {
+        if let Some(p) = doc.get("child-pid").and_then(|v| v.as_i64()) {
+            st.child_pid = Some(p as i32);
+        }
+        if let Some(c) = doc.get("exit-code").and_then(|v| v.as_i64()) {
+            st.exit_code = Some(c as i32);
+        }
+    }
+    st
+}
+
+/// Spawn the sandbox on a prepared pod directory and wait until bwrap reports its namespace init. Returns the
+/// child (for the reaper) and the record written to `sandbox.pid`.
+pub async fn spawn(
+    bwrap_path: &std::path::Path,
+    agent_binary: &std::path::Path,
+    dir: &PodDir,
+    pod_id: &str,
+    disable_userns: bool,
+) -> anyhow::Result<(Child, PidRecord)> {
+    for stale in [dir.socket(), dir.exit_status(), dir.stop_requested(), dir.pid_file()] {
+        layout::remove_if_exists(&stale).with_context(|| format!("removing {}", stale.display()))?;
+    }
+    let mut log =
+        std::fs::OpenOptions::new().create(true).append(true).open(dir.log()).context("opening sandbox.log")?;
+    {
+        use std::io::Write;
+        let _ = writeln!(log, "--- evershell: starting sandbox for {pod_id} at {}", evershell_core::Timestamp::now());
+    }
+    let status = std::fs::OpenOptions::new()
+        .create(true)
+        .write(true)
+        .truncate(true)
+        .open(dir.bwrap_status())
+        .context("opening sandbox.status")?;
+    let status_fd = status.as_raw_fd();
+
+    let mut cmd = tokio::process::Command::new(bwrap_path);
+    cmd.args(bwrap::sandbox_args(dir, pod_id, agent_binary, status_fd, disable_userns))
+        .stdin(Stdio::null())
+        .stdout(Stdio::from(log.try_clone().context("duplicating the log handle")?))
+        .stderr(Stdio::from(log))
+        .process_group(0)
+        .kill_on_drop(false);
+    // SAFETY: the closure only calls fcntl(2), which is async-signal-safe, on a descriptor open in the parent.
+    unsafe {
+        cmd.pre_exec(move || {
+            // Let bwrap inherit the status file (it is close-on-exec in the parent).
+            if libc::fcntl(status_fd, libc::F_SETFD, 0) == -1 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let mut child = cmd.spawn().with_context(|| format!("spawning {}", bwrap_path.display()))?;
+    drop(status);
+    let pid = child.id().ok_or_else(|| anyhow!("bwrap exited before its pid could be read"))? as i32;
+    let starttime = procfs::stat(pid).map(|s| s.starttime).unwrap_or(0);
+    let mut rec = PidRecord { pid, starttime, init_pid: None, init_starttime: None };
+    write_pid_record(dir, &rec).context("writing sandbox.pid")?;
+
+    let deadline = Instant::now() + INIT_PID_WAIT;
+    loop {
+        if let Some(init) = read_bwrap_status(dir).child_pid {
+            rec.init_pid = Some(init);
+            rec.init_starttime = procfs::stat(init).map(|s| s.starttime);
+            break;
+        }
+        if let Some(st) = child.try_wait().context("checking on bwrap")? {
+            write_exit_record(dir, st);
+            anyhow::bail!("bwrap exited at once ({st})");
+        }
+        if Instant::now() > deadline {
+            // Do not leave a sandbox nobody will recognise.
+            procfs::kill_group(pid, libc::SIGKILL);
+            let _ = child.wait().await;
+            anyhow::bail!("bwrap did not report its sandbox's pid within {INIT_PID_WAIT:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    write_pid_record(dir, &rec).context("writing sandbox.pid")?;
+    Ok((child, rec))
+}
+
+pub fn write_exit_record(dir: &PodDir, st: std::process::ExitStatus) {
+    let rec = ExitRecord { code: st.code(), signal: st.signal(), at_ms: evershell_core::Timestamp::now().millis() };
+    if let Err(e) = layout::write_atomic(&dir.exit_status(), &serde_json::to_vec(&rec).expect("serialises")) {
+        tracing::warn!(error = %e, "could not write exit_status");
+    }
+}
+
+/// Await the sandbox's exit, make sure nothing of it survives bwrap, and record how it ended.
+pub async fn reap(mut child: Child, dir: PodDir, rec: PidRecord) {
+    let status = match child.wait().await {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!(error = %e, "waiting for the sandbox failed");
+            return;
+        }
+    };
+    if rec.init_alive() {
+        // bwrap itself was killed: its namespace would run on unsupervised. End it.
+        procfs::kill(rec.init_pid.unwrap_or(0), libc::SIGKILL);
+    }
+    write_exit_record(&dir, status);
+    tracing::info!(%status, "sandbox exited");
+}
+
+/// Stop the sandbox recorded in `rec`: SIGTERM to every process in its namespace, SIGKILL of the namespace and of
+/// bwrap's process group after `grace`, then wait until all are gone. Works whether or not this process spawned it.
+pub async fn stop(dir: &PodDir, rec: PidRecord, grace: Duration) -> anyhow::Result<()> {
+    if !rec.alive() {
+        return Ok(());
+    }
+    let _ = std::fs::write(dir.stop_requested(), b"stop requested by the control plane\n");
+    if rec.init_alive() {
+        let init = rec.init_pid.unwrap_or(0);
+        // The namespace's init ignores SIGTERM (no handler); its descendants get it and init follows them out.
+        for p in procfs::descendants(init) {
+            procfs::kill(p, libc::SIGTERM);
+        }
+    } else if rec.bwrap_alive() {
+        procfs::kill(rec.pid, libc::SIGTERM);
+    }
+    if wait_gone(&rec, grace).await {
+        return Ok(());
+    }
+    tracing::warn!(?grace, "sandbox ignored SIGTERM; killing it");
+    if rec.init_alive() {
+        procfs::kill(rec.init_pid.unwrap_or(0), libc::SIGKILL);
+    }
+    if rec.bwrap_alive() {
+        procfs::kill_group(rec.pid, libc::SIGKILL);
+    }
+    if wait_gone(&rec, KILL_WAIT).await {
+        return Ok(());
+    }
+    Err(anyhow!("sandbox processes still alive {KILL_WAIT:?} after SIGKILL"))
+}
+
+async fn wait_gone(rec: &PidRecord, within: Duration) -> bool {
+    let deadline = Instant::now() + within;
+    loop {
+        if !rec.alive() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(POLL).await;
+    }
+}

@@ -1,0 +1,78 @@
+//! The `PodRuntime` contract.
+
+use async_trait::async_trait;
+use evershell_core::ids::{OrgId, PodId, SnapshotId, WorkspaceId};
+use evershell_core::lifecycle::PodObservation;
+use evershell_snapshot::{Manifest, SnapshotError, SnapshotKeys};
+
+use crate::agent_client::AgentClient;
+
+/// What a pod is for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PodSpec {
+    pub pod_id: PodId,
+    pub org_id: OrgId,
+    pub workspace_id: WorkspaceId,
+}
+
+/// What `prepare` did.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PrepareReport {
+    /// The manifest of the restored snapshot; `None` for an empty workspace.
+    pub restored: Option<Manifest>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum PodError {
+    /// The snapshot could not be restored (missing, corrupt, unsafe). Permanent: the workspace fails.
+    #[error(transparent)]
+    Snapshot(#[from] SnapshotError),
+    /// The sandbox could not be started. Permanent for this attempt.
+    #[error("sandbox failed to start: {0}")]
+    Start(String),
+    /// Anything else (I/O); may be retried.
+    #[error("{0:#}")]
+    Other(#[from] anyhow::Error),
+}
+
+/// Where pods run. Every method is idempotent and safe to call again after a crash at any point.
+#[async_trait]
+pub trait PodRuntime: Send + Sync + 'static {
+    /// `local`, `kubernetes`, …
+    fn name(&self) -> &'static str;
+
+    /// What exists of the pod. Never answers `Unallocated` (that is the store's to say).
+    async fn observe(&self, pod: PodId) -> Result<PodObservation, PodError>;
+
+    /// Create the pod's files: restore `snapshot` into `/workspace` (verifying it against its manifest) or start
+    /// empty, then mark the files complete. Any earlier incomplete files are discarded first. The sandbox is not
+    /// started.
+    async fn prepare(&self, spec: &PodSpec, snapshot: Option<&SnapshotKeys>) -> Result<PrepareReport, PodError>;
+
+    /// Start the sandbox on the pod's complete files. Returns once the process is spawned; the agent may take a
+    /// moment to answer (`observe` says `Unhealthy` until it does).
+    async fn start(&self, spec: &PodSpec) -> Result<(), PodError>;
+
+    /// Stop the sandbox and wait until every process in it is gone. The files stay. No-op when not running.
+    async fn stop(&self, pod: PodId) -> Result<(), PodError>;
+
+    /// Save the pod's `/workspace` as snapshot `snap` (written, read back and verified). The sandbox must be stopped.
+    async fn capture(
+        &self,
+        pod: PodId,
+        keys: &SnapshotKeys,
+        ids: (OrgId, WorkspaceId, SnapshotId),
+    ) -> Result<Manifest, PodError>;
+
+    /// Stop the sandbox if it runs and delete the pod's files. No-op when absent.
+    async fn remove(&self, pod: PodId) -> Result<(), PodError>;
+
+    /// Every pod that exists (files or process), for adoption and garbage collection after a restart.
+    async fn list_pods(&self) -> Result<Vec<PodId>, PodError>;
+
+    /// A client for the agent inside the pod.
+    fn agent(&self, pod: PodId) -> AgentClient;
+
+    /// A short, secret-free description of why the sandbox ended (exit status, last log lines), for `last_error`.
+    async fn diagnostics(&self, pod: PodId) -> Option<String>;
+}

@@ -1,0 +1,53 @@
+//! The two migration ladders, embedded at compile time. (`sqlx::migrate!` needs sqlx's `macros` feature, which the
+//! workspace does not enable; this builds the same `Migrator`, with the same checksums, from `include_str!`.)
+//! A new migration is a new file in `migrations/<backend>/` plus its line below; a test keeps the two in step.
+
+use std::borrow::Cow;
+
+use sqlx::SqlSafeStr;
+use sqlx::migrate::{Migration, MigrationType, Migrator};
+
+/// `(version, description, sql)` per step, oldest first.
+type Ladder = &'static [(i64, &'static str, &'static str)];
+
+pub(crate) const SQLITE: Ladder = &[(1, "initial", include_str!("../migrations/sqlite/0001_initial.sql"))];
+
+pub(crate) const POSTGRES: Ladder = &[(1, "initial", include_str!("../migrations/postgres/0001_initial.sql"))];
+
+pub(crate) fn migrator(ladder: Ladder) -> Migrator {
+    Migrator::with_migrations(
+        ladder
+            .iter()
+            .map(|&(version, description, sql)| {
+                Migration::new(version, Cow::Borrowed(description), MigrationType::Simple, sql.into_sql_str(), false)
+            })
+            .collect(),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every file on disk is embedded, under the version and description its name gives.
+    fn check(dir: &str, ladder: Ladder) {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("migrations").join(dir);
+        let mut files: Vec<String> = std::fs::read_dir(&path)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n.ends_with(".sql"))
+            .collect();
+        files.sort();
+        let embedded: Vec<String> = ladder.iter().map(|(v, d, _)| format!("{v:04}_{d}.sql")).collect();
+        assert_eq!(files, embedded, "migrations/{dir} and migrations.rs disagree");
+        for (name, (_, _, sql)) in files.iter().zip(ladder.iter()) {
+            assert_eq!(std::fs::read_to_string(path.join(name)).unwrap(), *sql);
+        }
+    }
+
+    #[test]
+    fn every_migration_file_is_embedded() {
+        check("sqlite", SQLITE);
+        check("postgres", POSTGRES);
+    }
+}

@@ -1,0 +1,235 @@
+//! Workspaces: creation under share-locked, live parents; the generation-guarded write every status change goes
+//! through; what the reconciler scans; and its per-workspace lease.
+
+macro_rules! ops {
+    () => {
+        use evershell_core::audit::AuditEvent;
+        use evershell_core::ids::{OrgId, PodId, WorkspaceId};
+        use evershell_core::model::WorkspaceRecord;
+        use evershell_core::{Error, ErrorCode, Result, Timestamp};
+
+        use $crate::api::WorkspaceFilter;
+        use $crate::errors::db;
+        use $crate::rows::{WorkspaceRow, millis, text, to_json};
+        use $crate::tx::{TxResult, run};
+
+        macro_rules! ws_select {
+            () => {
+                "SELECT id, org_id, role_id, environment, created_by_user_id, status, status_reason, last_error, \
+                 desired, generation, pod_id, pod_pack_ids, snapshot_id, last_snapshot_error, created_at, \
+                 updated_at, archived_at FROM workspaces "
+            };
+        }
+
+        fn pod_pack_ids(ws: &WorkspaceRecord) -> Result<Option<String>> {
+            ws.pod_pack_ids.as_ref().map(to_json).transpose()
+        }
+
+        pub async fn create_workspace(s: &S, ws: &WorkspaceRecord, audit: &[AuditEvent]) -> Result<()> {
+            let packs = pod_pack_ids(ws)?;
+            let packs = packs.as_deref();
+            run("create_workspace", move || async move {
+                let mut tx = s.begin().await?;
+                let (role, provider) = super::roles::lock_with_provider(&mut tx, ws.org_id, ws.role_id, false).await?;
+                if role.archived_at.is_some() {
+                    return Err(Error::new(ErrorCode::RoleArchived, "the agent role is archived").into());
+                }
+                if provider.archived_at.is_some() {
+                    return Err(super::roles::provider_archived().into());
+                }
+                sqlx::query(
+                    "INSERT INTO workspaces (id, org_id, role_id, environment, created_by_user_id, status, \
+                     status_reason, last_error, desired, generation, pod_id, pod_pack_ids, snapshot_id, \
+                     last_snapshot_error, created_at, updated_at, archived_at) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)",
+                )
+                .bind(ws.id.to_string())
+                .bind(ws.org_id.to_string())
+                .bind(ws.role_id.to_string())
+                .bind(ws.environment.as_deref())
+                .bind(text(ws.created_by_user_id.as_ref()))
+                .bind(ws.status.as_str())
+                .bind(ws.status_reason.map(|r| r.as_str()))
+                .bind(ws.last_error.as_deref())
+                .bind(ws.desired.as_str())
+                .bind(ws.generation)
+                .bind(text(ws.pod_id.as_ref()))
+                .bind(packs)
+                .bind(text(ws.snapshot_id.as_ref()))
+                .bind(ws.last_snapshot_error.as_deref())
+                .bind(ws.created_at.millis())
+                .bind(ws.updated_at.millis())
+                .bind(millis(ws.archived_at))
+                .execute(&mut *tx)
+                .await?;
+                super::audit::insert(&mut tx, audit).await?;
+                tx.commit().await?;
+                Ok(())
+            })
+            .await
+        }
+
+        pub async fn get_workspace(s: &S, org: OrgId, id: WorkspaceId) -> Result<Option<WorkspaceRecord>> {
+            let row: Option<WorkspaceRow> = sqlx::query_as(concat!(ws_select!(), "WHERE org_id = $1 AND id = $2"))
+                .bind(org.to_string())
+                .bind(id.to_string())
+                .fetch_optional(&s.read)
+                .await
+                .map_err(db)?;
+            row.map(WorkspaceRecord::try_from).transpose()
+        }
+
+        pub async fn get_workspace_by_id(s: &S, id: WorkspaceId) -> Result<Option<WorkspaceRecord>> {
+            let row: Option<WorkspaceRow> = sqlx::query_as(concat!(ws_select!(), "WHERE id = $1"))
+                .bind(id.to_string())
+                .fetch_optional(&s.read)
+                .await
+                .map_err(db)?;
+            row.map(WorkspaceRecord::try_from).transpose()
+        }
+
+        pub async fn list_workspaces(s: &S, org: OrgId, f: &WorkspaceFilter) -> Result<Vec<WorkspaceRecord>> {
+            let rows: Vec<WorkspaceRow> = sqlx::query_as(concat!(
+                ws_select!(),
+                "WHERE org_id = $1 AND ($2 IS NULL OR role_id = $2) AND ($3 IS NULL OR status = $3) ",
+                "AND ($4 = 1 OR archived_at IS NULL) AND ($5 IS NULL OR created_by_user_id = $5) ",
+                "ORDER BY id DESC"
+            ))
+            .bind(org.to_string())
+            .bind(text(f.role_id.as_ref()))
+            .bind(f.status.map(|st| st.as_str()))
+            .bind(i64::from(f.include_archived))
+            .bind(text(f.created_by.as_ref()))
+            .fetch_all(&s.read)
+            .await
+            .map_err(db)?;
+            rows.into_iter().map(WorkspaceRecord::try_from).collect()
+        }
+
+        /// The generation-guarded write: every mutable field of `ws`, only if the row is still at `expected`.
+        /// `false` when another writer moved it first.
+        pub async fn update_guarded(c: &mut Conn, ws: &WorkspaceRecord, expected: i64) -> TxResult<bool> {
+            let done = sqlx::query(
+                "UPDATE workspaces SET environment = $3, status = $4, status_reason = $5, last_error = $6, \
+                 desired = $7, generation = $8, pod_id = $9, pod_pack_ids = $10, snapshot_id = $11, \
+                 last_snapshot_error = $12, updated_at = $13, archived_at = $14 \
+                 WHERE id = $1 AND generation = $2",
+            )
+            .bind(ws.id.to_string())
+            .bind(expected)
+            .bind(ws.environment.as_deref())
+            .bind(ws.status.as_str())
+            .bind(ws.status_reason.map(|r| r.as_str()))
+            .bind(ws.last_error.as_deref())
+            .bind(ws.desired.as_str())
+            .bind(expected + 1)
+            .bind(text(ws.pod_id.as_ref()))
+            .bind(pod_pack_ids(ws)?)
+            .bind(text(ws.snapshot_id.as_ref()))
+            .bind(ws.last_snapshot_error.as_deref())
+            .bind(ws.updated_at.millis())
+            .bind(millis(ws.archived_at))
+            .execute(c)
+            .await?;
+            Ok(done.rows_affected() == 1)
+        }
+
+        pub async fn update_workspace(
+            s: &S,
+            ws: &WorkspaceRecord,
+            expected_generation: i64,
+            audit: &[AuditEvent],
+        ) -> Result<bool> {
+            run("update_workspace", move || async move {
+                let mut tx = s.begin().await?;
+                if !update_guarded(&mut tx, ws, expected_generation).await? {
+                    return Ok(false);
+                }
+                super::audit::insert(&mut tx, audit).await?;
+                tx.commit().await?;
+                Ok(true)
+            })
+            .await
+        }
+
+        pub async fn workspaces_to_reconcile(s: &S) -> Result<Vec<WorkspaceId>> {
+            let ids: Vec<String> = sqlx::query_scalar(
+                "SELECT id FROM workspaces WHERE status IN ('provisioning', 'stopping') OR pod_id IS NOT NULL \
+                 ORDER BY id",
+            )
+            .fetch_all(&s.read)
+            .await
+            .map_err(db)?;
+            ids.iter().map(|id| parse_id(id)).collect()
+        }
+
+        pub async fn owned_pod_ids(s: &S) -> Result<Vec<PodId>> {
+            let ids: Vec<String> =
+                sqlx::query_scalar("SELECT pod_id FROM workspaces WHERE pod_id IS NOT NULL ORDER BY pod_id")
+                    .fetch_all(&s.read)
+                    .await
+                    .map_err(db)?;
+            ids.iter().map(|id| parse_id(id)).collect()
+        }
+
+        fn parse_id<T: std::str::FromStr<Err = evershell_core::ids::IdParseError>>(s: &str) -> Result<T> {
+            s.parse().map_err(|e| Error::internal(anyhow::anyhow!("corrupt id `{s}` in the database: {e}")))
+        }
+
+        pub async fn claim_workspace(
+            s: &S,
+            id: WorkspaceId,
+            owner: &str,
+            now: Timestamp,
+            until: Timestamp,
+        ) -> Result<bool> {
+            run("claim_workspace", move || async move {
+                let mut tx = s.begin().await?;
+                let done = sqlx::query(
+                    "UPDATE workspaces SET lease_owner = $2, lease_until = $4 WHERE id = $1 \
+                     AND (lease_owner IS NULL OR lease_owner = $2 OR lease_until IS NULL OR lease_until < $3)",
+                )
+                .bind(id.to_string())
+                .bind(owner)
+                .bind(now.millis())
+                .bind(until.millis())
+                .execute(&mut *tx)
+                .await?;
+                tx.commit().await?;
+                Ok(done.rows_affected() == 1)
+            })
+            .await
+        }
+
+        pub async fn release_workspace(s: &S, id: WorkspaceId, owner: &str) -> Result<()> {
+            run("release_workspace", move || async move {
+                let mut tx = s.begin().await?;
+                sqlx::query(
+                    "UPDATE workspaces SET lease_owner = NULL, lease_until = NULL WHERE id = $1 AND lease_owner = $2",
+                )
+                .bind(id.to_string())
+                .bind(owner)
+                .execute(&mut *tx)
+                .await?;
+                tx.commit().await?;
+                Ok(())
+            })
+            .await
+        }
+
+        pub async fn clear_leases(s: &S) -> Result<()> {
+            run("clear_leases", move || async move {
+                let mut tx = s.begin().await?;
+                sqlx::query(
+                    "UPDATE workspaces SET lease_owner = NULL, lease_until = NULL WHERE lease_owner IS NOT NULL",
+                )
+                .execute(&mut *tx)
+                .await?;
+                tx.commit().await?;
+                Ok(())
+            })
+            .await
+        }
+    };
+}
+pub(crate) use ops;

@@ -1,0 +1,304 @@
+//! The `Store` trait implementation, written once: `impl_store!(Type, Backend::X)` wires every method to the
+//! same-named function of the backend's expanded `ops` module (see `queries`).
+
+macro_rules! impl_store {
+    ($store:ty, $backend:expr) => {
+        const _: () = {
+            use evershell_core::Result;
+            use evershell_core::Timestamp;
+            use evershell_core::audit::{AuditEvent, AuditQuery};
+            use evershell_core::ids::{
+                ApiKeyId, OrgId, PodId, ProviderId, RoleId, SessionId, SnapshotId, UserId, WorkspaceId,
+            };
+            use evershell_core::model::{
+                AgentRole, ApiKey, BillingStatus, Membership, Org, Provider, Session, SnapshotRecord, User,
+                WorkspaceRecord,
+            };
+            use evershell_core::scope::MemberRole;
+
+            use $crate::api::{IdempotencyBegin, WorkspaceFilter};
+
+            #[async_trait::async_trait]
+            impl $crate::api::Store for $store {
+                fn backend(&self) -> $crate::api::Backend {
+                    $backend
+                }
+
+                async fn ping(&self) -> Result<()> {
+                    sqlx::query("SELECT 1").execute(&self.read).await.map_err($crate::errors::db)?;
+                    Ok(())
+                }
+
+                async fn create_org(&self, org: &Org, audit: &[AuditEvent]) -> Result<()> {
+                    ops::orgs::create_org(self, org, audit).await
+                }
+                async fn get_org(&self, id: OrgId) -> Result<Option<Org>> {
+                    ops::orgs::get_org(self, id).await
+                }
+                async fn get_org_by_slug(&self, slug: &str) -> Result<Option<Org>> {
+                    ops::orgs::get_org_by_slug(self, slug).await
+                }
+                async fn set_org_billing(
+                    &self,
+                    id: OrgId,
+                    status: BillingStatus,
+                    trial_ends_at: Option<Timestamp>,
+                    audit: &[AuditEvent],
+                ) -> Result<Org> {
+                    ops::orgs::set_org_billing(self, id, status, trial_ends_at, audit).await
+                }
+
+                async fn create_user(&self, user: &User, audit: &[AuditEvent]) -> Result<()> {
+                    ops::orgs::create_user(self, user, audit).await
+                }
+                async fn get_user(&self, id: UserId) -> Result<Option<User>> {
+                    ops::orgs::get_user(self, id).await
+                }
+                async fn get_user_by_email(&self, email: &str) -> Result<Option<User>> {
+                    ops::orgs::get_user_by_email(self, email).await
+                }
+
+                async fn create_membership(
+                    &self,
+                    m: &Membership,
+                    new_user: Option<&User>,
+                    invite_token_hash: Option<&str>,
+                    audit: &[AuditEvent],
+                ) -> Result<()> {
+                    ops::members::create_membership(self, m, new_user, invite_token_hash, audit).await
+                }
+                async fn get_membership(&self, org: OrgId, user: UserId) -> Result<Option<Membership>> {
+                    ops::members::get_membership(self, org, user).await
+                }
+                async fn list_memberships(&self, org: OrgId) -> Result<Vec<Membership>> {
+                    ops::members::list_memberships(self, org).await
+                }
+                async fn list_user_memberships(&self, user: UserId) -> Result<Vec<(Membership, Org)>> {
+                    ops::members::list_user_memberships(self, user).await
+                }
+                async fn find_invitation(&self, token_hash: &str) -> Result<Option<Membership>> {
+                    ops::members::find_invitation(self, token_hash).await
+                }
+                async fn accept_invitation(
+                    &self,
+                    org: OrgId,
+                    user: UserId,
+                    password_hash: Option<&str>,
+                    now: Timestamp,
+                    audit: &[AuditEvent],
+                ) -> Result<Membership> {
+                    ops::members::accept_invitation(self, org, user, password_hash, now, audit).await
+                }
+                async fn update_membership_role(
+                    &self,
+                    org: OrgId,
+                    user: UserId,
+                    role: MemberRole,
+                    now: Timestamp,
+                    audit: &[AuditEvent],
+                ) -> Result<Membership> {
+                    ops::members::update_membership_role(self, org, user, role, now, audit).await
+                }
+                async fn delete_membership(
+                    &self,
+                    org: OrgId,
+                    user: UserId,
+                    now: Timestamp,
+                    audit: &[AuditEvent],
+                ) -> Result<()> {
+                    ops::members::delete_membership(self, org, user, now, audit).await
+                }
+
+                async fn create_api_key(&self, key: &ApiKey, secret_hash: &str, audit: &[AuditEvent]) -> Result<()> {
+                    ops::auth::create_api_key(self, key, secret_hash, audit).await
+                }
+                async fn list_api_keys(&self, org: OrgId) -> Result<Vec<ApiKey>> {
+                    ops::auth::list_api_keys(self, org).await
+                }
+                async fn find_api_key(&self, secret_hash: &str) -> Result<Option<ApiKey>> {
+                    ops::auth::find_api_key(self, secret_hash).await
+                }
+                async fn revoke_api_key(
+                    &self,
+                    org: OrgId,
+                    id: ApiKeyId,
+                    now: Timestamp,
+                    audit: &[AuditEvent],
+                ) -> Result<bool> {
+                    ops::auth::revoke_api_key(self, org, id, now, audit).await
+                }
+
+                async fn create_session(&self, s: &Session, audit: &[AuditEvent]) -> Result<()> {
+                    ops::auth::create_session(self, s, audit).await
+                }
+                async fn get_session(&self, id: SessionId) -> Result<Option<Session>> {
+                    ops::auth::get_session(self, id).await
+                }
+                async fn revoke_session(&self, id: SessionId, now: Timestamp, audit: &[AuditEvent]) -> Result<()> {
+                    ops::auth::revoke_session(self, id, now, audit).await
+                }
+                async fn server_key(&self, name: &str, candidate: &[u8]) -> Result<Vec<u8>> {
+                    ops::auth::server_key(self, name, candidate).await
+                }
+
+                async fn create_provider(&self, p: &Provider, audit: &[AuditEvent]) -> Result<()> {
+                    ops::providers::create_provider(self, p, audit).await
+                }
+                async fn list_providers(&self, org: OrgId, include_archived: bool) -> Result<Vec<Provider>> {
+                    ops::providers::list_providers(self, org, include_archived).await
+                }
+                async fn get_provider(&self, org: OrgId, id: ProviderId) -> Result<Option<Provider>> {
+                    ops::providers::get_provider(self, org, id).await
+                }
+                async fn update_provider(&self, p: &Provider, audit: &[AuditEvent]) -> Result<()> {
+                    ops::providers::update_provider(self, p, audit).await
+                }
+                async fn archive_provider(
+                    &self,
+                    org: OrgId,
+                    id: ProviderId,
+                    now: Timestamp,
+                    audit: &[AuditEvent],
+                    role_audit: &(dyn for<'r> Fn(&'r AgentRole) -> AuditEvent + Send + Sync),
+                ) -> Result<u64> {
+                    ops::providers::archive_provider(self, org, id, now, audit, role_audit).await
+                }
+                async fn unarchive_provider(
+                    &self,
+                    org: OrgId,
+                    id: ProviderId,
+                    now: Timestamp,
+                    audit: &[AuditEvent],
+                ) -> Result<()> {
+                    ops::providers::unarchive_provider(self, org, id, now, audit).await
+                }
+
+                async fn create_role(&self, r: &AgentRole, audit: &[AuditEvent]) -> Result<()> {
+                    ops::roles::create_role(self, r, audit).await
+                }
+                async fn list_roles(&self, org: OrgId, include_archived: bool) -> Result<Vec<AgentRole>> {
+                    ops::roles::list_roles(self, org, include_archived).await
+                }
+                async fn get_role(&self, org: OrgId, id: RoleId) -> Result<Option<AgentRole>> {
+                    ops::roles::get_role(self, org, id).await
+                }
+                async fn get_role_by_name(&self, org: OrgId, name: &str) -> Result<Option<AgentRole>> {
+                    ops::roles::get_role_by_name(self, org, name).await
+                }
+                async fn update_role(&self, r: &AgentRole, audit: &[AuditEvent]) -> Result<()> {
+                    ops::roles::update_role(self, r, audit).await
+                }
+                async fn archive_role(
+                    &self,
+                    org: OrgId,
+                    id: RoleId,
+                    now: Timestamp,
+                    audit: &[AuditEvent],
+                ) -> Result<()> {
+                    ops::roles::archive_role(self, org, id, now, audit).await
+                }
+                async fn unarchive_role(
+                    &self,
+                    org: OrgId,
+                    id: RoleId,
+                    now: Timestamp,
+                    audit: &[AuditEvent],
+                ) -> Result<()> {
+                    ops::roles::unarchive_role(self, org, id, now, audit).await
+                }
+
+                async fn create_workspace(&self, ws: &WorkspaceRecord, audit: &[AuditEvent]) -> Result<()> {
+                    ops::workspaces::create_workspace(self, ws, audit).await
+                }
+                async fn get_workspace(&self, org: OrgId, id: WorkspaceId) -> Result<Option<WorkspaceRecord>> {
+                    ops::workspaces::get_workspace(self, org, id).await
+                }
+                async fn get_workspace_by_id(&self, id: WorkspaceId) -> Result<Option<WorkspaceRecord>> {
+                    ops::workspaces::get_workspace_by_id(self, id).await
+                }
+                async fn list_workspaces(&self, org: OrgId, filter: &WorkspaceFilter) -> Result<Vec<WorkspaceRecord>> {
+                    ops::workspaces::list_workspaces(self, org, filter).await
+                }
+                async fn update_workspace(
+                    &self,
+                    ws: &WorkspaceRecord,
+                    expected_generation: i64,
+                    audit: &[AuditEvent],
+                ) -> Result<bool> {
+                    ops::workspaces::update_workspace(self, ws, expected_generation, audit).await
+                }
+                async fn workspaces_to_reconcile(&self) -> Result<Vec<WorkspaceId>> {
+                    ops::workspaces::workspaces_to_reconcile(self).await
+                }
+                async fn owned_pod_ids(&self) -> Result<Vec<PodId>> {
+                    ops::workspaces::owned_pod_ids(self).await
+                }
+                async fn claim_workspace(
+                    &self,
+                    id: WorkspaceId,
+                    owner: &str,
+                    now: Timestamp,
+                    until: Timestamp,
+                ) -> Result<bool> {
+                    ops::workspaces::claim_workspace(self, id, owner, now, until).await
+                }
+                async fn release_workspace(&self, id: WorkspaceId, owner: &str) -> Result<()> {
+                    ops::workspaces::release_workspace(self, id, owner).await
+                }
+                async fn clear_leases(&self) -> Result<()> {
+                    ops::workspaces::clear_leases(self).await
+                }
+
+                async fn insert_snapshot(&self, s: &SnapshotRecord) -> Result<()> {
+                    ops::snapshots::insert_snapshot(self, s).await
+                }
+                async fn get_snapshot(&self, id: SnapshotId) -> Result<Option<SnapshotRecord>> {
+                    ops::snapshots::get_snapshot(self, id).await
+                }
+                async fn list_snapshots(&self, ws: WorkspaceId) -> Result<Vec<SnapshotRecord>> {
+                    ops::snapshots::list_snapshots(self, ws).await
+                }
+                async fn list_pending_snapshots(&self) -> Result<Vec<SnapshotRecord>> {
+                    ops::snapshots::list_pending_snapshots(self).await
+                }
+                async fn commit_snapshot(
+                    &self,
+                    snap: &SnapshotRecord,
+                    ws: &WorkspaceRecord,
+                    expected_generation: i64,
+                    audit: &[AuditEvent],
+                ) -> Result<bool> {
+                    ops::snapshots::commit_snapshot(self, snap, ws, expected_generation, audit).await
+                }
+                async fn delete_snapshot(&self, id: SnapshotId, audit: &[AuditEvent]) -> Result<()> {
+                    ops::snapshots::delete_snapshot(self, id, audit).await
+                }
+
+                async fn append_audit(&self, events: &[AuditEvent]) -> Result<()> {
+                    ops::audit::append_audit(self, events).await
+                }
+                async fn query_audit(&self, q: &AuditQuery) -> Result<Vec<AuditEvent>> {
+                    ops::audit::query_audit(self, q).await
+                }
+
+                async fn idempotency_begin(
+                    &self,
+                    org: OrgId,
+                    key: &str,
+                    fingerprint: &str,
+                    now: Timestamp,
+                    expires_at: Timestamp,
+                ) -> Result<IdempotencyBegin> {
+                    ops::idempotency::idempotency_begin(self, org, key, fingerprint, now, expires_at).await
+                }
+                async fn idempotency_complete(&self, org: OrgId, key: &str, status: u16, body: &str) -> Result<()> {
+                    ops::idempotency::idempotency_complete(self, org, key, status, body).await
+                }
+                async fn idempotency_abandon(&self, org: OrgId, key: &str) -> Result<()> {
+                    ops::idempotency::idempotency_abandon(self, org, key).await
+                }
+            }
+        };
+    };
+}
+pub(crate) use impl_store;
