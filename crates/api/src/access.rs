@@ -127,9 +127,10 @@ async fn check(app: &App, table: &AccessTable, req: &mut Request) -> Result<()> 
         .get::<MatchedPath>()
         .map(|m| openapi_path(m.as_str()))
         .ok_or_else(|| Error::new(evershell_core::ErrorCode::NotFound, "no such route"))?;
-    let requirement = table.get(req.method(), &path).ok_or_else(|| {
-        Error::internal(anyhow::anyhow!("{} {path} is routed but not in the access table", req.method()))
-    })?;
+    let Some(requirement) = table.get(req.method(), &path) else {
+        // The path is routed, but not for this method: the router's 405 would follow.
+        return Err(Error::new(evershell_core::ErrorCode::MethodNotAllowed, "method not allowed on this route"));
+    };
     let Requirement::Scopes(alternatives) = requirement else { return Ok(()) };
     let token = credential(req.headers()).ok_or_else(Error::unauthenticated)?;
     let request_id = req.extensions().get::<RequestId>().map(|r| r.0.clone());

@@ -56,7 +56,12 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, Error> {
         let named = |prefix: &str| -> Option<String> {
             let rest = msg.strip_prefix(prefix)?;
             let name = rest.split('`').next()?;
-            Some(if path.is_empty() { name.to_string() } else { format!("{path}.{name}") })
+            // serde_path_to_error already ends the path with the unknown key; a missing field's is its parent.
+            Some(if path.is_empty() || path == name || path.ends_with(&format!(".{name}")) {
+                if path.is_empty() { name.to_string() } else { path.clone() }
+            } else {
+                format!("{path}.{name}")
+            })
         };
         if let Some(field) = named("unknown field `") {
             return Error::invalid_field(field, "unknown field");

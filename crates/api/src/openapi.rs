@@ -74,8 +74,28 @@ fn add(op: &mut Operation, code: &str, description: &str) {
     op.responses.responses.entry(code.to_string()).or_insert_with(|| error_response(description));
 }
 
+/// axum spells a catch-all segment `{*path}`; OpenAPI has no such syntax, so the document says `{path}` (the
+/// parameter's description says it may hold slashes).
+fn normalise_catch_alls(doc: &mut Doc) {
+    let paths = std::mem::take(&mut doc.paths.paths);
+    for (path, mut item) in paths {
+        if path.contains("{*") {
+            let ops = [&mut item.get, &mut item.post, &mut item.put, &mut item.patch, &mut item.delete];
+            for op in ops.into_iter().flatten() {
+                for p in op.parameters.iter_mut().flatten() {
+                    if let RefOr::T(p) = p {
+                        p.name = p.name.trim_start_matches('*').to_string();
+                    }
+                }
+            }
+        }
+        doc.paths.paths.insert(path.replace("{*", "{"), item);
+    }
+}
+
 /// Add the shared responses and headers to every operation.
 pub fn finish(doc: &mut Doc) {
+    normalise_catch_alls(doc);
     for item in doc.paths.paths.values_mut() {
         let ops = [&mut item.get, &mut item.post, &mut item.put, &mut item.patch, &mut item.delete];
         for (i, op) in ops.into_iter().enumerate() {

@@ -80,6 +80,19 @@ fn with_database(url: &str, db: &str) -> String {
     }
 }
 
+/// Drop the database a `fresh_postgres_url` made, terminating its connections (to test what happens when the
+/// store goes away under a running server).
+pub async fn drop_postgres_database(url: &str) {
+    let name = url.rsplit('/').next().unwrap_or_default().split('?').next().unwrap_or_default().to_string();
+    assert!(name.starts_with("evershell_test_"), "refusing to drop `{name}`: not a test database");
+    let admin = with_database(url, "postgres");
+    let mut conn = PgConnection::connect(&admin).await.expect("connecting to the admin database");
+    conn.execute(sqlx::AssertSqlSafe(format!("DROP DATABASE {name} WITH (FORCE)")))
+        .await
+        .expect("dropping the test database");
+    conn.close().await.ok();
+}
+
 fn ready() -> bool {
     Command::new(format!("{PG_BIN}/pg_isready"))
         .args(["-q", "-h", "127.0.0.1", "-p", &LOCAL_PORT.to_string()])

@@ -62,7 +62,7 @@ pub async fn sandbox_list(
 }
 
 /// Read one live file as JSON: UTF-8 `content` (or `null` for binary), cut at `max_bytes` (default 524288).
-#[utoipa::path(get, path = "/v1/workspaces/{id}/sandbox/files/{path}", tag = "files",
+#[utoipa::path(get, path = "/v1/workspaces/{id}/sandbox/files/{*path}", tag = "files",
     security(("bearer" = ["workspace:read"]), ("bearer" = ["workspace:read:own"])),
     params(("id" = String, Path, description = "Workspace id (`ws_…`)"),
         ("path" = String, Path, description = "Slash-separated path under /workspace"),
@@ -79,7 +79,7 @@ pub async fn sandbox_read(
 }
 
 /// Write raw bytes to a file in the live sandbox (parent directories created, replaced atomically).
-#[utoipa::path(put, path = "/v1/workspaces/{id}/sandbox/files/{path}", tag = "files",
+#[utoipa::path(put, path = "/v1/workspaces/{id}/sandbox/files/{*path}", tag = "files",
     security(("bearer" = ["workspace:write"]), ("bearer" = ["workspace:write:own"])),
     params(("id" = String, Path, description = "Workspace id (`ws_…`)"),
         ("path" = String, Path, description = "Slash-separated path under /workspace")),
@@ -125,7 +125,7 @@ pub async fn sandbox_put(
 }
 
 /// Stream one live file as raw bytes (no size cap).
-#[utoipa::path(get, path = "/v1/workspaces/{id}/sandbox/download/{path}", tag = "files",
+#[utoipa::path(get, path = "/v1/workspaces/{id}/sandbox/download/{*path}", tag = "files",
     security(("bearer" = ["workspace:read"]), ("bearer" = ["workspace:read:own"])),
     params(("id" = String, Path, description = "Workspace id (`ws_…`)"),
         ("path" = String, Path, description = "Slash-separated path under /workspace")),
@@ -156,7 +156,7 @@ pub async fn snapshot_list(
 }
 
 /// Read one snapshot file as JSON: UTF-8 `content` (or `null` for binary), cut at `max_bytes` (default 524288).
-#[utoipa::path(get, path = "/v1/workspaces/{id}/snapshot/files/{path}", tag = "files",
+#[utoipa::path(get, path = "/v1/workspaces/{id}/snapshot/files/{*path}", tag = "files",
     security(("bearer" = ["workspace:read"]), ("bearer" = ["workspace:read:own"])),
     params(("id" = String, Path, description = "Workspace id (`ws_…`)"),
         ("path" = String, Path, description = "Slash-separated path inside the snapshot"),
@@ -173,7 +173,7 @@ pub async fn snapshot_read(
 }
 
 /// Stream one snapshot file as raw bytes (binary-safe, no size cap).
-#[utoipa::path(get, path = "/v1/workspaces/{id}/snapshot/download/{path}", tag = "files",
+#[utoipa::path(get, path = "/v1/workspaces/{id}/snapshot/download/{*path}", tag = "files",
     security(("bearer" = ["workspace:read"]), ("bearer" = ["workspace:read:own"])),
     params(("id" = String, Path, description = "Workspace id (`ws_…`)"),
         ("path" = String, Path, description = "Slash-separated path inside the snapshot")),

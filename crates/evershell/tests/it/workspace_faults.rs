@@ -1,0 +1,233 @@
+//! Faults and races on real sandboxes: 50 concurrent resumes, calls during transitions, a corrupt snapshot, a
+//! sandbox killed from outside, a vanished pod, an unreachable agent, path traversal in every file route.
+
+use std::io::{Read, Write};
+use std::time::Duration;
+
+use evershell_core::Timestamp;
+use evershell_core::ids::WorkspaceId;
+use reqwest::Method;
+use serde_json::json;
+
+use crate::harness::TestServer;
+use crate::workspaces::pod_workspace;
+
+async fn pod_dir(ts: &TestServer, ws: &str) -> std::path::PathBuf {
+    pod_workspace(ts, ws).await.parent().unwrap().to_path_buf()
+}
+
+/// Take the workspace's reconcile lease as "test-holder" (waiting for the reconciler to let go of it).
+async fn hold_lease(ts: &TestServer, id: WorkspaceId) {
+    for _ in 0..500 {
+        let now = Timestamp::now();
+        if ts.app.store.claim_workspace(id, "test-holder", now, now.plus_millis(60_000)).await.unwrap() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("the reconciler never released {id}");
+}
+
+async fn stopped_workspace(ts: &TestServer, role: &str, content: &str) -> String {
+    let ws = ts.idle_workspace(role, &ts.key.clone()).await;
+    std::fs::write(pod_workspace(ts, &ws).await.join("data.txt"), content).unwrap();
+    let r = ts.post_empty(&format!("/v1/workspaces/{ws}/stop?wait=true")).await;
+    assert_eq!(r.json["status"], "stopped", "{}", r.json);
+    ws
+}
+
+#[tokio::test]
+async fn fifty_concurrent_resumes_make_exactly_one_transition() {
+    let ts = TestServer::start().await;
+    let (_, _, role) = ts.role("coder").await;
+    let ws = stopped_workspace(&ts, &role, "x").await;
+    let path = format!("/v1/workspaces/{ws}/resume");
+    let calls = (0..50).map(|_| ts.post_empty(&path));
+    let answers = futures::future::join_all(calls).await;
+    let won = answers.iter().filter(|r| r.status == 202).count();
+    let refused = answers.iter().filter(|r| r.status == 409 && r.code() == "invalid_state").count();
+    assert_eq!(
+        (won, refused),
+        (1, 49),
+        "{:?}",
+        answers.iter().map(|r| (r.status, r.code().to_string())).collect::<Vec<_>>()
+    );
+    ts.wait_status(&ws, "idle", 60).await;
+    let a = ts.get(&format!("/v1/audit?filter=event_type=workspace_resume_requested&filter=workspace_id={ws}")).await;
+    assert_eq!(a.ok()["events"].as_array().unwrap().len(), 1);
+    ts.stop().await;
+}
+
+#[tokio::test]
+async fn calls_during_transitions_get_the_documented_409() {
+    let ts = TestServer::start().await;
+    let (_, _, role) = ts.role("coder").await;
+    let ws = stopped_workspace(&ts, &role, "x").await;
+    let id: WorkspaceId = ws.parse().unwrap();
+    // Hold the workspace's reconcile lease so it stays in its transitional state while we poke it.
+    let hold = || hold_lease(&ts, id);
+    hold().await;
+    ts.post_empty(&format!("/v1/workspaces/{ws}/resume")).await;
+    assert_eq!(ts.get(&format!("/v1/workspaces/{ws}")).await.json["status"], "provisioning");
+    ts.post_empty(&format!("/v1/workspaces/{ws}/stop")).await.expect(409, "invalid_state");
+    ts.post_empty(&format!("/v1/workspaces/{ws}/restart")).await.expect(409, "invalid_state");
+    ts.post_empty(&format!("/v1/workspaces/{ws}/archive")).await.expect(409, "invalid_state");
+    ts.get(&format!("/v1/workspaces/{ws}/sandbox/files")).await.expect(409, "workspace_provisioning");
+    ts.app.store.release_workspace(id, "test-holder").await.unwrap();
+    ts.app.reconciler.wake(id);
+    ts.wait_status(&ws, "idle", 60).await;
+    // Resume during stopping.
+    hold().await;
+    assert_eq!(ts.post_empty(&format!("/v1/workspaces/{ws}/stop")).await.status, 202);
+    ts.post_empty(&format!("/v1/workspaces/{ws}/resume")).await.expect(409, "invalid_state");
+    ts.post_empty(&format!("/v1/workspaces/{ws}/stop")).await.expect(409, "invalid_state");
+    ts.app.store.release_workspace(id, "test-holder").await.unwrap();
+    ts.app.reconciler.wake(id);
+    ts.wait_status(&ws, "stopped", 60).await;
+    ts.stop().await;
+}
+
+#[tokio::test]
+async fn a_corrupt_snapshot_fails_the_resume_and_is_kept() {
+    let ts = TestServer::start().await;
+    let (_, _, role) = ts.role("coder").await;
+    let ws = stopped_workspace(&ts, &role, &"important data\n".repeat(1000)).await;
+    let snap = ts.get(&format!("/v1/workspaces/{ws}")).await.json["snapshot_ref"].as_str().unwrap().to_string();
+    let archive = ts
+        .dir
+        .path()
+        .join("snapshots/orgs")
+        .join(&ts.org_id)
+        .join("workspaces")
+        .join(&ws)
+        .join("snapshots")
+        .join(format!("{snap}.tar.zst"));
+    let mut bytes = std::fs::read(&archive).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0x40;
+    std::fs::write(&archive, &bytes).unwrap();
+
+    assert_eq!(ts.post_empty(&format!("/v1/workspaces/{ws}/resume")).await.status, 202);
+    let failed = ts.wait_status(&ws, "failed", 60).await;
+    assert_eq!(failed["status_reason"], "restore_failed");
+    let err = failed["last_error"].as_str().unwrap();
+    assert!(err.contains("corrupt") && err.contains(&snap), "{err}");
+    // Never an empty idle; the snapshot stays for inspection, byte for byte.
+    assert_eq!(failed["snapshot_ref"], snap.as_str());
+    assert_eq!(std::fs::read(&archive).unwrap(), bytes);
+    let a = ts.get(&format!("/v1/workspaces/{ws}/audit?filter=event_type=snapshot_failed,workspace_failed")).await;
+    assert_eq!(a.ok()["events"].as_array().unwrap().len(), 2);
+    // No pod is left behind for the failed restore.
+    let rec = ts.app.store.get_workspace_by_id(ws.parse().unwrap()).await.unwrap().unwrap();
+    assert!(rec.pod_id.is_none(), "the partial pod was released");
+    ts.stop().await;
+}
+
+#[tokio::test]
+async fn a_sandbox_killed_from_outside_fails_the_workspace_and_resume_reattaches() {
+    let ts = TestServer::start().await;
+    let (_, _, role) = ts.role("coder").await;
+    let ws = ts.idle_workspace(&role, &ts.key.clone()).await;
+    let dir = pod_dir(&ts, &ws).await;
+    std::fs::write(dir.join("workspace/unsaved.txt"), "written after the last snapshot").unwrap();
+    let rec: serde_json::Value = serde_json::from_slice(&std::fs::read(dir.join("sandbox.pid")).unwrap()).unwrap();
+    let pid = rec["pid"].as_i64().unwrap() as i32;
+    // SAFETY: signalling the sandbox's own process group.
+    unsafe { libc::kill(-pid, libc::SIGKILL) };
+    let failed = ts.wait_status(&ws, "failed", 30).await;
+    assert_eq!(failed["status_reason"], "pod_exited");
+    let err = failed["last_error"].as_str().unwrap();
+    assert!(err.contains("exited") && err.contains("resume"), "{err}");
+    assert!(dir.join("workspace/unsaved.txt").exists(), "the files are kept");
+    ts.get(&format!("/v1/workspaces/{ws}/sandbox/files")).await.expect(409, "workspace_failed");
+    // Resume reattaches to the kept files: nothing written since the last snapshot is lost.
+    let r = ts.post_empty(&format!("/v1/workspaces/{ws}/resume?wait=true")).await;
+    assert_eq!(
+        (r.json["status"].clone(), r.json["status_reason"].clone()),
+        (json!("idle"), json!("reattached")),
+        "{}",
+        r.json
+    );
+    let d = ts.get(&format!("/v1/workspaces/{ws}/sandbox/download/unsaved.txt")).await;
+    assert_eq!(d.bytes, b"written after the last snapshot");
+    ts.stop().await;
+}
+
+#[tokio::test]
+async fn a_vanished_pod_with_no_snapshot_needs_allow_empty() {
+    let ts = TestServer::start().await;
+    let (_, _, role) = ts.role("coder").await;
+    let ws = ts.idle_workspace(&role, &ts.key.clone()).await;
+    let id: WorkspaceId = ws.parse().unwrap();
+    let pod = ts.app.store.get_workspace_by_id(id).await.unwrap().unwrap().pod_id.unwrap();
+    ts.app.runtime.remove(pod).await.unwrap();
+    let failed = ts.wait_status(&ws, "failed", 30).await;
+    assert_eq!(failed["status_reason"], "pod_vanished");
+    ts.post_empty(&format!("/v1/workspaces/{ws}/resume")).await.expect(409, "snapshot_missing");
+    let r = ts.post_empty(&format!("/v1/workspaces/{ws}/resume?allow_empty=true&wait=true")).await;
+    assert_eq!(r.json["status"], "idle", "{}", r.json);
+    assert_eq!(ts.get(&format!("/v1/workspaces/{ws}/sandbox/files")).await.ok()["entries"], json!([]));
+    // A stop whose pod vanished keeps going, and says why there is no fresh snapshot.
+    let pod = ts.app.store.get_workspace_by_id(id).await.unwrap().unwrap().pod_id.unwrap();
+    hold_lease(&ts, id).await;
+    assert_eq!(ts.post_empty(&format!("/v1/workspaces/{ws}/stop")).await.status, 202);
+    ts.app.runtime.remove(pod).await.unwrap();
+    ts.app.store.release_workspace(id, "test-holder").await.unwrap();
+    ts.app.reconciler.wake(id);
+    let stopped = ts.wait_status(&ws, "stopped", 30).await;
+    assert!(stopped["last_snapshot_error"].as_str().unwrap().contains("no longer existed"), "{stopped}");
+    assert!(stopped["snapshot_ref"].is_null());
+    ts.stop().await;
+}
+
+#[tokio::test]
+async fn an_unreachable_agent_is_502() {
+    let ts = TestServer::start().await;
+    let (_, _, role) = ts.role("coder").await;
+    let ws = ts.idle_workspace(&role, &ts.key.clone()).await;
+    let dir = pod_dir(&ts, &ws).await;
+    std::fs::remove_file(dir.join("run/agent.sock")).unwrap();
+    ts.get(&format!("/v1/workspaces/{ws}/sandbox/files")).await.expect(502, "agent_unreachable");
+    ts.put_file(&ws, "x.txt", b"x".to_vec()).await.expect(502, "agent_unreachable");
+    ts.stop().await;
+}
+
+/// Send a request with a raw, unnormalised path.
+fn raw_get(addr: &str, path: &str, key: &str) -> (u16, String) {
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {key}\r\nConnection: close\r\n\r\n").unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    let status = out[9..12].parse().unwrap();
+    (status, out)
+}
+
+#[tokio::test]
+async fn path_traversal_is_400_in_every_file_route() {
+    let ts = TestServer::start().await;
+    let (_, _, role) = ts.role("coder").await;
+    let ws = ts.idle_workspace(&role, &ts.key.clone()).await;
+    let stopped = stopped_workspace(&ts, &role, "x").await;
+    let addr = ts.url.trim_start_matches("http://").to_string();
+    for (w, route) in [
+        (&ws, "sandbox/files"),
+        (&ws, "sandbox/download"),
+        (&stopped, "snapshot/files"),
+        (&stopped, "snapshot/download"),
+    ] {
+        for evil in ["../../etc/passwd", "..%2F..%2Fetc%2Fpasswd", "a/../../etc/passwd", "%2Fetc%2Fpasswd", "a%00b"] {
+            let (a, p, k) = (addr.clone(), format!("/v1/workspaces/{w}/{route}/{evil}"), ts.key.clone());
+            // Blocking socket I/O off the runtime thread the in-process server needs.
+            let (status, body) = tokio::task::spawn_blocking(move || raw_get(&a, &p, &k)).await.unwrap();
+            assert_eq!(status, 400, "{route}/{evil}: {body}");
+            assert!(body.contains("validation_error"), "{body}");
+        }
+    }
+    for evil in ["..%2F..%2Fetc%2Fpasswd", "a%2F..%2F..%2Fx"] {
+        ts.put_file(&ws, evil, b"x".to_vec()).await.expect(400, "validation_error");
+    }
+    assert!(!ts.dir.path().join("pods/etc").exists());
+    let _ = Method::GET;
+    ts.stop().await;
+}
