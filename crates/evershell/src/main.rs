@@ -115,7 +115,9 @@ fn main() -> anyhow::Result<()> {
         Command::Admin { store, command } => {
             let cfg = load(&store, None)?;
             tokio::runtime::Runtime::new()?.block_on(async {
-                std::fs::create_dir_all(&cfg.data_dir)?;
+                if cfg.database_url.is_none() {
+                    std::fs::create_dir_all(&cfg.data_dir)?;
+                }
                 let s = evershell_store::connect(&cfg.database_url()).await?;
                 evershell_cli::admin::run(s, command).await
             })

@@ -7,6 +7,7 @@ mod api_config;
 mod api_errors;
 mod api_identity;
 mod authz_walk;
+mod cli;
 mod crash;
 mod openapi_drift;
 mod workspace_faults;

@@ -1,0 +1,111 @@
+//! Shared bench plumbing: the release `evershell` binary started as its own process on a fresh data directory,
+//! bootstrapped through `evershell admin`, plus a small JSON client and statistics.
+
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+pub struct Server {
+    pub child: Child,
+    pub url: String,
+    pub key: String,
+    pub data: PathBuf,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        kill_sandboxes(&self.data.join("pods"));
+    }
+}
+
+pub fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_evershell")
+}
+
+/// Start `evershell serve` on a fresh data dir under `root` (bootstrapping org `bench`).
+pub fn start(root: &Path, extra_env: &[(&str, &str)]) -> Server {
+    let data = root.join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    let out = Command::new(bin())
+        .args(["admin", "--data-dir"])
+        .arg(&data)
+        .args(["bootstrap", "--org", "bench", "--email", "bench@example.com", "--json"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let key = serde_json::from_slice::<Value>(&out.stdout).unwrap()["api_key"]["value"].as_str().unwrap().to_string();
+    let log = data.join("serve.log");
+    let f = std::fs::File::create(&log).unwrap();
+    let mut cmd = Command::new(bin());
+    cmd.args(["serve", "--listen", "127.0.0.1:0", "--data-dir"]).arg(&data);
+    for (k, v) in extra_env {
+        cmd.env(k, v);
+    }
+    let child = cmd.env("EVERSHELL_LOG", "warn").stdin(Stdio::null()).stdout(f.try_clone().unwrap()).stderr(f).spawn().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        if let Some(l) = text.lines().find(|l| l.starts_with("evershell listening on ")) {
+            let url = l.trim_start_matches("evershell listening on ").to_string();
+            return Server { child, url, key, data };
+        }
+        assert!(Instant::now() < deadline, "server did not start: {text}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+pub fn kill_sandboxes(pods: &Path) {
+    for e in std::fs::read_dir(pods).into_iter().flatten().flatten() {
+        if let Ok(b) = std::fs::read(e.path().join("sandbox.pid"))
+            && let Ok(v) = serde_json::from_slice::<Value>(&b)
+            && let Some(pid) = v["pid"].as_i64()
+        {
+            // SAFETY: signalling a sandbox process group this bench created.
+            unsafe { libc::kill(-(pid as i32), libc::SIGKILL) };
+        }
+    }
+}
+
+pub async fn call(http: &reqwest::Client, s: &Server, method: reqwest::Method, path: &str, body: Option<Value>) -> Value {
+    let mut r = http.request(method, format!("{}{path}", s.url)).bearer_auth(&s.key);
+    if let Some(b) = body {
+        r = r.json(&b);
+    }
+    let res = r.send().await.unwrap();
+    let status = res.status();
+    let v: Value = res.json().await.unwrap_or(Value::Null);
+    assert!(status.is_success(), "{path}: {status} {v}");
+    v
+}
+
+/// A provider and a role named `role`; returns the role id.
+pub async fn role(http: &reqwest::Client, s: &Server, role: &str) -> String {
+    let p = call(http, s, reqwest::Method::POST, "/v1/providers", Some(serde_json::json!({
+        "name": format!("{role}-p"), "kind": "anthropic", "domain": "api.anthropic.com"}))).await;
+    let r = call(http, s, reqwest::Method::POST, "/v1/agent-roles", Some(serde_json::json!({
+        "name": role, "provider_id": p["id"]}))).await;
+    r["id"].as_str().unwrap().to_string()
+}
+
+pub fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    v[v.len() / 2]
+}
+
+pub fn p95(v: &mut [f64]) -> f64 {
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    v[((v.len() as f64 * 0.95).ceil() as usize).saturating_sub(1).min(v.len() - 1)]
+}
+
+/// Peak and current resident set size of a process, in MiB.
+pub fn rss_mib(pid: u32) -> (f64, f64) {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let kb = |k: &str| s.lines().find(|l| l.starts_with(k)).and_then(|l| l.split_whitespace().nth(1)).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    (kb("VmHWM:") / 1024.0, kb("VmRSS:") / 1024.0)
+}

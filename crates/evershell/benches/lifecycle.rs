@@ -1,0 +1,254 @@
+//! Workspace lifecycle benchmarks against the release binary, each beside its floor measured in the same run:
+//!
+//! * `resume`: stopped → idle latency (request to `idle`, `?wait=true`), for an empty workspace and for one holding
+//!   100 MB in 2,000 files, over BENCH_RUNS runs (default 20); floor = `tar -I zstd -xf` of the same archive into a
+//!   fresh directory + `bwrap … true`. Target: median within 1.5× of the floor.
+//! * `stop`: snapshot throughput of the 100 MB workspace (request to `stopped`) vs `tar -I zstd -cf` of the same
+//!   files. Target ≥ 0.7×.
+//! * `scale`: 200 workspaces created at once until all are `idle` (wall time, server peak RSS); then 1,000 stopped
+//!   workspaces in the store and the RSS of a freshly started server that lists them.
+//!
+//!   cargo bench -p evershell --bench lifecycle [-- resume|stop|scale]
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::{Server, call, median, p95, rss_mib};
+use reqwest::Method;
+use serde_json::{Value, json};
+
+fn runs() -> usize {
+    std::env::var("BENCH_RUNS").ok().and_then(|v| v.parse().ok()).unwrap_or(20)
+}
+
+/// 100 MB in 2,000 files under 40 directories: half text-like (compressible), half random.
+fn fixture(dir: &Path) -> u64 {
+    let mut state = 0x2545_f491_4f6c_dd1du64;
+    let mut total = 0u64;
+    let per = 100_000_000 / 2000;
+    for i in 0..2000 {
+        let p = dir.join(format!("dir{:02}/file{i:04}.{}", i % 40, if i % 2 == 0 { "rs" } else { "bin" }));
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        let mut buf = Vec::with_capacity(per);
+        if i % 2 == 0 {
+            while buf.len() < per {
+                buf.extend_from_slice(format!("fn item_{i}_{}() -> u64 {{ {} }}\n", buf.len(), state % 1000).as_bytes());
+                state = state.wrapping_mul(6364136223846793005).wrapping_add(1);
+            }
+            buf.truncate(per);
+        } else {
+            buf.resize(per, 0);
+            for c in buf.chunks_mut(8) {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                c.copy_from_slice(&state.to_le_bytes()[..c.len()]);
+            }
+        }
+        total += buf.len() as u64;
+        std::fs::write(p, buf).unwrap();
+    }
+    total
+}
+
+fn copy_tree(from: &Path, to: &Path) {
+    let st = Command::new("cp").arg("-a").arg(format!("{}/.", from.display())).arg(to).status().unwrap();
+    assert!(st.success());
+}
+
+fn only_pod_workspace(s: &Server) -> PathBuf {
+    let pods: Vec<_> = std::fs::read_dir(s.data.join("pods")).unwrap().flatten().map(|e| e.path()).collect();
+    assert_eq!(pods.len(), 1, "{pods:?}");
+    pods[0].join("workspace")
+}
+
+fn latest_archive(s: &Server, ws: &Value) -> PathBuf {
+    let snap = ws["snapshot_ref"].as_str().unwrap();
+    let mut stack = vec![s.data.join("snapshots")];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap().flatten() {
+            if e.file_type().unwrap().is_dir() {
+                stack.push(e.path());
+            } else if e.file_name().to_string_lossy() == format!("{snap}.tar.zst") {
+                return e.path();
+            }
+        }
+    }
+    panic!("archive of {snap} not found")
+}
+
+/// The floor of a resume: extract the archive into a fresh directory, then start and finish a bubblewrap sandbox.
+fn floor(archive: &Path, scratch: &Path) -> f64 {
+    let dest = scratch.join(format!("floor-{}", rand_suffix()));
+    std::fs::create_dir_all(&dest).unwrap();
+    let t = Instant::now();
+    let st = Command::new("tar").arg("-I").arg("zstd").arg("-xf").arg(archive).arg("-C").arg(&dest).status().unwrap();
+    assert!(st.success());
+    let st = Command::new("bwrap")
+        .args(["--unshare-all", "--ro-bind", "/usr", "/usr", "--symlink", "usr/lib", "/lib", "--symlink", "usr/lib64", "/lib64",
+            "--symlink", "usr/bin", "/bin", "--proc", "/proc", "--dev", "/dev", "--bind"])
+        .arg(&dest)
+        .args(["/workspace", "true"])
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let s = t.elapsed().as_secs_f64();
+    std::fs::remove_dir_all(&dest).unwrap();
+    s
+}
+
+fn rand_suffix() -> String {
+    format!("{:x}", Instant::now().elapsed().as_nanos() ^ std::process::id() as u128 ^ (std::ptr::addr_of!(rand_suffix) as usize as u128))
+}
+
+async fn resume_and_stop(http: &reqwest::Client, s: &Server, ws: &str) -> (f64, f64) {
+    let t = Instant::now();
+    let r = call(http, s, Method::POST, &format!("/v1/workspaces/{ws}/resume?wait=true&timeout_ms=300000"), None).await;
+    let resume = t.elapsed().as_secs_f64();
+    assert_eq!(r["status"], "idle", "{r}");
+    let t = Instant::now();
+    let r = call(http, s, Method::POST, &format!("/v1/workspaces/{ws}/stop?wait=true&timeout_ms=300000"), None).await;
+    let stop = t.elapsed().as_secs_f64();
+    assert_eq!(r["status"], "stopped", "{r}");
+    (resume, stop)
+}
+
+fn ms(v: f64) -> String {
+    format!("{:.1} ms", v * 1000.0)
+}
+
+async fn resume_and_stop_bench(which: &str) {
+    let tmp = tempfile::tempdir().unwrap();
+    let s = common::start(tmp.path(), &[]);
+    let http = reqwest::Client::builder().timeout(Duration::from_secs(600)).build().unwrap();
+    common::role(&http, &s, "bench").await;
+    let n = runs();
+    for (label, big) in [("empty", false), ("100 MB / 2,000 files", true)] {
+        let ws = call(&http, &s, Method::POST, "/v1/workspaces?wait=true", Some(json!({"role_name": "bench"}))).await;
+        let id = ws["id"].as_str().unwrap().to_string();
+        let reference = tmp.path().join(format!("reference-{big}"));
+        std::fs::create_dir_all(&reference).unwrap();
+        let content = if big {
+            let bytes = fixture(&reference);
+            copy_tree(&reference, &only_pod_workspace(&s));
+            bytes
+        } else {
+            0
+        };
+        let stopped = call(&http, &s, Method::POST, &format!("/v1/workspaces/{id}/stop?wait=true&timeout_ms=300000"), None).await;
+        let archive = latest_archive(&s, &stopped);
+        let (mut resumes, mut stops, mut floors, mut tars) = (vec![], vec![], vec![], vec![]);
+        for _ in 0..n {
+            floors.push(floor(&archive, tmp.path()));
+            let (r, st) = resume_and_stop(&http, &s, &id).await;
+            resumes.push(r);
+            stops.push(st);
+            if big && which != "resume" {
+                let out = tmp.path().join("tar-out.tar.zst");
+                let t = Instant::now();
+                let status = Command::new("tar").arg("-I").arg("zstd").arg("-cf").arg(&out).arg("-C").arg(&reference).arg(".").status().unwrap();
+                assert!(status.success());
+                tars.push(t.elapsed().as_secs_f64());
+                std::fs::remove_file(&out).unwrap();
+            }
+        }
+        let (rm, rp, fm) = (median(&mut resumes.clone()), p95(&mut resumes.clone()), median(&mut floors.clone()));
+        if which != "stop" {
+            println!("resume, {label}: {n} runs");
+            println!("  resume (request → idle)     median {}  p95 {}", ms(rm), ms(rp));
+            println!("  floor (tar -I zstd -xf + bwrap true) median {}  p95 {}", ms(fm), ms(p95(&mut floors.clone())));
+            println!("  ratio resume/floor (medians) = {:.2}  (target <= 1.5)", rm / fm);
+        }
+        if big && which != "resume" {
+            let (sm, tm) = (median(&mut stops.clone()), median(&mut tars.clone()));
+            let mb = content as f64 / 1e6;
+            println!("stop, {label}: {n} runs, {mb:.0} MB of content");
+            println!("  stop (request → stopped)    median {}  = {:.0} MB/s", ms(sm), mb / sm);
+            println!("  tar -I zstd -cf             median {}  = {:.0} MB/s", ms(tm), mb / tm);
+            println!("  ratio stop/tar throughput = {:.2}  (target >= 0.70)", tm / sm);
+        }
+    }
+}
+
+async fn scale() {
+    let tmp = tempfile::tempdir().unwrap();
+    let s = common::start(tmp.path(), &[]);
+    let http = reqwest::Client::builder().timeout(Duration::from_secs(600)).pool_max_idle_per_host(256).build().unwrap();
+    common::role(&http, &s, "bench").await;
+    let (_, base_rss) = rss_mib(s.child.id());
+    let mut first_wall = 0.0;
+    let mut first_peak = 0.0;
+    for batch in 0..5 {
+        let t = Instant::now();
+        let creates = (0..200).map(|_| call(&http, &s, Method::POST, "/v1/workspaces", Some(json!({"role_name": "bench"}))));
+        let made: Vec<Value> = futures::future::join_all(creates).await;
+        assert_eq!(made.len(), 200);
+        loop {
+            let l = call(&http, &s, Method::GET, "/v1/workspaces?status=idle", None).await;
+            if l["workspaces"].as_array().unwrap().len() == 200 {
+                break;
+            }
+            let failed = call(&http, &s, Method::GET, "/v1/workspaces?status=failed", None).await;
+            assert!(failed["workspaces"].as_array().unwrap().is_empty(), "{failed}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let wall = t.elapsed().as_secs_f64();
+        let (peak, _) = rss_mib(s.child.id());
+        if batch == 0 {
+            first_wall = wall;
+            first_peak = peak;
+            println!("scale: 200 workspaces created at once, all idle after {wall:.2} s; server RSS before {base_rss:.0} MiB, peak {peak:.0} MiB");
+        }
+        call(&http, &s, Method::POST, "/v1/workspaces/stop-all", None).await;
+        loop {
+            let l = call(&http, &s, Method::GET, "/v1/workspaces?status=stopped", None).await;
+            if l["workspaces"].as_array().unwrap().len() == 200 * (batch + 1) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+    let (data, key) = (s.data.clone(), s.key.clone());
+    drop(s);
+    // A fresh server over the 1,000 stopped workspaces (sandboxes of the first one are gone with it).
+    let log = data.join("serve-2.log");
+    let f = std::fs::File::create(&log).unwrap();
+    let mut child = Command::new(common::bin())
+        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(&data)
+        .env("EVERSHELL_LOG", "warn")
+        .stdout(f.try_clone().unwrap())
+        .stderr(f)
+        .spawn()
+        .unwrap();
+    let url = loop {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        if let Some(l) = text.lines().find(|l| l.starts_with("evershell listening on ")) {
+            break l.trim_start_matches("evershell listening on ").to_string();
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let list: Value = http.get(format!("{url}/v1/workspaces?include_archived=true")).bearer_auth(&key).send().await.unwrap().json().await.unwrap();
+    let n = list["workspaces"].as_array().unwrap().len();
+    assert_eq!(n, 1000, "{n}");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let (peak2, rss2) = rss_mib(child.id());
+    println!("scale: fresh server over {n} stopped workspaces (after start-up, recovery and listing all of them): RSS {rss2:.0} MiB, peak {peak2:.0} MiB");
+    println!("scale summary: 200 to idle in {first_wall:.2} s, peak RSS {first_peak:.0} MiB; 1,000 stopped: RSS {rss2:.0} MiB");
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() {
+    let which = std::env::args().skip(1).find(|a| !a.starts_with('-')).unwrap_or_else(|| "all".into());
+    if which == "all" || which == "resume" || which == "stop" {
+        resume_and_stop_bench(&which).await;
+    }
+    if which == "all" || which == "scale" {
+        scale().await;
+    }
+}

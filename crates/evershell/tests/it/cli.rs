@@ -1,0 +1,98 @@
+//! The command line against a real server: admin commands on the store while the server runs, and the workspace
+//! verbs (create, stop, resume, files) with `--wait` and `--json`, configured by env and by `evershell login`.
+
+use serde_json::Value;
+
+use crate::harness::TestServer;
+
+/// Run the binary (asynchronously: the server under test shares this thread).
+async fn evershell(ts: &TestServer, args: &[&str], envs: &[(&str, &str)]) -> (bool, String, String) {
+    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_evershell"));
+    cmd.args(args).current_dir(ts.dir.path()).env("EVERSHELL_URL", &ts.url).env("EVERSHELL_API_KEY", &ts.key).env("HOME", ts.dir.path());
+    for (k, v) in envs {
+        cmd.env(k, v);
+    }
+    let out = cmd.output().await.unwrap();
+    (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+async fn json(ts: &TestServer, args: &[&str]) -> Value {
+    let (ok, out, err) = evershell(ts, args, &[]).await;
+    assert!(ok, "evershell {args:?} failed: {err}");
+    serde_json::from_str(&out).unwrap_or_else(|e| panic!("evershell {args:?}: not JSON ({e}): {out}"))
+}
+
+#[tokio::test]
+async fn admin_commands_work_on_the_store_while_the_server_runs() {
+    let ts = TestServer::start().await;
+    let db = ts.db_url.clone();
+    fn with<'a>(db: &'a str, rest: &[&'a str]) -> Vec<&'a str> {
+        let mut a = vec!["admin", "--database-url", db];
+        a.extend_from_slice(rest);
+        a
+    }
+    let org_id;
+    let org = json(&ts, &with(&db, &["org", "create", "--name", "globex", "--json"])).await;
+    org_id = org["id"].as_str().unwrap().to_string();
+    assert!(org["id"].as_str().unwrap().starts_with("org_"));
+    let (ok, _, err) = evershell(&ts, &with(&db, &["org", "create", "--name", "globex", "--json"]), &[]).await;
+    assert!(!ok && err.contains("already_exists"), "{err}");
+    let u = json(&ts, &with(&db, &["user", "add", "--org", "globex", "--email", "ops@globex.example", "--role", "operator", "--password", "a-long-password", "--json"])).await;
+    assert_eq!(u["role"], "operator");
+    let k = json(&ts, &with(&db, &["api-key", "create", "--org", &org_id, "--permission-set", "read_only", "--json"])).await;
+    let key = k["value"].as_str().unwrap();
+    // The key works against the running server at once.
+    let me = ts.call(reqwest::Method::GET, "/v1/me/session", Some(key), None).await;
+    assert_eq!(me.ok()["org_id"], org["id"]);
+    // A minted session token, too.
+    let s = json(&ts, &with(&db, &["session", "--user", "ops@globex.example", "--json"])).await;
+    let me = ts.call(reqwest::Method::GET, "/v1/me/session", s["token"].as_str(), None).await;
+    assert_eq!(me.ok()["role"], "operator");
+    // Billing: the server sees the new posture on the next request.
+    json(&ts, &with(&db, &["org", "billing", "--org", "globex", "--status", "past_due", "--json"])).await;
+    let r = ts
+        .call(reqwest::Method::POST, "/v1/providers", s["token"].as_str(), Some(serde_json::json!({"name": "p", "kind": "openai", "domain": "api.openai.com"})))
+        .await;
+    r.expect(423, "billing_inactive");
+    let (ok, _, err) = evershell(&ts, &with(&db, &["org", "billing", "--org", "globex", "--status", "broke"]), &[]).await;
+    assert!(!ok && err.contains("--status"), "{err}");
+    let (ok, _, err) = evershell(&ts, &with(&db, &["user", "add", "--org", "nope", "--email", "x@y.example", "--role", "member"]), &[]).await;
+    assert!(!ok && err.contains("org_not_found"), "{err}");
+    ts.stop().await;
+}
+
+#[tokio::test]
+async fn workspace_verbs_drive_the_lifecycle() {
+    let ts = TestServer::start().await;
+    ts.role("coder").await;
+    let ws = json(&ts, &["workspaces", "create", "--role", "coder", "--wait", "--json"]).await;
+    assert_eq!(ws["status"], "idle");
+    let id = ws["id"].as_str().unwrap().to_string();
+    let src = ts.dir.path().join("local.txt");
+    std::fs::write(&src, "from the cli\n").unwrap();
+    let put = json(&ts, &["workspaces", "files", "put", &id, "docs/local.txt", src.to_str().unwrap(), "--json"]).await;
+    assert_eq!(put["path"], "docs/local.txt");
+    let ls = json(&ts, &["workspaces", "files", "ls", &id, "--json"]).await;
+    assert!(ls["entries"].as_array().unwrap().iter().any(|e| e["path"] == "docs/local.txt"));
+    let stopped = json(&ts, &["workspaces", "stop", &id, "--wait", "--json"]).await;
+    assert_eq!(stopped["status"], "stopped");
+    let (ok, out, err) = evershell(&ts, &["workspaces", "files", "get", &id, "docs/local.txt", "--snapshot"], &[]).await;
+    assert!(ok, "{err}");
+    assert_eq!(out, "from the cli\n");
+    let resumed = json(&ts, &["workspaces", "resume", &id, "--wait", "--json"]).await;
+    assert_eq!(resumed["status_reason"], "restored");
+    let list = json(&ts, &["workspaces", "list", "--role", "coder", "--json"]).await;
+    assert_eq!(list["workspaces"].as_array().unwrap().len(), 1);
+    // Errors come back as `status code: message (request id)` and a failing exit.
+    let (ok, _, err) = evershell(&ts, &["workspaces", "archive", &id], &[]).await;
+    assert!(!ok && err.contains("409") && err.contains("invalid_state") && err.contains("request"), "{err}");
+    // `login` checks the key and saves it; later commands need no env.
+    let (ok, _, err) = evershell(&ts, &["login", "--url", &ts.url, "--api-key", &ts.key], &[("EVERSHELL_URL", ""), ("EVERSHELL_API_KEY", "")]).await;
+    assert!(ok, "{err}");
+    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_evershell"));
+    let out = cmd.args(["workspaces", "get", &id, "--json"]).env_remove("EVERSHELL_URL").env_remove("EVERSHELL_API_KEY").env("HOME", ts.dir.path()).output().await.unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let (ok, _, err) = evershell(&ts, &["login", "--url", &ts.url, "--api-key", "sk_live_wrong"], &[]).await;
+    assert!(!ok && err.contains("401"), "{err}");
+    ts.stop().await;
+}
