@@ -61,7 +61,9 @@ async fn main() {
         authed.push(drive(&http, role_url.clone(), Some(server.key.clone()), secs, conc).await);
     }
     let (h, a) = (common::median(&mut health), common::median(&mut authed));
-    println!("api_throughput: {rounds} alternating rounds of {secs}s, {conc} concurrent keep-alive clients, SQLite, release build");
+    println!(
+        "api_throughput: {rounds} alternating rounds of {secs}s, {conc} concurrent keep-alive clients, SQLite, release build"
+    );
     println!("  GET /healthz                          median {h:>9.0} req/s   (rounds: {health:.0?})");
     println!("  GET /v1/agent-roles/{{id}} (API key)   median {a:>9.0} req/s   (rounds: {authed:.0?})");
     println!("  ratio authenticated/health = {:.2}  (target >= 0.50)", a / h);

@@ -35,7 +35,9 @@ fn fixture(dir: &Path) -> u64 {
         let mut buf = Vec::with_capacity(per);
         if i % 2 == 0 {
             while buf.len() < per {
-                buf.extend_from_slice(format!("fn item_{i}_{}() -> u64 {{ {} }}\n", buf.len(), state % 1000).as_bytes());
+                buf.extend_from_slice(
+                    format!("fn item_{i}_{}() -> u64 {{ {} }}\n", buf.len(), state % 1000).as_bytes(),
+                );
                 state = state.wrapping_mul(6364136223846793005).wrapping_add(1);
             }
             buf.truncate(per);
@@ -88,8 +90,26 @@ fn floor(archive: &Path, scratch: &Path) -> f64 {
     let st = Command::new("tar").arg("-I").arg("zstd").arg("-xf").arg(archive).arg("-C").arg(&dest).status().unwrap();
     assert!(st.success());
     let st = Command::new("bwrap")
-        .args(["--unshare-all", "--ro-bind", "/usr", "/usr", "--symlink", "usr/lib", "/lib", "--symlink", "usr/lib64", "/lib64",
-            "--symlink", "usr/bin", "/bin", "--proc", "/proc", "--dev", "/dev", "--bind"])
+        .args([
+            "--unshare-all",
+            "--ro-bind",
+            "/usr",
+            "/usr",
+            "--symlink",
+            "usr/lib",
+            "/lib",
+            "--symlink",
+            "usr/lib64",
+            "/lib64",
+            "--symlink",
+            "usr/bin",
+            "/bin",
+            "--proc",
+            "/proc",
+            "--dev",
+            "/dev",
+            "--bind",
+        ])
         .arg(&dest)
         .args(["/workspace", "true"])
         .status()
@@ -101,7 +121,12 @@ fn floor(archive: &Path, scratch: &Path) -> f64 {
 }
 
 fn rand_suffix() -> String {
-    format!("{:x}", Instant::now().elapsed().as_nanos() ^ std::process::id() as u128 ^ (std::ptr::addr_of!(rand_suffix) as usize as u128))
+    format!(
+        "{:x}",
+        Instant::now().elapsed().as_nanos()
+            ^ std::process::id() as u128
+            ^ (std::ptr::addr_of!(rand_suffix) as usize as u128)
+    )
 }
 
 async fn resume_and_stop(http: &reqwest::Client, s: &Server, ws: &str) -> (f64, f64) {
@@ -138,7 +163,8 @@ async fn resume_and_stop_bench(which: &str) {
         } else {
             0
         };
-        let stopped = call(&http, &s, Method::POST, &format!("/v1/workspaces/{id}/stop?wait=true&timeout_ms=300000"), None).await;
+        let stopped =
+            call(&http, &s, Method::POST, &format!("/v1/workspaces/{id}/stop?wait=true&timeout_ms=300000"), None).await;
         let archive = latest_archive(&s, &stopped);
         let (mut resumes, mut stops, mut floors, mut tars) = (vec![], vec![], vec![], vec![]);
         for _ in 0..n {
@@ -149,7 +175,16 @@ async fn resume_and_stop_bench(which: &str) {
             if big && which != "resume" {
                 let out = tmp.path().join("tar-out.tar.zst");
                 let t = Instant::now();
-                let status = Command::new("tar").arg("-I").arg("zstd").arg("-cf").arg(&out).arg("-C").arg(&reference).arg(".").status().unwrap();
+                let status = Command::new("tar")
+                    .arg("-I")
+                    .arg("zstd")
+                    .arg("-cf")
+                    .arg(&out)
+                    .arg("-C")
+                    .arg(&reference)
+                    .arg(".")
+                    .status()
+                    .unwrap();
                 assert!(status.success());
                 tars.push(t.elapsed().as_secs_f64());
                 std::fs::remove_file(&out).unwrap();
@@ -176,14 +211,16 @@ async fn resume_and_stop_bench(which: &str) {
 async fn scale() {
     let tmp = tempfile::tempdir().unwrap();
     let s = common::start(tmp.path(), &[]);
-    let http = reqwest::Client::builder().timeout(Duration::from_secs(600)).pool_max_idle_per_host(256).build().unwrap();
+    let http =
+        reqwest::Client::builder().timeout(Duration::from_secs(600)).pool_max_idle_per_host(256).build().unwrap();
     common::role(&http, &s, "bench").await;
     let (_, base_rss) = rss_mib(s.child.id());
     let mut first_wall = 0.0;
     let mut first_peak = 0.0;
     for batch in 0..5 {
         let t = Instant::now();
-        let creates = (0..200).map(|_| call(&http, &s, Method::POST, "/v1/workspaces", Some(json!({"role_name": "bench"}))));
+        let creates =
+            (0..200).map(|_| call(&http, &s, Method::POST, "/v1/workspaces", Some(json!({"role_name": "bench"}))));
         let made: Vec<Value> = futures::future::join_all(creates).await;
         assert_eq!(made.len(), 200);
         loop {
@@ -200,7 +237,9 @@ async fn scale() {
         if batch == 0 {
             first_wall = wall;
             first_peak = peak;
-            println!("scale: 200 workspaces created at once, all idle after {wall:.2} s; server RSS before {base_rss:.0} MiB, peak {peak:.0} MiB");
+            println!(
+                "scale: 200 workspaces created at once, all idle after {wall:.2} s; server RSS before {base_rss:.0} MiB, peak {peak:.0} MiB"
+            );
         }
         call(&http, &s, Method::POST, "/v1/workspaces/stop-all", None).await;
         loop {
@@ -231,13 +270,25 @@ async fn scale() {
         }
         std::thread::sleep(Duration::from_millis(20));
     };
-    let list: Value = http.get(format!("{url}/v1/workspaces?include_archived=true")).bearer_auth(&key).send().await.unwrap().json().await.unwrap();
+    let list: Value = http
+        .get(format!("{url}/v1/workspaces?include_archived=true"))
+        .bearer_auth(&key)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     let n = list["workspaces"].as_array().unwrap().len();
     assert_eq!(n, 1000, "{n}");
     tokio::time::sleep(Duration::from_secs(1)).await;
     let (peak2, rss2) = rss_mib(child.id());
-    println!("scale: fresh server over {n} stopped workspaces (after start-up, recovery and listing all of them): RSS {rss2:.0} MiB, peak {peak2:.0} MiB");
-    println!("scale summary: 200 to idle in {first_wall:.2} s, peak RSS {first_peak:.0} MiB; 1,000 stopped: RSS {rss2:.0} MiB");
+    println!(
+        "scale: fresh server over {n} stopped workspaces (after start-up, recovery and listing all of them): RSS {rss2:.0} MiB, peak {peak2:.0} MiB"
+    );
+    println!(
+        "scale summary: 200 to idle in {first_wall:.2} s, peak RSS {first_peak:.0} MiB; 1,000 stopped: RSS {rss2:.0} MiB"
+    );
     let _ = child.kill();
     let _ = child.wait();
 }

@@ -4,6 +4,7 @@
 
 use std::collections::HashSet;
 use std::sync::Arc;
+use std::time::Duration;
 
 use evershell_core::Timestamp;
 use evershell_core::audit::{AuditEvent, EventType};
@@ -20,7 +21,9 @@ pub(super) async fn recover(inner: &Arc<Inner>) -> anyhow::Result<()> {
     if inner.cfg.single_server {
         store.clear_leases().await.map_err(|e| anyhow::anyhow!("{e:?}"))?;
     }
-    match inner.snapshots.sweep_incomplete().await {
+    // Alone on this store, every staging file is a crash's leftover; otherwise leave a margin for uploads in flight.
+    let margin = if inner.cfg.single_server { Duration::ZERO } else { Duration::from_millis(PENDING_GRACE_MS as u64) };
+    match inner.snapshots.sweep_incomplete(margin).await {
         Ok(0) => {}
         Ok(n) => info!(count = n, "removed half-written snapshot uploads"),
         Err(e) => warn!(error = %format!("{e:#}"), "sweeping half-written snapshot uploads failed"),

@@ -47,7 +47,8 @@ pub fn start(root: &Path, extra_env: &[(&str, &str)]) -> Server {
     for (k, v) in extra_env {
         cmd.env(k, v);
     }
-    let child = cmd.env("EVERSHELL_LOG", "warn").stdin(Stdio::null()).stdout(f.try_clone().unwrap()).stderr(f).spawn().unwrap();
+    let child =
+        cmd.env("EVERSHELL_LOG", "warn").stdin(Stdio::null()).stdout(f.try_clone().unwrap()).stderr(f).spawn().unwrap();
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let text = std::fs::read_to_string(&log).unwrap_or_default();
@@ -72,7 +73,13 @@ pub fn kill_sandboxes(pods: &Path) {
     }
 }
 
-pub async fn call(http: &reqwest::Client, s: &Server, method: reqwest::Method, path: &str, body: Option<Value>) -> Value {
+pub async fn call(
+    http: &reqwest::Client,
+    s: &Server,
+    method: reqwest::Method,
+    path: &str,
+    body: Option<Value>,
+) -> Value {
     let mut r = http.request(method, format!("{}{path}", s.url)).bearer_auth(&s.key);
     if let Some(b) = body {
         r = r.json(&b);
@@ -86,10 +93,24 @@ pub async fn call(http: &reqwest::Client, s: &Server, method: reqwest::Method, p
 
 /// A provider and a role named `role`; returns the role id.
 pub async fn role(http: &reqwest::Client, s: &Server, role: &str) -> String {
-    let p = call(http, s, reqwest::Method::POST, "/v1/providers", Some(serde_json::json!({
-        "name": format!("{role}-p"), "kind": "anthropic", "domain": "api.anthropic.com"}))).await;
-    let r = call(http, s, reqwest::Method::POST, "/v1/agent-roles", Some(serde_json::json!({
-        "name": role, "provider_id": p["id"]}))).await;
+    let p = call(
+        http,
+        s,
+        reqwest::Method::POST,
+        "/v1/providers",
+        Some(serde_json::json!({
+        "name": format!("{role}-p"), "kind": "anthropic", "domain": "api.anthropic.com"})),
+    )
+    .await;
+    let r = call(
+        http,
+        s,
+        reqwest::Method::POST,
+        "/v1/agent-roles",
+        Some(serde_json::json!({
+        "name": role, "provider_id": p["id"]})),
+    )
+    .await;
     r["id"].as_str().unwrap().to_string()
 }
 
@@ -106,6 +127,12 @@ pub fn p95(v: &mut [f64]) -> f64 {
 /// Peak and current resident set size of a process, in MiB.
 pub fn rss_mib(pid: u32) -> (f64, f64) {
     let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    let kb = |k: &str| s.lines().find(|l| l.starts_with(k)).and_then(|l| l.split_whitespace().nth(1)).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    let kb = |k: &str| {
+        s.lines()
+            .find(|l| l.starts_with(k))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
     (kb("VmHWM:") / 1024.0, kb("VmRSS:") / 1024.0)
 }

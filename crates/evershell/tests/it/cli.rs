@@ -8,12 +8,20 @@ use crate::harness::TestServer;
 /// Run the binary (asynchronously: the server under test shares this thread).
 async fn evershell(ts: &TestServer, args: &[&str], envs: &[(&str, &str)]) -> (bool, String, String) {
     let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_evershell"));
-    cmd.args(args).current_dir(ts.dir.path()).env("EVERSHELL_URL", &ts.url).env("EVERSHELL_API_KEY", &ts.key).env("HOME", ts.dir.path());
+    cmd.args(args)
+        .current_dir(ts.dir.path())
+        .env("EVERSHELL_URL", &ts.url)
+        .env("EVERSHELL_API_KEY", &ts.key)
+        .env("HOME", ts.dir.path());
     for (k, v) in envs {
         cmd.env(k, v);
     }
     let out = cmd.output().await.unwrap();
-    (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }
 
 async fn json(ts: &TestServer, args: &[&str]) -> Value {
@@ -37,9 +45,29 @@ async fn admin_commands_work_on_the_store_while_the_server_runs() {
     assert!(org["id"].as_str().unwrap().starts_with("org_"));
     let (ok, _, err) = evershell(&ts, &with(&db, &["org", "create", "--name", "globex", "--json"]), &[]).await;
     assert!(!ok && err.contains("already_exists"), "{err}");
-    let u = json(&ts, &with(&db, &["user", "add", "--org", "globex", "--email", "ops@globex.example", "--role", "operator", "--password", "a-long-password", "--json"])).await;
+    let u = json(
+        &ts,
+        &with(
+            &db,
+            &[
+                "user",
+                "add",
+                "--org",
+                "globex",
+                "--email",
+                "ops@globex.example",
+                "--role",
+                "operator",
+                "--password",
+                "a-long-password",
+                "--json",
+            ],
+        ),
+    )
+    .await;
     assert_eq!(u["role"], "operator");
-    let k = json(&ts, &with(&db, &["api-key", "create", "--org", &org_id, "--permission-set", "read_only", "--json"])).await;
+    let k = json(&ts, &with(&db, &["api-key", "create", "--org", &org_id, "--permission-set", "read_only", "--json"]))
+        .await;
     let key = k["value"].as_str().unwrap();
     // The key works against the running server at once.
     let me = ts.call(reqwest::Method::GET, "/v1/me/session", Some(key), None).await;
@@ -51,12 +79,23 @@ async fn admin_commands_work_on_the_store_while_the_server_runs() {
     // Billing: the server sees the new posture on the next request.
     json(&ts, &with(&db, &["org", "billing", "--org", "globex", "--status", "past_due", "--json"])).await;
     let r = ts
-        .call(reqwest::Method::POST, "/v1/providers", s["token"].as_str(), Some(serde_json::json!({"name": "p", "kind": "openai", "domain": "api.openai.com"})))
+        .call(
+            reqwest::Method::POST,
+            "/v1/providers",
+            s["token"].as_str(),
+            Some(serde_json::json!({"name": "p", "kind": "openai", "domain": "api.openai.com"})),
+        )
         .await;
     r.expect(423, "billing_inactive");
-    let (ok, _, err) = evershell(&ts, &with(&db, &["org", "billing", "--org", "globex", "--status", "broke"]), &[]).await;
+    let (ok, _, err) =
+        evershell(&ts, &with(&db, &["org", "billing", "--org", "globex", "--status", "broke"]), &[]).await;
     assert!(!ok && err.contains("--status"), "{err}");
-    let (ok, _, err) = evershell(&ts, &with(&db, &["user", "add", "--org", "nope", "--email", "x@y.example", "--role", "member"]), &[]).await;
+    let (ok, _, err) = evershell(
+        &ts,
+        &with(&db, &["user", "add", "--org", "nope", "--email", "x@y.example", "--role", "member"]),
+        &[],
+    )
+    .await;
     assert!(!ok && err.contains("org_not_found"), "{err}");
     ts.stop().await;
 }
@@ -76,7 +115,8 @@ async fn workspace_verbs_drive_the_lifecycle() {
     assert!(ls["entries"].as_array().unwrap().iter().any(|e| e["path"] == "docs/local.txt"));
     let stopped = json(&ts, &["workspaces", "stop", &id, "--wait", "--json"]).await;
     assert_eq!(stopped["status"], "stopped");
-    let (ok, out, err) = evershell(&ts, &["workspaces", "files", "get", &id, "docs/local.txt", "--snapshot"], &[]).await;
+    let (ok, out, err) =
+        evershell(&ts, &["workspaces", "files", "get", &id, "docs/local.txt", "--snapshot"], &[]).await;
     assert!(ok, "{err}");
     assert_eq!(out, "from the cli\n");
     let resumed = json(&ts, &["workspaces", "resume", &id, "--wait", "--json"]).await;
@@ -87,10 +127,22 @@ async fn workspace_verbs_drive_the_lifecycle() {
     let (ok, _, err) = evershell(&ts, &["workspaces", "archive", &id], &[]).await;
     assert!(!ok && err.contains("409") && err.contains("invalid_state") && err.contains("request"), "{err}");
     // `login` checks the key and saves it; later commands need no env.
-    let (ok, _, err) = evershell(&ts, &["login", "--url", &ts.url, "--api-key", &ts.key], &[("EVERSHELL_URL", ""), ("EVERSHELL_API_KEY", "")]).await;
+    let (ok, _, err) = evershell(
+        &ts,
+        &["login", "--url", &ts.url, "--api-key", &ts.key],
+        &[("EVERSHELL_URL", ""), ("EVERSHELL_API_KEY", "")],
+    )
+    .await;
     assert!(ok, "{err}");
     let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_evershell"));
-    let out = cmd.args(["workspaces", "get", &id, "--json"]).env_remove("EVERSHELL_URL").env_remove("EVERSHELL_API_KEY").env("HOME", ts.dir.path()).output().await.unwrap();
+    let out = cmd
+        .args(["workspaces", "get", &id, "--json"])
+        .env_remove("EVERSHELL_URL")
+        .env_remove("EVERSHELL_API_KEY")
+        .env("HOME", ts.dir.path())
+        .output()
+        .await
+        .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let (ok, _, err) = evershell(&ts, &["login", "--url", &ts.url, "--api-key", "sk_live_wrong"], &[]).await;
     assert!(!ok && err.contains("401"), "{err}");

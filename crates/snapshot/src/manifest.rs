@@ -1,0 +1,25 @@
+//! The manifest written beside each archive: what a restore verifies against.
+
+use evershell_core::Timestamp;
+use evershell_core::ids::{OrgId, SnapshotId, WorkspaceId};
+use serde::{Deserialize, Serialize};
+
+/// Current archive format: a tar stream (GNU/PAX headers) compressed as one zstd stream with frame checksums.
+pub const FORMAT_VERSION: u32 = 1;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Manifest {
+    pub format_version: u32,
+    pub snapshot_id: SnapshotId,
+    pub org_id: OrgId,
+    pub workspace_id: WorkspaceId,
+    /// sha256 of the compressed archive, hex.
+    pub archive_sha256: String,
+    /// Size of the compressed archive.
+    pub archive_bytes: u64,
+    /// Entries in the archive: files, directories and symlinks (the root itself not counted).
+    pub file_count: u64,
+    /// Sum of regular-file sizes before compression.
+    pub content_bytes: u64,
+    pub created_at: Timestamp,
+}

@@ -1,0 +1,113 @@
+//! Restore: one pass over the archive in two overlapping stages — a hashing thread reads the archive from the store
+//! and digests it (`hashing::feed`), while this thread decompresses and extracts safely (`extract`). After the tar
+//! end marker the rest of the stream is drained (so zstd checks its frame checksum), then sha256, size and entry
+//! count are compared with the manifest. Decode and tar errors are `Corrupt`; a failing store read is `Io`.
+
+use std::io::{self, BufReader, Read};
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::mpsc::sync_channel;
+
+use object_store::ObjectStore;
+
+use crate::bridge::{CHANNEL_DEPTH, Cancelled, ChunkReader, SourceHealth, SourceReader, open_object, run_cancellable};
+use crate::extract::Extractor;
+use crate::hashing::{drain, feed};
+use crate::tarmeta::corrupt;
+use crate::verify::{check_digest, read_manifest};
+use crate::{Manifest, SnapshotError, SnapshotKeys};
+
+pub(crate) async fn restore(
+    store: &Arc<dyn ObjectStore>,
+    keys: &SnapshotKeys,
+    dest: &Path,
+) -> Result<Manifest, SnapshotError> {
+    let manifest = read_manifest(store, &keys.manifest).await?;
+    let source = open_object(store, &keys.archive, "archive").await?;
+    if source.size() != manifest.archive_bytes {
+        return Err(SnapshotError::Corrupt(format!(
+            "archive is {} bytes but the manifest says {}",
+            source.size(),
+            manifest.archive_bytes
+        )));
+    }
+    let dest = dest.to_path_buf();
+    let expected = manifest.clone();
+    run_cancellable(move |cancelled| unpack(source, &dest, &expected, cancelled)).await?;
+    Ok(manifest)
+}
+
+/// A decode-looking error is really the store's when the source itself failed.
+pub(crate) fn classify(err: SnapshotError, health: &SourceHealth) -> SnapshotError {
+    match (err, health.failure()) {
+        (SnapshotError::Corrupt(_), Some(source)) => {
+            SnapshotError::Io(anyhow::anyhow!("reading the archive from the store failed: {source}"))
+        }
+        (err, _) => err,
+    }
+}
+
+fn unpack(source: SourceReader, dest: &Path, manifest: &Manifest, cancelled: &Cancelled) -> Result<(), SnapshotError> {
+    let health = source.health();
+    let mut extractor = Extractor::new(dest)?;
+    let (tx, rx) = sync_channel(CHANNEL_DEPTH);
+    let (walked, digest) = std::thread::scope(|scope| {
+        let hasher = scope.spawn(move || feed(source, tx));
+        let walked = extract_all(ChunkReader::new(rx), &mut extractor, cancelled);
+        let digest = hasher.join().unwrap_or_else(|_| Err(io::Error::other("the hashing thread panicked")));
+        (walked, digest)
+    });
+    let digest = match (walked, digest) {
+        (Ok(()), Ok(Some(digest))) => digest,
+        (Err(SnapshotError::Corrupt(msg)), Ok(Some((sha, bytes)))) if health.failure().is_none() => {
+            // Say whether the archive differs from what was captured, not only that it does not decode.
+            let mismatch = check_digest(&manifest.archive_sha256, manifest.archive_bytes, &sha, bytes).err();
+            return Err(SnapshotError::Corrupt(match mismatch {
+                Some(SnapshotError::Corrupt(mismatch)) => format!("{mismatch}; {msg}"),
+                _ => msg,
+            }));
+        }
+        (Err(e), _) => return Err(classify(e, &health)),
+        (Ok(()), Err(e)) => return Err(classify(corrupt("reading the archive", e), &health)),
+        (Ok(()), Ok(None)) => return Err(SnapshotError::Io(anyhow::anyhow!("the archive stream stopped early"))),
+    };
+    check_digest(&manifest.archive_sha256, manifest.archive_bytes, &digest.0, digest.1)?;
+    if extractor.entries != manifest.file_count {
+        return Err(SnapshotError::Corrupt(format!(
+            "archive holds {} entries but the manifest says {}",
+            extractor.entries, manifest.file_count
+        )));
+    }
+    extractor.finish()
+}
+
+/// Decompress and extract every entry, then consume the rest of the stream: the tar padding and zstd checksum after
+/// a success, the remaining raw bytes after a decode error (so the digest covers the whole archive). After an unsafe
+/// entry or a write error the stream is dropped instead, which stops the hashing thread.
+fn extract_all(reader: ChunkReader, extractor: &mut Extractor, cancelled: &Cancelled) -> Result<(), SnapshotError> {
+    let decoder = zstd::stream::read::Decoder::with_buffer(BufReader::with_capacity(64 * 1024, reader))
+        .map_err(|e| SnapshotError::Io(anyhow::Error::new(e).context("setting up zstd")))?;
+    let mut archive = tar::Archive::new(decoder);
+    let mut walked = walk(&mut archive, extractor, cancelled);
+    let mut decoder = archive.into_inner();
+    if walked.is_ok() {
+        walked = io::copy(&mut decoder, &mut io::sink()).map(drop).map_err(|e| corrupt("archive does not decode", e));
+    }
+    if matches!(walked, Ok(()) | Err(SnapshotError::Corrupt(_))) {
+        let _ = drain(decoder.finish(), |_| {});
+    }
+    walked
+}
+
+fn walk<R: Read>(
+    archive: &mut tar::Archive<R>,
+    extractor: &mut Extractor,
+    cancelled: &Cancelled,
+) -> Result<(), SnapshotError> {
+    for entry in archive.entries().map_err(|e| corrupt("reading the archive", e))? {
+        cancelled.check()?;
+        let mut entry = entry.map_err(|e| corrupt("reading the archive", e))?;
+        extractor.entry(&mut entry)?;
+    }
+    Ok(())
+}

@@ -1,0 +1,124 @@
+//! `SnapshotStore`: the public face of the crate — capture, verify, restore, browse and delete snapshots in an
+//! object store. Each method delegates to the module that owns the work (`capture`, `verify`, `restore`, `browse`,
+//! `sweep`).
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::Context;
+use bytes::Bytes;
+use evershell_core::files::{FileEntry, RelPath};
+use evershell_core::ids::{OrgId, SnapshotId, WorkspaceId};
+use futures::stream::BoxStream;
+use object_store::ObjectStore;
+use object_store::local::LocalFileSystem;
+
+use crate::{Manifest, SnapshotError, SnapshotKeys, browse, capture, restore, sweep, verify};
+
+/// A stream of file bytes.
+pub type ByteStream = BoxStream<'static, std::io::Result<Bytes>>;
+
+/// One file read from a snapshot as JSON-able content.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FileRead {
+    pub entry: FileEntry,
+    /// At most `max_bytes` bytes of the file.
+    pub bytes: Vec<u8>,
+    /// The file is longer than `max_bytes`.
+    pub truncated: bool,
+}
+
+#[derive(Clone)]
+pub struct SnapshotStore {
+    store: Arc<dyn ObjectStore>,
+    /// Set for [`SnapshotStore::local`]: the directory [`SnapshotStore::sweep_incomplete`] cleans.
+    local_root: Option<PathBuf>,
+}
+
+impl SnapshotStore {
+    /// Snapshots under a local directory (created if missing). Writes are fsynced (file and directory) before they
+    /// count, so a verified snapshot survives a power loss; emptied directories are removed on delete.
+    pub fn local(root: &Path) -> anyhow::Result<Self> {
+        std::fs::create_dir_all(root).with_context(|| format!("creating snapshot directory `{}`", root.display()))?;
+        let fs = LocalFileSystem::new_with_prefix(root)
+            .with_context(|| format!("opening snapshot directory `{}`", root.display()))?
+            .with_fsync(true)
+            .with_automatic_cleanup(true);
+        let root = root.canonicalize().with_context(|| format!("resolving `{}`", root.display()))?;
+        Ok(Self { store: Arc::new(fs), local_root: Some(root) })
+    }
+
+    /// Snapshots in any object store (S3, memory, …).
+    pub fn new(store: Arc<dyn ObjectStore>) -> Self {
+        Self { store, local_root: None }
+    }
+
+    /// Save `src_dir` (the pod's `/workspace`) as a snapshot: tar → zstd → object store, sha256 computed on the way;
+    /// read the archive back and check it; then write the manifest. Only a returned `Ok` means the snapshot is
+    /// complete and verified. A symlink that a restore would refuse (absolute, or escaping the workspace) fails the
+    /// capture with `Unsafe`, so every verified snapshot can be restored.
+    pub async fn capture(
+        &self,
+        src_dir: &Path,
+        keys: &SnapshotKeys,
+        ids: (OrgId, WorkspaceId, SnapshotId),
+    ) -> Result<Manifest, SnapshotError> {
+        capture::capture(&self.store, src_dir, keys, ids).await
+    }
+
+    /// Read the manifest and check the archive against it (size and sha256) without extracting.
+    pub async fn verify(&self, keys: &SnapshotKeys) -> Result<Manifest, SnapshotError> {
+        verify::verify(&self.store, keys).await
+    }
+
+    /// Restore into `dest_dir` (existing and empty), verifying while streaming; refuses unsafe entries. On error
+    /// `dest_dir` may hold a partial tree, which the caller discards.
+    pub async fn restore(&self, keys: &SnapshotKeys, dest_dir: &Path) -> Result<Manifest, SnapshotError> {
+        restore::restore(&self.store, keys, dest_dir).await
+    }
+
+    /// Every entry of the archive, read from the stream without unpacking to disk.
+    pub async fn list_files(&self, keys: &SnapshotKeys) -> Result<Vec<FileEntry>, SnapshotError> {
+        browse::list_files(&self.store, keys).await
+    }
+
+    /// One regular file's first `max_bytes` bytes. `FileNotFound` when absent (or not a regular file).
+    pub async fn read_file(
+        &self,
+        keys: &SnapshotKeys,
+        path: &RelPath,
+        max_bytes: u64,
+    ) -> Result<FileRead, SnapshotError> {
+        browse::read_file(&self.store, keys, path, max_bytes).await
+    }
+
+    /// One regular file's bytes as a stream (no size cap). `FileNotFound` when absent.
+    pub async fn download(
+        &self,
+        keys: &SnapshotKeys,
+        path: &RelPath,
+    ) -> Result<(FileEntry, ByteStream), SnapshotError> {
+        browse::download(&self.store, keys, path).await
+    }
+
+    /// Delete the archive and the manifest (the manifest first, so none is left vouching for a missing archive).
+    /// Absent objects are not an error.
+    pub async fn delete(&self, keys: &SnapshotKeys) -> Result<(), SnapshotError> {
+        capture::delete_object(&self.store, &keys.manifest).await?;
+        capture::delete_object(&self.store, &keys.archive).await?;
+        Ok(())
+    }
+
+    /// Remove uploads a crash left half-written: for a [`SnapshotStore::local`] store, `LocalFileSystem` multipart
+    /// staging files (`<object>#<n>`) older than `min_age`; call it at server start-up. A server that is the only
+    /// writer (one server per data directory) passes zero: every staging file is then a crash's leftover; otherwise
+    /// pass a margin longer than any upload in flight. Does nothing for other stores (S3 incomplete multipart
+    /// uploads are the bucket lifecycle rule's job). Returns how many were removed.
+    pub async fn sweep_incomplete(&self, min_age: std::time::Duration) -> anyhow::Result<u64> {
+        let Some(root) = self.local_root.clone() else { return Ok(0) };
+        tokio::task::spawn_blocking(move || sweep::sweep_dir(&root, min_age))
+            .await
+            .context("snapshot sweep task failed")?
+            .context("sweeping incomplete snapshot uploads")
+    }
+}
