@@ -32,8 +32,15 @@ impl App {
     /// membership (so removal and role changes apply at once).
     pub async fn authenticate(&self, token: &str, request_id: Option<String>) -> Result<Caller> {
         if token.starts_with(API_KEY_PREFIX) {
-            let key =
-                self.store.find_api_key(&secrets::hash_secret(token)).await?.ok_or_else(Error::unauthenticated)?;
+            let hash = secrets::hash_secret(token);
+            let key = match self.key_cache.get(&hash) {
+                (Some(k), _) => k,
+                (None, epoch) => {
+                    let k = self.store.find_api_key(&hash).await?.ok_or_else(Error::unauthenticated)?;
+                    self.key_cache.insert(&hash, &k, epoch);
+                    k
+                }
+            };
             return Ok(Caller {
                 org_id: key.org_id,
                 scopes: evershell_core::scope::ScopeSet::new(key.permissions.iter().copied()),

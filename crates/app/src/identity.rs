@@ -235,6 +235,7 @@ impl App {
         let id: ApiKeyId = id.parse().map_err(|_| not_found())?;
         let audit = caller.audit(EventType::ApiKeyRevoked).target("api_key", id);
         if self.store.revoke_api_key(caller.org_id, id, Timestamp::now(), &[audit]).await? {
+            self.key_cache.evict(id);
             Ok(())
         } else {
             Err(not_found())

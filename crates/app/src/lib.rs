@@ -11,6 +11,7 @@ pub mod caller;
 pub mod files;
 pub mod identity;
 pub mod input;
+pub mod key_cache;
 pub mod providers;
 pub mod reconciler;
 pub mod roles;
@@ -50,6 +51,7 @@ pub struct App {
     pub reconciler: Reconciler,
     pub config: AppConfig,
     session_key: authn::SessionKey,
+    key_cache: key_cache::KeyCache,
 }
 
 impl App {
@@ -60,6 +62,8 @@ impl App {
         config: AppConfig,
     ) -> Self {
         let reconciler = Reconciler::new(store.clone(), runtime.clone(), snapshots.clone(), config.reconciler.clone());
-        Self { store, runtime, snapshots, reconciler, config, session_key: Default::default() }
+        // Only a single server can know every revocation as it happens (see `key_cache`).
+        let key_cache = key_cache::KeyCache::new(config.reconciler.single_server);
+        Self { store, runtime, snapshots, reconciler, config, session_key: Default::default(), key_cache }
     }
 }

@@ -221,7 +221,7 @@ impl App {
         }
         self.ensure_billing(caller).await?;
         r.updated_at = Timestamp::now();
-        let value = serde_json::to_value(&req_fields(&req)).unwrap_or_default();
+        let value = serde_json::to_value(req_fields(&req)).unwrap_or_default();
         let audit = caller
             .audit(EventType::AgentRoleUpdated)
             .target("agent_role", r.id)

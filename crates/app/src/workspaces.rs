@@ -188,10 +188,15 @@ impl App {
         let mut roles: HashMap<RoleId, Option<AgentRole>> = HashMap::new();
         let mut out = Vec::with_capacity(records.len());
         for ws in &records {
-            if !roles.contains_key(&ws.role_id) {
-                roles.insert(ws.role_id, self.store.get_role(ws.org_id, ws.role_id).await?);
-            }
-            out.push(self.view(ws, roles[&ws.role_id].as_ref()).await?);
+            let role = match roles.get(&ws.role_id) {
+                Some(r) => r.clone(),
+                None => {
+                    let r = self.store.get_role(ws.org_id, ws.role_id).await?;
+                    roles.insert(ws.role_id, r.clone());
+                    r
+                }
+            };
+            out.push(self.view(ws, role.as_ref()).await?);
         }
         Ok(out)
     }

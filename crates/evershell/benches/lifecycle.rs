@@ -62,7 +62,12 @@ fn copy_tree(from: &Path, to: &Path) {
 }
 
 fn only_pod_workspace(s: &Server) -> PathBuf {
-    let pods: Vec<_> = std::fs::read_dir(s.data.join("pods")).unwrap().flatten().map(|e| e.path()).collect();
+    let pods: Vec<_> = std::fs::read_dir(s.data.join("pods"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("pod_")))
+        .collect();
     assert_eq!(pods.len(), 1, "{pods:?}");
     pods[0].join("workspace")
 }
@@ -121,12 +126,9 @@ fn floor(archive: &Path, scratch: &Path) -> f64 {
 }
 
 fn rand_suffix() -> String {
-    format!(
-        "{:x}",
-        Instant::now().elapsed().as_nanos()
-            ^ std::process::id() as u128
-            ^ (std::ptr::addr_of!(rand_suffix) as usize as u128)
-    )
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(0);
+    format!("{}-{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed))
 }
 
 async fn resume_and_stop(http: &reqwest::Client, s: &Server, ws: &str) -> (f64, f64) {
@@ -151,7 +153,12 @@ async fn resume_and_stop_bench(which: &str) {
     let http = reqwest::Client::builder().timeout(Duration::from_secs(600)).build().unwrap();
     common::role(&http, &s, "bench").await;
     let n = runs();
-    for (label, big) in [("empty", false), ("100 MB / 2,000 files", true)] {
+    let sizes: &[(&str, bool)] = match std::env::var("BENCH_SIZES").as_deref() {
+        Ok("empty") => &[("empty", false)],
+        Ok("big") => &[("100 MB / 2,000 files", true)],
+        _ => &[("empty", false), ("100 MB / 2,000 files", true)],
+    };
+    for &(label, big) in sizes {
         let ws = call(&http, &s, Method::POST, "/v1/workspaces?wait=true", Some(json!({"role_name": "bench"}))).await;
         let id = ws["id"].as_str().unwrap().to_string();
         let reference = tmp.path().join(format!("reference-{big}"));
@@ -165,7 +172,9 @@ async fn resume_and_stop_bench(which: &str) {
         };
         let stopped =
             call(&http, &s, Method::POST, &format!("/v1/workspaces/{id}/stop?wait=true&timeout_ms=300000"), None).await;
-        let archive = latest_archive(&s, &stopped);
+        // The floor extracts a copy: every stop writes a new snapshot and deletes the previous one.
+        let archive = tmp.path().join(format!("floor-{big}.tar.zst"));
+        std::fs::copy(latest_archive(&s, &stopped), &archive).unwrap();
         let (mut resumes, mut stops, mut floors, mut tars) = (vec![], vec![], vec![], vec![]);
         for _ in 0..n {
             floors.push(floor(&archive, tmp.path()));

@@ -285,6 +285,15 @@ async fn stop_keeps_files_restart_reuses_them_and_remove_deletes_everything() {
     e.rt.remove(pod).await.unwrap();
     assert!(!e.rt.pod_dir(pod).exists());
     assert_eq!(e.rt.observe(pod).await.unwrap(), PodObservation::Absent);
+    // The files themselves, read-only ones included, are deleted in the background.
+    let trash = e.rt.pods_dir().join(".trash");
+    for _ in 0..500 {
+        if std::fs::read_dir(&trash).map(|mut d| d.next().is_none()).unwrap_or(true) {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    assert!(std::fs::read_dir(&trash).map(|mut d| d.next().is_none()).unwrap_or(true), "removed files linger");
     assert!(e.rt.list_pods().await.unwrap().is_empty());
     e.rt.remove(pod).await.unwrap(); // idempotent
     assert_no_leak(&e.rt, pod).await;

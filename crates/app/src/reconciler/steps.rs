@@ -56,8 +56,10 @@ pub(crate) async fn reconcile(inner: &Arc<Inner>, id: WorkspaceId) -> Option<Dur
         }
         let started = Instant::now();
         let flow = perform(inner, &ws, obs, step, &mut pass).await;
+        let took = started.elapsed();
         metrics::histogram!("evershell_reconcile_step_seconds", "step" => format!("{step:?}"))
-            .record(started.elapsed().as_secs_f64());
+            .record(took.as_secs_f64());
+        tracing::debug!(?step, took_ms = took.as_secs_f64() * 1000.0, "reconcile step");
         match flow {
             Ok(Flow::Again) => {}
             Ok(Flow::Retry(e)) => return give_up_or_retry(inner, &ws, step, e).await,
@@ -163,9 +165,8 @@ async fn perform(
                 Some(id) => inner.store.get_snapshot(id).await?,
                 None => None,
             };
-            if ws.snapshot_id.is_some() && snap.is_none() {
-                let msg =
-                    format!("snapshot {} is recorded on the workspace but its row is missing", ws.snapshot_id.unwrap());
+            if let (Some(id), None) = (ws.snapshot_id, &snap) {
+                let msg = format!("snapshot {id} is recorded on the workspace but its row is missing");
                 fail(inner, ws, StatusReason::RestoreFailed, msg).await?;
                 return Ok(Flow::Again);
             }

@@ -49,12 +49,14 @@ pub fn start(root: &Path, extra_env: &[(&str, &str)]) -> Server {
     }
     let child =
         cmd.env("EVERSHELL_LOG", "warn").stdin(Stdio::null()).stdout(f.try_clone().unwrap()).stderr(f).spawn().unwrap();
+    // Owned at once, so a failed start still kills the process.
+    let mut server = Server { child, url: String::new(), key, data };
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let text = std::fs::read_to_string(&log).unwrap_or_default();
         if let Some(l) = text.lines().find(|l| l.starts_with("evershell listening on ")) {
-            let url = l.trim_start_matches("evershell listening on ").to_string();
-            return Server { child, url, key, data };
+            server.url = l.trim_start_matches("evershell listening on ").to_string();
+            return server;
         }
         assert!(Instant::now() < deadline, "server did not start: {text}");
         std::thread::sleep(Duration::from_millis(20));

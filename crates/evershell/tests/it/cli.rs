@@ -39,9 +39,8 @@ async fn admin_commands_work_on_the_store_while_the_server_runs() {
         a.extend_from_slice(rest);
         a
     }
-    let org_id;
     let org = json(&ts, &with(&db, &["org", "create", "--name", "globex", "--json"])).await;
-    org_id = org["id"].as_str().unwrap().to_string();
+    let org_id = org["id"].as_str().unwrap().to_string();
     assert!(org["id"].as_str().unwrap().starts_with("org_"));
     let (ok, _, err) = evershell(&ts, &with(&db, &["org", "create", "--name", "globex", "--json"]), &[]).await;
     assert!(!ok && err.contains("already_exists"), "{err}");

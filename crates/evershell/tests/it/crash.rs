@@ -39,11 +39,14 @@ fn serve(data: &Path, run: usize) -> Proc {
         .stderr(out)
         .spawn()
         .unwrap();
+    // Owned at once, so a failed start still kills the process.
+    let mut proc = Proc { child, url: String::new() };
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let text = std::fs::read_to_string(&log).unwrap_or_default();
         if let Some(line) = text.lines().find(|l| l.starts_with("evershell listening on ")) {
-            return Proc { child, url: line.trim_start_matches("evershell listening on ").to_string() };
+            proc.url = line.trim_start_matches("evershell listening on ").to_string();
+            return proc;
         }
         assert!(Instant::now() < deadline, "server did not start:\n{text}");
         std::thread::sleep(Duration::from_millis(20));
@@ -150,7 +153,12 @@ async fn check_invariants(api: &Api, data: &Path) -> Vec<Value> {
         }
     }
     let running = all.iter().filter(|w| w["status"] == "idle").count();
-    let pods: Vec<_> = std::fs::read_dir(data.join("pods")).unwrap().flatten().map(|e| e.path()).collect();
+    let pods: Vec<_> = std::fs::read_dir(data.join("pods"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("pod_")))
+        .collect();
     let retained = all.iter().filter(|w| w["status"] == "failed").count();
     assert!(pods.len() <= running + retained, "orphan pod directories: {pods:?}");
     assert!(pods.len() >= running);
@@ -204,7 +212,12 @@ async fn sigkill_mid_stop_and_mid_resume_then_restart_settles_everything() {
     assert_eq!(ws["status"], "idle");
     let ws = ws["id"].as_str().unwrap().to_string();
     let pod_ws = |data: &PathBuf| -> PathBuf {
-        let pods: Vec<_> = std::fs::read_dir(data.join("pods")).unwrap().flatten().map(|e| e.path()).collect();
+        let pods: Vec<_> = std::fs::read_dir(data.join("pods"))
+            .unwrap()
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("pod_")))
+            .collect();
         assert_eq!(pods.len(), 1, "{pods:?}");
         pods[0].join("workspace")
     };

@@ -138,15 +138,6 @@ impl TestServer {
         (dir, self.db_url.clone())
     }
 
-    /// Stop serving without touching the pods (they keep running, as after a control-plane crash).
-    pub async fn stop_keep_pods(mut self) -> (tempfile::TempDir, String) {
-        if let Some(s) = self.server.take() {
-            s.shutdown().await.expect("clean shutdown");
-        }
-        let dir = std::mem::replace(&mut self.dir, tempfile::tempdir().unwrap());
-        (dir, self.db_url.clone())
-    }
-
     pub async fn call(&self, method: Method, path: &str, token: Option<&str>, body: Option<Value>) -> Resp {
         let mut r = self.http.request(method, format!("{}{path}", self.url));
         if let Some(t) = token {
@@ -284,10 +275,12 @@ pub async fn remove_pods(app: &App) {
 }
 
 pub fn config(data_dir: &std::path::Path, db_url: &str) -> Config {
-    let mut cfg = Config::default();
-    cfg.listen = "127.0.0.1:0".into();
-    cfg.data_dir = data_dir.to_path_buf();
-    cfg.database_url = Some(db_url.to_string());
+    let mut cfg = Config {
+        listen: "127.0.0.1:0".into(),
+        data_dir: data_dir.to_path_buf(),
+        database_url: Some(db_url.to_string()),
+        ..Config::default()
+    };
     cfg.runtime.agent_binary = Some(agent_binary());
     cfg.reconciler.interval_ms = 500;
     cfg

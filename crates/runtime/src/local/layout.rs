@@ -143,6 +143,17 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
     std::fs::rename(&tmp, path)
 }
 
+/// Where removed pods' files wait to be deleted: `<pods_dir>/.trash` (not a pod name, so never listed as a pod).
+pub fn trash_root(pods_dir: &Path) -> PathBuf {
+    pods_dir.join(".trash")
+}
+
+/// A fresh place in the trash for `pod`'s files.
+pub fn trash_dir(pods_dir: &Path, pod: evershell_core::ids::PodId) -> PathBuf {
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
+    trash_root(pods_dir).join(format!("{pod}-{nanos}"))
+}
+
 /// Remove a file, treating "already gone" as success.
 pub fn remove_if_exists(p: &Path) -> io::Result<()> {
     match std::fs::remove_file(p) {

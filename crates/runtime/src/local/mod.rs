@@ -74,6 +74,15 @@ impl LocalRuntime {
         let pods_dir = cfg.pods_dir.canonicalize().with_context(|| format!("resolving {}", cfg.pods_dir.display()))?;
         let agent_binary = cfg.agent_binary.canonicalize()?;
         let cfg = LocalRuntimeConfig { pods_dir, agent_binary, ..cfg };
+        // Files of pods removed before a crash or restart, still waiting to be deleted.
+        let trash = layout::trash_root(&cfg.pods_dir);
+        if trash.exists() {
+            std::thread::spawn(move || {
+                if let Err(e) = layout::remove_tree(&trash) {
+                    tracing::warn!(error = %e, "deleting removed pods' files failed");
+                }
+            });
+        }
         Ok(Self { cfg, caps, reapers: Arc::default() })
     }
 
@@ -160,6 +169,7 @@ impl LocalRuntime {
         if self.running(&dir).is_some() {
             return Ok(());
         }
+        let begun = Instant::now();
         let (child, rec) =
             sandbox::spawn(&self.cfg.bwrap, &self.cfg.agent_binary, &dir, &pod.to_string(), self.caps.disable_userns)
                 .await
@@ -167,7 +177,8 @@ impl LocalRuntime {
                     let diag = diag::describe(&dir).unwrap_or_default();
                     PodError::Start(format!("{e:#}{}{diag}", if diag.is_empty() { "" } else { "; " }))
                 })?;
-        tracing::info!(pid = rec.pid, init_pid = ?rec.init_pid, "sandbox started");
+        let spawned = begun.elapsed();
+        tracing::info!(pid = rec.pid, init_pid = ?rec.init_pid, spawn_ms = spawned.as_secs_f64() * 1e3, "sandbox started");
         let (tx, rx) = watch::channel(false);
         let mine = rx.clone();
         self.reapers.lock().unwrap_or_else(|p| p.into_inner()).insert(pod, rx);
@@ -193,8 +204,9 @@ impl LocalRuntime {
                 let diag = diag::describe(&dir).unwrap_or_else(|| "no diagnostics".into());
                 return Err(PodError::Start(format!("the sandbox exited during start-up: {diag}")));
             }
-            tokio::time::sleep(Duration::from_millis(5)).await;
+            tokio::time::sleep(Duration::from_millis(1)).await;
         }
+        tracing::debug!(socket_ms = begun.elapsed().as_secs_f64() * 1e3, "agent socket up");
         Ok(())
     }
 
@@ -242,13 +254,23 @@ impl LocalRuntime {
         if !dir.exists().context("reading the pod directory")? {
             return Ok(());
         }
+        let trash = layout::trash_dir(&self.cfg.pods_dir, pod);
+        let doomed = trash.clone();
         blocking(move || {
-            // Unmark first: a crash halfway through leaves `Partial` files, never a complete-looking husk.
+            // Unmark first: a crash halfway through leaves `Partial` files, never a complete-looking husk. Then move
+            // the tree out of the pods directory at once (one rename) and unlink its files in the background: a stop
+            // does not wait for thousands of unlinks. Leftovers of a crash are swept when the runtime starts.
             layout::unmark_complete(&dir)?;
-            layout::remove_tree(&dir.root)
+            std::fs::create_dir_all(doomed.parent().expect("the trash dir has a parent"))?;
+            std::fs::rename(&dir.root, &doomed)
         })
         .await
         .context("removing the pod directory")?;
+        tokio::task::spawn_blocking(move || {
+            if let Err(e) = layout::remove_tree(&trash) {
+                tracing::warn!(error = %e, path = %trash.display(), "deleting a removed pod's files failed");
+            }
+        });
         tracing::info!("pod removed");
         Ok(())
     }

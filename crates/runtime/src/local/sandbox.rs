@@ -26,7 +26,7 @@ pub const STOP_GRACE: Duration = Duration::from_secs(3);
 const KILL_WAIT: Duration = Duration::from_secs(5);
 /// How long `start` waits for bwrap to report its namespace init's pid.
 const INIT_PID_WAIT: Duration = Duration::from_secs(5);
-const POLL: Duration = Duration::from_millis(10);
+const POLL: Duration = Duration::from_millis(2);
 
 /// `sandbox.pid`: which processes are this pod's sandbox.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -180,7 +180,7 @@ pub async fn spawn(
             let _ = child.wait().await;
             anyhow::bail!("bwrap did not report its sandbox's pid within {INIT_PID_WAIT:?}");
         }
-        tokio::time::sleep(Duration::from_millis(2)).await;
+        tokio::time::sleep(Duration::from_micros(500)).await;
     }
     write_pid_record(dir, &rec).context("writing sandbox.pid")?;
     Ok((child, rec))
