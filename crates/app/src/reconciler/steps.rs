@@ -390,6 +390,18 @@ async fn snapshot_and_release(inner: &Arc<Inner>, ws: &WorkspaceRecord) -> Resul
         inner.store.insert_snapshot(&rec).await?;
         let manifest = match inner.runtime.capture(pod, &keys, (ws.org_id, ws.id, snap_id)).await {
             Ok(m) => m,
+            Err(PodError::Snapshot(evershell_snapshot::SnapshotError::Unsafe(why))) => {
+                // The files themselves cannot be snapshotted (a link a restore would refuse): retrying cannot help.
+                let msg = format!(
+                    "the workspace could not be saved: {why}; its files are kept — resume it, fix that, and stop again"
+                );
+                let audit = auto_audit(inner, &ws, EventType::SnapshotFailed)
+                    .await
+                    .details(serde_json::json!({ "snapshot_id": snap_id, "error": msg }));
+                discard_snapshot(inner, &rec, &[audit]).await?;
+                fail(inner, &ws, StatusReason::SnapshotFailed, msg).await?;
+                return Ok(Flow::Again);
+            }
             Err(e) => {
                 let audit = auto_audit(inner, &ws, EventType::SnapshotFailed)
                     .await

@@ -231,3 +231,29 @@ async fn path_traversal_is_400_in_every_file_route() {
     let _ = Method::GET;
     ts.stop().await;
 }
+
+#[tokio::test]
+async fn files_a_snapshot_cannot_hold_fail_the_stop_at_once_and_are_kept() {
+    let ts = TestServer::start().await;
+    let (_, _, role) = ts.role("coder").await;
+    let ws = ts.idle_workspace(&role, &ts.key.clone()).await;
+    let root = pod_workspace(&ts, &ws).await;
+    std::fs::write(root.join("work.txt"), "unsaved work").unwrap();
+    std::os::unix::fs::symlink("../../outside", root.join("escape")).unwrap();
+    // A virtualenv-style absolute link is fine.
+    std::os::unix::fs::symlink("/usr/bin/python3", root.join("python")).unwrap();
+    let r = ts.post_empty(&format!("/v1/workspaces/{ws}/stop?wait=true&timeout_ms=20000")).await;
+    assert_eq!(r.json["status"], "failed", "{}", r.json);
+    assert_eq!(r.json["status_reason"], "snapshot_failed");
+    assert!(r.json["last_error"].as_str().unwrap().contains("escape"), "{}", r.json);
+    assert!(root.join("work.txt").exists(), "the files are kept");
+    // Resume reattaches to them; once the link is fixed the stop succeeds with everything saved.
+    let r = ts.post_empty(&format!("/v1/workspaces/{ws}/resume?wait=true")).await;
+    assert_eq!(r.json["status_reason"], "reattached", "{}", r.json);
+    std::fs::remove_file(pod_workspace(&ts, &ws).await.join("escape")).unwrap();
+    let r = ts.post_empty(&format!("/v1/workspaces/{ws}/stop?wait=true")).await;
+    assert_eq!(r.json["status"], "stopped", "{}", r.json);
+    let f = ts.get(&format!("/v1/workspaces/{ws}/snapshot/files/work.txt")).await;
+    assert_eq!(f.ok()["content"], "unsaved work");
+    ts.stop().await;
+}
