@@ -131,11 +131,15 @@ fn rand_suffix() -> String {
     format!("{}-{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed))
 }
 
+/// Pause between measured operations (see the loop).
+const SETTLE: Duration = Duration::from_millis(250);
+
 async fn resume_and_stop(http: &reqwest::Client, s: &Server, ws: &str) -> (f64, f64) {
     let t = Instant::now();
     let r = call(http, s, Method::POST, &format!("/v1/workspaces/{ws}/resume?wait=true&timeout_ms=300000"), None).await;
     let resume = t.elapsed().as_secs_f64();
     assert_eq!(r["status"], "idle", "{r}");
+    tokio::time::sleep(SETTLE).await;
     let t = Instant::now();
     let r = call(http, s, Method::POST, &format!("/v1/workspaces/{ws}/stop?wait=true&timeout_ms=300000"), None).await;
     let stop = t.elapsed().as_secs_f64();
@@ -177,7 +181,11 @@ async fn resume_and_stop_bench(which: &str) {
         std::fs::copy(latest_archive(&s, &stopped), &archive).unwrap();
         let (mut resumes, mut stops, mut floors, mut tars) = (vec![], vec![], vec![], vec![]);
         for _ in 0..n {
+            // A pause before each measured operation lets the kernel finish tearing down the namespaces of the one
+            // before (network-namespace cleanup is asynchronous and slows the next `unshare`), for both sides alike.
+            tokio::time::sleep(SETTLE).await;
             floors.push(floor(&archive, tmp.path()));
+            tokio::time::sleep(SETTLE).await;
             let (r, st) = resume_and_stop(&http, &s, &id).await;
             resumes.push(r);
             stops.push(st);
