@@ -35,14 +35,24 @@ pub struct AgentOptions {
     pub root: PathBuf,
     /// The pod id, reported by `/healthz`.
     pub pod_id: Option<String>,
+    /// Do nothing — no socket, no look at the workspace — until this file exists. The control plane starts a
+    /// pod's sandbox while it restores the snapshot, and creates the file once the restore is complete and verified.
+    pub hold: Option<PathBuf>,
 }
 
 /// Run the agent until SIGTERM/SIGINT.
 pub async fn run(opts: AgentOptions) -> anyhow::Result<()> {
+    if let Some(release) = &opts.hold {
+        while !release.exists() {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    }
+    // Bind first: the socket appearing is what the control plane waits for (connections queue until served), so
+    // nothing else belongs before it on the resume path.
+    let listener = bind(&opts.socket)?;
     init_logging();
     let span = tracing::info_span!("agent", pod_id = opts.pod_id.as_deref().unwrap_or("-"));
     async move {
-        let listener = bind(&opts.socket)?;
         tracing::info!(socket = %opts.socket.display(), root = %opts.root.display(), "agent listening");
         let result = serve(listener, opts.root, opts.pod_id, shutdown_signal()).await;
         let _ = std::fs::remove_file(&opts.socket);

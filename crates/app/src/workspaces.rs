@@ -304,9 +304,8 @@ impl App {
         let mut audit = caller.audit(event).workspace(ws.id).target("workspace", ws.id).details(serde_json::json!({
             "from": ws.status, "to": next.status,
         }));
-        if let Some(r) = &role {
-            audit = self.with_names(audit, r).await;
-        }
+        audit.agent_role = role.as_ref().map(|r| r.name.clone());
+        audit.agent_provider = provider.map(|p| p.name);
         if !self.store.update_workspace(&next, ws.generation, &[audit]).await? {
             return Ok(None);
         }

@@ -308,6 +308,9 @@ pub enum PodObservation {
     Partial,
     /// The pod's files are complete and no sandbox runs on them.
     Exited,
+    /// A sandbox is set up on the pod's files but its agent is held (not started): sandboxes are started while a
+    /// snapshot is being restored, and the agent is let go only once the restore is complete and verified.
+    Held,
     /// The sandbox runs and its agent answers.
     Running,
     /// The sandbox runs but its agent does not answer (yet).
@@ -327,7 +330,7 @@ pub enum Step {
     DiscardPartialPod,
     /// Forget a pod that has nothing worth keeping (absent, or incomplete files): remove what is left, clear the id.
     ReleasePod,
-    /// Start the sandbox on the pod's complete files.
+    /// Start the sandbox on the pod's complete files (or let a held one's agent go).
     StartSandbox,
     /// Wait for the agent to answer (or give up and fail after the start timeout).
     AwaitAgent,
@@ -355,7 +358,7 @@ pub fn plan(status: WorkspaceStatus, desired: Desired, pod: PodObservation) -> S
         (S::Provisioning, P::Unallocated) => Step::AllocatePod,
         (S::Provisioning, P::Absent) => Step::PreparePod,
         (S::Provisioning, P::Partial) => Step::DiscardPartialPod,
-        (S::Provisioning, P::Exited) => Step::StartSandbox,
+        (S::Provisioning, P::Exited | P::Held) => Step::StartSandbox,
         (S::Provisioning, P::Unhealthy) => Step::AwaitAgent,
         (S::Provisioning, P::Running) => Step::MarkReady,
 
@@ -363,16 +366,18 @@ pub fn plan(status: WorkspaceStatus, desired: Desired, pod: PodObservation) -> S
         // A running-but-unanswering agent is given time; the start timeout only applies while provisioning.
         (S::Idle | S::Busy, P::Unhealthy) => Step::Nothing,
         (S::Idle | S::Busy, P::Exited) => Step::FailExited,
+        // Not reached in practice (an idle pod's agent was let go); letting it go again is harmless.
+        (S::Idle | S::Busy, P::Held) => Step::StartSandbox,
         (S::Idle | S::Busy, P::Absent | P::Unallocated | P::Partial) => Step::FailVanished,
 
-        (S::Stopping, P::Running | P::Unhealthy) => Step::StopSandbox,
+        (S::Stopping, P::Running | P::Unhealthy | P::Held) => Step::StopSandbox,
         (S::Stopping, P::Exited) => Step::SnapshotAndRelease,
         (S::Stopping, P::Absent | P::Unallocated | P::Partial) => Step::FinishStopWithoutSnapshot,
 
         // Settled without a pod. A stopped workspace's pod was saved before it was released; a failed workspace
         // keeps an exited pod's files for resume, but never a running sandbox.
         (S::Stopped | S::Failed, P::Unallocated) => Step::Nothing,
-        (S::Stopped | S::Failed, P::Running | P::Unhealthy) => Step::StopSandbox,
+        (S::Stopped | S::Failed, P::Running | P::Unhealthy | P::Held) => Step::StopSandbox,
         (S::Stopped | S::Failed, P::Absent | P::Partial) => Step::ReleasePod,
         // Complete files a stopped workspace still holds were never saved (a stop is recorded only after its
         // snapshot): save them rather than lose them.
@@ -528,6 +533,7 @@ mod tests {
         PodObservation::Exited,
         PodObservation::Running,
         PodObservation::Unhealthy,
+        PodObservation::Held,
     ];
 
     #[test]
@@ -536,7 +542,7 @@ mod tests {
             for desired in [Desired::Running, Desired::Stopped] {
                 for &p in PODS {
                     let step = plan(s, desired, p);
-                    if matches!(p, PodObservation::Running | PodObservation::Unhealthy)
+                    if matches!(p, PodObservation::Running | PodObservation::Unhealthy | PodObservation::Held)
                         && matches!(s, S::Stopping | S::Stopped | S::Failed)
                     {
                         assert_eq!(step, Step::StopSandbox, "{s:?} {p:?}");
@@ -557,6 +563,7 @@ mod tests {
             (PodObservation::Absent, Step::PreparePod),
             (PodObservation::Partial, Step::DiscardPartialPod),
             (PodObservation::Exited, Step::StartSandbox),
+            (PodObservation::Held, Step::StartSandbox),
             (PodObservation::Unhealthy, Step::AwaitAgent),
             (PodObservation::Running, Step::MarkReady),
         ];

@@ -87,41 +87,77 @@ fn latest_archive(s: &Server, ws: &Value) -> PathBuf {
     panic!("archive of {snap} not found")
 }
 
-/// The floor of a resume: extract the archive into a fresh directory, then start and finish a bubblewrap sandbox.
-fn floor(archive: &Path, scratch: &Path) -> f64 {
-    let dest = scratch.join(format!("floor-{}", rand_suffix()));
-    std::fs::create_dir_all(&dest).unwrap();
+/// The runtime's own bwrap command line, read from a running sandbox: the pod directory it names, and its arguments
+/// with the agent replaced by `true` (and the status fd, which belongs to the server, dropped).
+struct SandboxArgs {
+    pod_dir: String,
+    args: Vec<String>,
+}
+
+fn sandbox_args(pod_dir: &Path) -> SandboxArgs {
+    let rec: Value = serde_json::from_slice(&std::fs::read(pod_dir.join("sandbox.pid")).unwrap()).unwrap();
+    let pid = rec["pid"].as_i64().unwrap();
+    let raw = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap();
+    let all: Vec<String> =
+        raw.split(|b| *b == 0).filter(|a| !a.is_empty()).map(|a| String::from_utf8_lossy(a).into()).collect();
+    // The command is the last mention of the agent binary (the first is its read-only bind).
+    let cmd = all.iter().rposition(|a| a == "/opt/evershell/bin/evershell").unwrap();
+    let mut args = vec![];
+    let mut it = all[1..cmd].iter().cloned();
+    while let Some(a) = it.next() {
+        if a == "--json-status-fd" {
+            it.next();
+        } else {
+            args.push(a);
+        }
+    }
+    args.push("true".into());
+    SandboxArgs { pod_dir: pod_dir.display().to_string(), args }
+}
+
+/// The floor of a resume: extract the archive into a fresh pod-like directory, then start and finish a bubblewrap
+/// sandbox over it — with the runtime's own isolation flags (`Some`), or a minimal `bwrap --unshare-all … true`.
+fn floor(archive: &Path, scratch: &Path, runtime_args: Option<&SandboxArgs>) -> f64 {
+    let dir = scratch.join(format!("floor-{}", rand_suffix()));
+    for d in ["workspace", "run", "uploads", "etc"] {
+        std::fs::create_dir_all(dir.join(d)).unwrap();
+    }
+    for f in ["passwd", "group", "hosts", "hostname"] {
+        std::fs::write(dir.join("etc").join(f), "").unwrap();
+    }
+    let dest = dir.join("workspace");
     let t = Instant::now();
     let st = Command::new("tar").arg("-I").arg("zstd").arg("-xf").arg(archive).arg("-C").arg(&dest).status().unwrap();
     assert!(st.success());
-    let st = Command::new("bwrap")
-        .args([
-            "--unshare-all",
-            "--ro-bind",
-            "/usr",
-            "/usr",
-            "--symlink",
-            "usr/lib",
-            "/lib",
-            "--symlink",
-            "usr/lib64",
-            "/lib64",
-            "--symlink",
-            "usr/bin",
-            "/bin",
-            "--proc",
-            "/proc",
-            "--dev",
-            "/dev",
-            "--bind",
-        ])
-        .arg(&dest)
-        .args(["/workspace", "true"])
-        .status()
-        .unwrap();
-    assert!(st.success());
+    let mut bwrap = Command::new("bwrap");
+    match runtime_args {
+        Some(a) => {
+            let here = dir.display().to_string();
+            bwrap.args(a.args.iter().map(|x| x.replace(&a.pod_dir, &here)));
+        }
+        None => {
+            bwrap
+                .args(["--unshare-all", "--ro-bind", "/usr", "/usr", "--symlink", "usr/lib", "/lib", "--symlink"])
+                .args([
+                    "usr/lib64",
+                    "/lib64",
+                    "--symlink",
+                    "usr/bin",
+                    "/bin",
+                    "--proc",
+                    "/proc",
+                    "--dev",
+                    "/dev",
+                    "--bind",
+                ])
+                .arg(&dest)
+                .args(["/workspace", "true"]);
+        }
+    }
+    let st = bwrap.status().unwrap();
+    assert!(st.success(), "floor sandbox failed");
     let s = t.elapsed().as_secs_f64();
-    std::fs::remove_dir_all(&dest).unwrap();
+    std::fs::remove_dir_all(&dir).unwrap();
     s
 }
 
@@ -174,17 +210,22 @@ async fn resume_and_stop_bench(which: &str) {
         } else {
             0
         };
+        let runtime_args = sandbox_args(only_pod_workspace(&s).parent().unwrap());
         let stopped =
             call(&http, &s, Method::POST, &format!("/v1/workspaces/{id}/stop?wait=true&timeout_ms=300000"), None).await;
         // The floor extracts a copy: every stop writes a new snapshot and deletes the previous one.
         let archive = tmp.path().join(format!("floor-{big}.tar.zst"));
         std::fs::copy(latest_archive(&s, &stopped), &archive).unwrap();
-        let (mut resumes, mut stops, mut floors, mut tars) = (vec![], vec![], vec![], vec![]);
+        let (mut resumes, mut stops, mut floors, mut minimal, mut tars) = (vec![], vec![], vec![], vec![], vec![]);
         for _ in 0..n {
             // A pause before each measured operation lets the kernel finish tearing down the namespaces of the one
             // before (network-namespace cleanup is asynchronous and slows the next `unshare`), for both sides alike.
             tokio::time::sleep(SETTLE).await;
-            floors.push(floor(&archive, tmp.path()));
+            floors.push(floor(&archive, tmp.path(), Some(&runtime_args)));
+            if which != "stop" {
+                tokio::time::sleep(SETTLE).await;
+                minimal.push(floor(&archive, tmp.path(), None));
+            }
             tokio::time::sleep(SETTLE).await;
             let (r, st) = resume_and_stop(&http, &s, &id).await;
             resumes.push(r);
@@ -211,8 +252,18 @@ async fn resume_and_stop_bench(which: &str) {
         if which != "stop" {
             println!("resume, {label}: {n} runs");
             println!("  resume (request → idle)     median {}  p95 {}", ms(rm), ms(rp));
-            println!("  floor (tar -I zstd -xf + bwrap true) median {}  p95 {}", ms(fm), ms(p95(&mut floors.clone())));
+            println!(
+                "  floor: tar -I zstd -xf + bwrap true with the runtime's flags  median {}  p95 {}",
+                ms(fm),
+                ms(p95(&mut floors.clone()))
+            );
             println!("  ratio resume/floor (medians) = {:.2}  (target <= 1.5)", rm / fm);
+            let mm = median(&mut minimal.clone());
+            println!(
+                "  (minimal floor: tar -I zstd -xf + bwrap --unshare-all true  median {}; ratio {:.2})",
+                ms(mm),
+                rm / mm
+            );
         }
         if big && which != "resume" {
             let (sm, tm) = (median(&mut stops.clone()), median(&mut tars.clone()));

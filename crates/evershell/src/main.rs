@@ -51,6 +51,9 @@ enum Command {
         /// The pod id (reported by /healthz).
         #[arg(long)]
         pod_id: Option<String>,
+        /// Wait (without touching the workspace) until this file exists.
+        #[arg(long)]
+        hold: Option<PathBuf>,
     },
     /// Administer the deployment directly on its store.
     Admin {
@@ -99,9 +102,9 @@ fn load(store: &StoreArgs, listen: Option<String>) -> anyhow::Result<Config> {
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
-        Command::Agent { socket, root, pod_id } => {
+        Command::Agent { socket, root, pod_id, hold } => {
             let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-            rt.block_on(evershell_agent::run(evershell_agent::AgentOptions { socket, root, pod_id }))
+            rt.block_on(evershell_agent::run(evershell_agent::AgentOptions { socket, root, pod_id, hold }))
         }
         Command::Serve { listen, store } => {
             let cfg = load(&store, listen)?;

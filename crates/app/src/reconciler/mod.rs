@@ -26,6 +26,9 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{Instrument, info_span, warn};
 
+/// A role's name and its provider's name, as audit rows carry them.
+pub(crate) type RoleNames = (String, Option<String>);
+
 /// Tunables.
 #[derive(Debug, Clone)]
 pub struct ReconcilerConfig {
@@ -71,6 +74,10 @@ pub(crate) struct Inner {
     running: Mutex<HashMap<WorkspaceId, bool>>,
     /// Consecutive failures per workspace.
     pub(crate) attempts: Mutex<HashMap<WorkspaceId, u32>>,
+    /// The row a step just wrote, so the next plan need not read it back.
+    pub(crate) written: Mutex<HashMap<WorkspaceId, evershell_core::model::WorkspaceRecord>>,
+    /// Role and provider names for audit rows, briefly reused.
+    pub(crate) names: Mutex<HashMap<evershell_core::ids::RoleId, (std::time::Instant, RoleNames)>>,
     permits: Semaphore,
     cancel: CancellationToken,
     tasks: TaskTracker,
@@ -105,6 +112,8 @@ impl Reconciler {
                 changes,
                 running: Mutex::new(HashMap::new()),
                 attempts: Mutex::new(HashMap::new()),
+                written: Mutex::new(HashMap::new()),
+                names: Mutex::new(HashMap::new()),
                 cancel: CancellationToken::new(),
                 tasks: TaskTracker::new(),
             }),

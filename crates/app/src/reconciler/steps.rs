@@ -36,11 +36,17 @@ struct Pass {
 /// Reconcile `id` until its plan is `Nothing`. Returns a delay when it should be tried again later.
 pub(crate) async fn reconcile(inner: &Arc<Inner>, id: WorkspaceId) -> Option<Duration> {
     let mut pass = Pass::default();
+    // Only what this pass writes may stand in for a read: drop anything an earlier pass left.
+    inner.written.lock().unwrap().remove(&id);
     for _ in 0..64 {
-        let ws = match inner.store.get_workspace_by_id(id).await {
-            Ok(Some(ws)) => ws,
-            Ok(None) => return None,
-            Err(e) => return Some(backoff(inner, id, &anyhow::anyhow!("{e:?}"))),
+        let just_written = inner.written.lock().unwrap().remove(&id);
+        let ws = match just_written {
+            Some(ws) => ws,
+            None => match inner.store.get_workspace_by_id(id).await {
+                Ok(Some(ws)) => ws,
+                Ok(None) => return None,
+                Err(e) => return Some(backoff(inner, id, &anyhow::anyhow!("{e:?}"))),
+            },
         };
         let obs = match ws.pod_id {
             None => PodObservation::Unallocated,
@@ -102,13 +108,33 @@ async fn give_up_or_retry(inner: &Arc<Inner>, ws: &WorkspaceRecord, step: Step, 
 /// An audit row for an automatic transition of `ws`.
 async fn auto_audit(inner: &Inner, ws: &WorkspaceRecord, t: EventType) -> AuditEvent {
     let mut e = AuditEvent::system(ws.org_id, t).workspace(ws.id).target("workspace", ws.id);
-    if let Ok(Some(role)) = inner.store.get_role(ws.org_id, ws.role_id).await {
-        if let Ok(Some(p)) = inner.store.get_provider(ws.org_id, role.provider_id).await {
-            e.agent_provider = Some(p.name);
-        }
-        e.agent_role = Some(role.name);
+    if let Some((role, provider)) = names(inner, ws).await {
+        e.agent_role = Some(role);
+        e.agent_provider = provider;
     }
     e
+}
+
+/// How long a role's (and its provider's) names are reused for audit rows: one transition writes several rows
+/// within milliseconds; a role re-pointed at another provider shows in rows written after this.
+const NAMES_TTL: Duration = Duration::from_secs(2);
+
+/// The workspace's role name and its provider's name.
+async fn names(inner: &Inner, ws: &WorkspaceRecord) -> Option<(String, Option<String>)> {
+    if let Some((at, names)) = inner.names.lock().unwrap().get(&ws.role_id)
+        && at.elapsed() < NAMES_TTL
+    {
+        return Some(names.clone());
+    }
+    let role = inner.store.get_role(ws.org_id, ws.role_id).await.ok()??;
+    let provider = inner.store.get_provider(ws.org_id, role.provider_id).await.ok().flatten().map(|p| p.name);
+    let names = (role.name, provider);
+    let mut cache = inner.names.lock().unwrap();
+    if cache.len() > 10_000 {
+        cache.clear();
+    }
+    cache.insert(ws.role_id, (Instant::now(), names.clone()));
+    Some(names)
 }
 
 /// Write `next` over `ws` under the generation guard; `true` when it landed.
@@ -117,6 +143,10 @@ async fn write(inner: &Inner, ws: &WorkspaceRecord, mut next: WorkspaceRecord, a
     let ok = inner.store.update_workspace(&next, ws.generation, audit).await?;
     if ok {
         inner.notify(ws.id);
+        // The next plan starts from what was just written instead of reading it back. Should an API call have
+        // changed the row meanwhile, the next guarded write fails and the row is read again.
+        next.generation = ws.generation + 1;
+        inner.written.lock().unwrap().insert(ws.id, next);
     }
     Ok(ok)
 }

@@ -69,6 +69,11 @@ pub fn kill_sandboxes(pods: &Path) {
             && let Ok(v) = serde_json::from_slice::<Value>(&b)
             && let Some(pid) = v["pid"].as_i64()
         {
+            // The sandbox's init runs in its own session (bwrap --new-session): kill it by pid too.
+            if let Some(init) = v["init_pid"].as_i64() {
+                // SAFETY: signalling a sandbox process this test created.
+                unsafe { libc::kill(init as i32, libc::SIGKILL) };
+            }
             // SAFETY: signalling a sandbox process group this bench created.
             unsafe { libc::kill(-(pid as i32), libc::SIGKILL) };
         }

@@ -129,12 +129,26 @@ fn processes_mentioning(needle: &str) -> Vec<i32> {
     out
 }
 
+/// Kills every sandbox under a pods directory when dropped, so a failing test leaves no process behind.
+struct SandboxGuard(PathBuf);
+
+impl Drop for SandboxGuard {
+    fn drop(&mut self) {
+        kill_sandboxes(&self.0);
+    }
+}
+
 fn kill_sandboxes(pods: &Path) {
     for e in std::fs::read_dir(pods).into_iter().flatten().flatten() {
         if let Ok(b) = std::fs::read(e.path().join("sandbox.pid"))
             && let Ok(v) = serde_json::from_slice::<Value>(&b)
             && let Some(pid) = v["pid"].as_i64()
         {
+            // The sandbox's init runs in its own session (bwrap --new-session): kill it by pid too.
+            if let Some(init) = v["init_pid"].as_i64() {
+                // SAFETY: signalling a sandbox process this test created.
+                unsafe { libc::kill(init as i32, libc::SIGKILL) };
+            }
             // SAFETY: signalling the sandbox's own process group.
             unsafe { libc::kill(-(pid as i32), libc::SIGKILL) };
         }
@@ -195,6 +209,7 @@ async fn wait_settled(api: &Api, ws: &str) -> Value {
 async fn sigkill_mid_stop_and_mid_resume_then_restart_settles_everything() {
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().to_path_buf();
+    let _sandboxes = SandboxGuard(data.join("pods"));
     let key = bootstrap(&data);
     let http = reqwest::Client::builder().timeout(Duration::from_secs(180)).build().unwrap();
     let mut run = 0;
@@ -255,5 +270,4 @@ async fn sigkill_mid_stop_and_mid_resume_then_restart_settles_everything() {
     let a = api.call(Method::GET, "/v1/audit?filter=event_type=workspace_recovered&limit=1000", None).await;
     assert!(!a["events"].as_array().unwrap().is_empty(), "restarts mid-transition were recorded");
     drop(server);
-    kill_sandboxes(&data.join("pods"));
 }

@@ -13,6 +13,8 @@ use super::layout::{PodDir, SANDBOX_UID, SANDBOX_USER};
 pub const AGENT_PATH: &str = "/opt/evershell/bin/evershell";
 /// The agent's socket inside the sandbox (`<pod>/run/agent.sock` outside).
 pub const AGENT_SOCKET: &str = "/run/evershell/agent.sock";
+/// The agent waits (`--hold`) until this file exists; `layout::PodDir::release` is its host side.
+pub const AGENT_RELEASE: &str = "/run/evershell/release";
 const SANDBOX_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
 /// Host directories a merged-/usr system replaces by symlinks; mirrored as symlinks or bound read-only.
@@ -147,6 +149,8 @@ pub fn sandbox_args(
             "/workspace",
             "--pod-id",
             pod_id,
+            "--hold",
+            AGENT_RELEASE,
         ],
     );
     a
@@ -209,7 +213,9 @@ mod tests {
         assert!(joined.contains("--bind /pods/pod_x/workspace /workspace"));
         assert!(joined.contains("--hostname pod_x"));
         assert!(joined.contains("--json-status-fd 7"));
-        assert!(joined.ends_with("agent --socket /run/evershell/agent.sock --root /workspace --pod-id pod_x"));
+        assert!(joined.ends_with(
+            "agent --socket /run/evershell/agent.sock --root /workspace --pod-id pod_x --hold /run/evershell/release"
+        ));
     }
 
     #[test]

@@ -31,6 +31,10 @@ impl PodDir {
     pub fn socket(&self) -> PathBuf {
         self.run().join("agent.sock")
     }
+    /// Lets the held agent start (`--hold`): created by `start`, never by `prepare`.
+    pub fn release(&self) -> PathBuf {
+        self.run().join("release")
+    }
     /// Bound at `/data/uploads`.
     pub fn uploads(&self) -> PathBuf {
         self.root.join("uploads")

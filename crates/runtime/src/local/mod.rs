@@ -129,6 +129,9 @@ impl LocalRuntime {
         if self.running(&dir).is_none() {
             return Ok(PodObservation::Exited);
         }
+        if !layout::exists(&dir.release()).context("reading the release file")? {
+            return Ok(PodObservation::Held);
+        }
         Ok(match AgentClient::unix(dir.socket()).health().await {
             Ok(()) => PodObservation::Running,
             Err(_) => PodObservation::Unhealthy,
@@ -150,9 +153,32 @@ impl LocalRuntime {
         }
         let (d, id) = (dir.clone(), spec.pod_id.to_string());
         blocking(move || layout::create(&d, &id)).await.context("creating the pod directory")?;
+        // Set the sandbox up while the snapshot is restored: its agent is held (`--hold`) until `start` releases it,
+        // so nothing in the pod runs on a workspace that is not complete and verified. Best effort: if this
+        // sandbox fails, `start` starts one the ordinary way and reports what went wrong.
+        let early = tokio::spawn(sandbox::spawn(
+            self.cfg.bwrap.clone(),
+            self.cfg.agent_binary.clone(),
+            dir.clone(),
+            spec.pod_id.to_string(),
+            self.caps.disable_userns,
+        ));
         let restored = match snapshot {
-            Some(keys) => Some(self.cfg.snapshots.restore(keys, &dir.workspace()).await?),
-            None => None,
+            Some(keys) => self.cfg.snapshots.restore(keys, &dir.workspace()).await.map(Some),
+            None => Ok(None),
+        };
+        match early.await {
+            Ok(Ok((child, rec))) => self.watch(spec.pod_id, child, rec),
+            Ok(Err(e)) => tracing::warn!(error = %format!("{e:#}"), "setting the sandbox up early failed"),
+            Err(e) => tracing::warn!(error = %e, "setting the sandbox up early panicked"),
+        }
+        let restored = match restored {
+            Ok(r) => r,
+            Err(e) => {
+                // No sandbox is left behind on files that will be discarded.
+                self.do_stop(spec.pod_id).await?;
+                return Err(e.into());
+            }
         };
         let d = dir.clone();
         blocking(move || layout::mark_complete(&d)).await.context("marking the pod complete")?;
@@ -166,35 +192,29 @@ impl LocalRuntime {
         if !dir.is_complete().context("reading the complete marker")? {
             return Err(PodError::Start(format!("pod {pod} has no complete files to start on")));
         }
-        if self.running(&dir).is_some() {
-            return Ok(());
-        }
+        // Let the agent go: the one held in a sandbox set up by `prepare`, or the one spawned below.
+        let release = dir.release();
+        blocking(move || std::fs::write(&release, b"released\n")).await.context("writing the release file")?;
         let begun = Instant::now();
-        let (child, rec) =
-            sandbox::spawn(&self.cfg.bwrap, &self.cfg.agent_binary, &dir, &pod.to_string(), self.caps.disable_userns)
+        let rec = match self.running(&dir) {
+            Some(rec) => rec,
+            None => {
+                let (child, rec) = sandbox::spawn(
+                    self.cfg.bwrap.clone(),
+                    self.cfg.agent_binary.clone(),
+                    dir.clone(),
+                    pod.to_string(),
+                    self.caps.disable_userns,
+                )
                 .await
                 .map_err(|e| {
                     let diag = diag::describe(&dir).unwrap_or_default();
                     PodError::Start(format!("{e:#}{}{diag}", if diag.is_empty() { "" } else { "; " }))
                 })?;
-        let spawned = begun.elapsed();
-        tracing::info!(pid = rec.pid, init_pid = ?rec.init_pid, spawn_ms = spawned.as_secs_f64() * 1e3, "sandbox started");
-        let (tx, rx) = watch::channel(false);
-        let mine = rx.clone();
-        self.reapers.lock().unwrap_or_else(|p| p.into_inner()).insert(pod, rx);
-        let reapers = self.reapers.clone();
-        let reap_dir = dir.clone();
-        tokio::spawn(
-            async move {
-                sandbox::reap(child, reap_dir, rec).await;
-                let _ = tx.send(true);
-                let mut map = reapers.lock().unwrap_or_else(|p| p.into_inner());
-                if map.get(&pod).is_some_and(|rx| rx.same_channel(&mine)) {
-                    map.remove(&pod);
-                }
+                self.watch(pod, child, rec);
+                rec
             }
-            .instrument(tracing::info_span!("reaper", pod_id = %pod)),
-        );
+        };
         // Setup errors (a bind that fails, a missing library) end the sandbox within milliseconds: report them
         // here rather than as an agent that never answers. Normally the agent's socket appears first.
         let deadline = Instant::now() + START_SETTLE;
@@ -208,6 +228,27 @@ impl LocalRuntime {
         }
         tracing::debug!(socket_ms = begun.elapsed().as_secs_f64() * 1e3, "agent socket up");
         Ok(())
+    }
+
+    /// Reap a sandbox this process spawned, recording how it ended.
+    fn watch(&self, pod: PodId, child: tokio::process::Child, rec: sandbox::PidRecord) {
+        tracing::info!(pid = rec.pid, init_pid = ?rec.init_pid, "sandbox started");
+        let (tx, rx) = watch::channel(false);
+        let mine = rx.clone();
+        self.reapers.lock().unwrap_or_else(|p| p.into_inner()).insert(pod, rx);
+        let reapers = self.reapers.clone();
+        let reap_dir = self.dir(pod);
+        tokio::spawn(
+            async move {
+                sandbox::reap(child, reap_dir, rec).await;
+                let _ = tx.send(true);
+                let mut map = reapers.lock().unwrap_or_else(|p| p.into_inner());
+                if map.get(&pod).is_some_and(|rx| rx.same_channel(&mine)) {
+                    map.remove(&pod);
+                }
+            }
+            .instrument(tracing::info_span!("reaper", pod_id = %pod)),
+        );
     }
 
     async fn do_stop(&self, pod: PodId) -> Result<(), PodError> {

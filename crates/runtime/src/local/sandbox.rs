@@ -116,12 +116,13 @@ pub fn read_bwrap_status(dir: &PodDir) -> BwrapStatus {
 /// Spawn the sandbox on a prepared pod directory and wait until bwrap reports its namespace init. Returns the
 /// child (for the reaper) and the record written to `sandbox.pid`.
 pub async fn spawn(
-    bwrap_path: &std::path::Path,
-    agent_binary: &std::path::Path,
-    dir: &PodDir,
-    pod_id: &str,
+    bwrap_path: std::path::PathBuf,
+    agent_binary: std::path::PathBuf,
+    dir: PodDir,
+    pod_id: String,
     disable_userns: bool,
 ) -> anyhow::Result<(Child, PidRecord)> {
+    let (bwrap_path, agent_binary, dir, pod_id) = (bwrap_path.as_path(), agent_binary.as_path(), &dir, pod_id.as_str());
     for stale in [dir.socket(), dir.exit_status(), dir.stop_requested(), dir.pid_file()] {
         layout::remove_if_exists(&stale).with_context(|| format!("removing {}", stale.display()))?;
     }
