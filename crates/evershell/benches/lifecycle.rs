@@ -94,7 +94,12 @@ struct SandboxArgs {
     args: Vec<String>,
 }
 
-fn sandbox_args(pod_dir: &Path) -> SandboxArgs {
+fn pod_dir_fallback(p: &Path) -> String {
+    p.display().to_string()
+}
+
+fn sandbox_args(pod_dir_path: &Path) -> SandboxArgs {
+    let pod_dir = pod_dir_path;
     let rec: Value = serde_json::from_slice(&std::fs::read(pod_dir.join("sandbox.pid")).unwrap()).unwrap();
     let pid = rec["pid"].as_i64().unwrap();
     let raw = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap();
@@ -112,7 +117,10 @@ fn sandbox_args(pod_dir: &Path) -> SandboxArgs {
         }
     }
     args.push("true".into());
-    SandboxArgs { pod_dir: pod_dir.display().to_string(), args }
+    // The directory the sandbox was set up in (a spare's place, if it was one): the source bound at /workspace.
+    let bound = args.windows(3).find(|w| w[0] == "--bind" && w[2] == "/workspace").map(|w| w[1].clone());
+    let pod_dir = bound.and_then(|b| b.strip_suffix("/workspace").map(str::to_string));
+    SandboxArgs { pod_dir: pod_dir.unwrap_or_else(|| pod_dir_fallback(pod_dir_path)), args }
 }
 
 /// The floor of a resume: extract the archive into a fresh pod-like directory, then start and finish a bubblewrap

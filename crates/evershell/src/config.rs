@@ -36,6 +36,9 @@ pub struct RuntimeConfig {
     pub bwrap: Option<PathBuf>,
     /// Where pod directories live; default `<data_dir>/pods`.
     pub pods_dir: Option<PathBuf>,
+    /// Sandboxes kept set up ahead of need (agent held), so creating or resuming a workspace skips the sandbox's
+    /// set-up; 0 turns it off.
+    pub spare_pods: usize,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, Default)]
@@ -85,7 +88,7 @@ impl Default for Config {
 
 impl Default for RuntimeConfig {
     fn default() -> Self {
-        Self { kind: "local".into(), agent_binary: None, bwrap: None, pods_dir: None }
+        Self { kind: "local".into(), agent_binary: None, bwrap: None, pods_dir: None, spare_pods: 1 }
     }
 }
 

@@ -85,6 +85,7 @@ pub async fn start(cfg: Config) -> anyhow::Result<Server> {
     if let Some(b) = &cfg.runtime.bwrap {
         rcfg.bwrap = b.clone();
     }
+    rcfg.spare_pods = cfg.runtime.spare_pods;
     let runtime = Arc::new(LocalRuntime::new(rcfg)?);
     let app_cfg = AppConfig {
         session_ttl_ms: cfg.sessions.ttl_seconds * 1000,

@@ -509,3 +509,66 @@ async fn many_pods_run_side_by_side() {
         assert!(sandbox_processes(pod).is_empty());
     }
 }
+
+#[tokio::test]
+async fn spare_pods_are_set_up_ahead_and_moved_into_place() {
+    let tmp = tempfile::tempdir().unwrap();
+    let pods = tmp.path().join("pods");
+    // A spare left by a crashed run (its directory, no live process) is discarded at start-up. (The first spare of
+    // a fresh pods directory is covered by the server tests, which start without one.)
+    std::fs::create_dir_all(pods.join(".spare/pod_01JD8X3Q5M2N4P6R8T0V2W4Y6Z/workspace")).unwrap();
+    let snapshots = SnapshotStore::local(&tmp.path().join("snapshots")).unwrap();
+    let mut cfg = LocalRuntimeConfig::new(pods.clone(), PathBuf::from(env!("CARGO_BIN_EXE_evershell")), snapshots);
+    cfg.spare_pods = 1;
+    let rt = LocalRuntime::new(cfg.clone()).unwrap();
+    let e = Env { tmp, cfg, rt };
+    assert!(!pods.join(".spare/pod_01JD8X3Q5M2N4P6R8T0V2W4Y6Z").exists());
+    // Wait for the spare: a held sandbox under .spare, not listed as a pod.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let spare = loop {
+        let ready: Vec<_> = std::fs::read_dir(pods.join(".spare")).into_iter().flatten().flatten().collect();
+        if let Some(d) = ready.first()
+            && d.path().join("sandbox.status").metadata().is_ok_and(|m| m.len() > 0)
+        {
+            break d.file_name().to_string_lossy().parse::<PodId>().unwrap();
+        }
+        assert!(Instant::now() < deadline, "no spare pod was set up");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(e.rt.list_pods().await.unwrap().is_empty(), "spares are not pods");
+    let pod = e.rt.reserve_pod();
+    assert_eq!(pod, spare, "a new pod takes the ready spare's id");
+    let s = PodSpec { pod_id: pod, ..spec() };
+    e.rt.prepare(&s, None).await.unwrap();
+    assert_eq!(e.rt.observe(pod).await.unwrap(), PodObservation::Held);
+    assert_eq!(e.rt.list_pods().await.unwrap(), vec![pod]);
+    e.rt.start(&s).await.unwrap();
+    wait_for(&e.rt, pod, PodObservation::Running, Duration::from_secs(10)).await;
+    let info = e.rt.agent(pod).info().await.unwrap();
+    assert_eq!(info["hostname"], pod.to_string(), "the spare was set up under the id it now runs as");
+    // Files written through the agent land in the pod's (moved) directory.
+    e.rt.agent(pod).put_file(&rel("moved.txt"), bytes_of(b"here")).await.unwrap();
+    assert_eq!(std::fs::read(e.rt.pod_dir(pod).join("workspace/moved.txt")).unwrap(), b"here");
+    // Another spare is set up to replace it; shutdown discards spares and leaves the workspace's pod running.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::fs::read_dir(pods.join(".spare")).map(|mut d| d.next().is_none()).unwrap_or(true) {
+        assert!(Instant::now() < deadline, "the spare was not replaced");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let replacements: Vec<PodId> = std::fs::read_dir(pods.join(".spare"))
+        .unwrap()
+        .flatten()
+        .map(|d| d.file_name().to_string_lossy().parse().unwrap())
+        .collect();
+    e.rt.shutdown().await;
+    assert!(std::fs::read_dir(pods.join(".spare")).map(|mut d| d.next().is_none()).unwrap_or(true));
+    let deadline = Instant::now() + Duration::from_secs(5);
+    // (The moved pod's own processes still name its old place; only the replacements must be gone.)
+    while replacements.iter().any(|p| !sandbox_processes(*p).is_empty()) {
+        assert!(Instant::now() < deadline, "spare sandboxes still alive after shutdown");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(e.rt.observe(pod).await.unwrap(), PodObservation::Running);
+    e.rt.remove(pod).await.unwrap();
+    assert_no_leak(&e.rt, pod).await;
+}

@@ -41,6 +41,16 @@ pub trait PodRuntime: Send + Sync + 'static {
     /// `local`, `kubernetes`, …
     fn name(&self) -> &'static str;
 
+    /// The id for a new pod. A runtime that keeps pods ready ahead of need hands out one of theirs; the id is recorded
+    /// by the caller before `prepare` is called with it.
+    fn reserve_pod(&self) -> PodId {
+        PodId::new()
+    }
+
+    /// Release what the runtime holds for itself (pods kept ready ahead of need). Workspaces' pods are left alone:
+    /// they outlive the control plane.
+    async fn shutdown(&self) {}
+
     /// What exists of the pod. Never answers `Unallocated` (that is the store's to say).
     async fn observe(&self, pod: PodId) -> Result<PodObservation, PodError>;
 

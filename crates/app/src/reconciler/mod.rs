@@ -163,6 +163,7 @@ impl Reconciler {
         self.inner.cancel.cancel();
         self.inner.tasks.close();
         self.inner.tasks.wait().await;
+        self.inner.runtime.shutdown().await;
     }
 }
 

@@ -185,7 +185,7 @@ async fn perform(
         Step::Nothing => Ok(Flow::Again),
         Step::AllocatePod => {
             let mut next = ws.clone();
-            next.pod_id = Some(evershell_core::ids::PodId::new());
+            next.pod_id = Some(inner.runtime.reserve_pod());
             next.pod_pack_ids = inner.store.get_role(ws.org_id, ws.role_id).await?.map(|r| r.pack_ids);
             write(inner, ws, next, &[]).await?;
             Ok(Flow::Again)

@@ -64,7 +64,9 @@ pub fn start(root: &Path, extra_env: &[(&str, &str)]) -> Server {
 }
 
 pub fn kill_sandboxes(pods: &Path) {
-    for e in std::fs::read_dir(pods).into_iter().flatten().flatten() {
+    // Workspaces' pods, and the spares kept set up ahead of need.
+    let spares = std::fs::read_dir(pods.join(".spare")).into_iter().flatten().flatten();
+    for e in std::fs::read_dir(pods).into_iter().flatten().flatten().chain(spares) {
         if let Ok(b) = std::fs::read(e.path().join("sandbox.pid"))
             && let Ok(v) = serde_json::from_slice::<Value>(&b)
             && let Some(pid) = v["pid"].as_i64()

@@ -272,6 +272,7 @@ pub async fn remove_pods(app: &App) {
             let _ = app.runtime.remove(p).await;
         }
     }
+    app.runtime.shutdown().await;
 }
 
 pub fn config(data_dir: &std::path::Path, db_url: &str) -> Config {

@@ -293,3 +293,25 @@ async fn the_same_lifecycle_runs_on_postgresql() {
     assert!(events(a.ok()).contains(&"snapshot_restored".to_string()));
     ts.stop().await;
 }
+
+#[tokio::test]
+async fn new_pods_come_from_spares_set_up_ahead() {
+    let ts = TestServer::start().await;
+    let (_, _, role) = ts.role("coder").await;
+    let spares = ts.dir.path().join("pods/.spare");
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    let spare = loop {
+        if let Some(d) = std::fs::read_dir(&spares).into_iter().flatten().flatten().next()
+            && d.path().join("sandbox.pid").exists()
+        {
+            break d.file_name().to_string_lossy().to_string();
+        }
+        assert!(tokio::time::Instant::now() < deadline, "no spare pod was set up");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    };
+    let ws = ts.idle_workspace(&role, &ts.key.clone()).await;
+    let rec = ts.app.store.get_workspace_by_id(ws.parse().unwrap()).await.unwrap().unwrap();
+    assert_eq!(rec.pod_id.unwrap().to_string(), spare, "the workspace runs in the spare that was ready");
+    assert!(pod_workspace(&ts, &ws).await.exists());
+    ts.stop().await;
+}

@@ -126,10 +126,10 @@ pub fn mark_complete(dir: &PodDir) -> io::Result<()> {
 
 /// Remove the `complete` marker durably (first step of deleting a pod: a crash later leaves `Partial` files).
 pub fn unmark_complete(dir: &PodDir) -> io::Result<()> {
-    match std::fs::remove_file(dir.complete()) {
-        Ok(()) => sync_dir(&dir.root),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(e),
+    let gone = |e: &io::Error| e.kind() == io::ErrorKind::NotFound;
+    match std::fs::remove_file(dir.complete()).and_then(|()| sync_dir(&dir.root)) {
+        Err(e) if gone(&e) => Ok(()),
+        other => other,
     }
 }
 

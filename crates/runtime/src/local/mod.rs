@@ -9,6 +9,7 @@ mod diag;
 mod layout;
 mod procfs;
 mod sandbox;
+mod spares;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -42,13 +43,15 @@ pub struct LocalRuntimeConfig {
     pub snapshots: SnapshotStore,
     /// The bubblewrap executable.
     pub bwrap: PathBuf,
+    /// Sandboxes kept set up (agent held) ahead of need, so a new pod skips the sandbox's set-up. 0 turns it off.
+    pub spare_pods: usize,
 }
 
 impl LocalRuntimeConfig {
     /// A config using the `bwrap` found on `PATH` (or plain `bwrap`, which `LocalRuntime::new` then reports missing).
     pub fn new(pods_dir: PathBuf, agent_binary: PathBuf, snapshots: SnapshotStore) -> Self {
         let bwrap = bwrap::find_on_path().unwrap_or_else(|| PathBuf::from("bwrap"));
-        Self { pods_dir, agent_binary, snapshots, bwrap }
+        Self { pods_dir, agent_binary, snapshots, bwrap, spare_pods: 0 }
     }
 }
 
@@ -57,8 +60,11 @@ pub struct LocalRuntime {
     cfg: LocalRuntimeConfig,
     caps: bwrap::Capabilities,
     /// Sandboxes this process spawned: their reaper flips the flag once `exit_status` is written.
-    reapers: Arc<Mutex<HashMap<PodId, watch::Receiver<bool>>>>,
+    reapers: Reapers,
+    spares: Arc<spares::Spares>,
 }
+
+type Reapers = Arc<Mutex<HashMap<PodId, watch::Receiver<bool>>>>;
 
 impl LocalRuntime {
     /// Check bubblewrap (installed, and able to create every namespace) and the agent binary, and create `pods_dir`.
@@ -74,6 +80,13 @@ impl LocalRuntime {
         let pods_dir = cfg.pods_dir.canonicalize().with_context(|| format!("resolving {}", cfg.pods_dir.display()))?;
         let agent_binary = cfg.agent_binary.canonicalize()?;
         let cfg = LocalRuntimeConfig { pods_dir, agent_binary, ..cfg };
+        // Spares belong to no workspace: those a previous run left are killed and deleted.
+        let spares = Arc::new(spares::Spares::new(&cfg.pods_dir, cfg.spare_pods));
+        if let Ok(rd) = std::fs::read_dir(spares.root()) {
+            for e in rd.flatten() {
+                spares::discard(&e.path());
+            }
+        }
         // Files of pods removed before a crash or restart, still waiting to be deleted.
         let trash = layout::trash_root(&cfg.pods_dir);
         if trash.exists() {
@@ -83,7 +96,59 @@ impl LocalRuntime {
                 }
             });
         }
-        Ok(Self { cfg, caps, reapers: Arc::default() })
+        let rt = Self { cfg, caps, reapers: Arc::default(), spares };
+        rt.refill();
+        Ok(rt)
+    }
+
+    /// Top the spares up in the background (and throw away stale ones). Needs a tokio runtime; without one it does
+    /// nothing.
+    fn refill(&self) {
+        if self.spares.target == 0 || tokio::runtime::Handle::try_current().is_err() {
+            return;
+        }
+        let (spares, cfg, caps, reapers) = (self.spares.clone(), self.cfg.clone(), self.caps, self.reapers.clone());
+        tokio::spawn(async move {
+            let Ok(_one_at_a_time) = spares.filling.try_lock() else { return };
+            let stale = spares.stale();
+            if !stale.is_empty() {
+                let _ = tokio::task::spawn_blocking(move || stale.iter().for_each(|d| spares::discard(d))).await;
+            }
+            while spares.missing() > 0 {
+                let pod = PodId::new();
+                let dir = spares.dir(pod);
+                let (d, id) = (dir.clone(), pod.to_string());
+                let made = blocking(move || {
+                    std::fs::create_dir_all(d.root.parent().expect("a spare has a parent"))?;
+                    layout::create(&d, &id)
+                });
+                if let Err(e) = made.await {
+                    tracing::warn!(error = %format!("{e:#}"), "creating a spare pod failed");
+                    return;
+                }
+                match sandbox::spawn(
+                    cfg.bwrap.clone(),
+                    cfg.agent_binary.clone(),
+                    dir.clone(),
+                    pod.to_string(),
+                    caps.disable_userns,
+                )
+                .await
+                {
+                    Ok((child, rec)) => {
+                        // The reaper records into the pod's final place, where the spare will be moved.
+                        watch_child(&reapers, PodDir::new(&cfg.pods_dir, &pod.to_string()), pod, child, rec);
+                        spares.add_ready(pod);
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %format!("{e:#}"), "setting a spare pod up failed");
+                        let root = dir.root.clone();
+                        let _ = tokio::task::spawn_blocking(move || spares::discard(&root)).await;
+                        return;
+                    }
+                }
+            }
+        });
     }
 
     pub fn pods_dir(&self) -> &std::path::Path {
@@ -151,26 +216,38 @@ impl LocalRuntime {
             let d = dir.clone();
             blocking(move || layout::remove_tree(&d.root)).await.context("removing incomplete pod files")?;
         }
-        let (d, id) = (dir.clone(), spec.pod_id.to_string());
-        blocking(move || layout::create(&d, &id)).await.context("creating the pod directory")?;
-        // Set the sandbox up while the snapshot is restored: its agent is held (`--hold`) until `start` releases it,
-        // so nothing in the pod runs on a workspace that is not complete and verified. Best effort: if this
-        // sandbox fails, `start` starts one the ordinary way and reports what went wrong.
-        let early = tokio::spawn(sandbox::spawn(
-            self.cfg.bwrap.clone(),
-            self.cfg.agent_binary.clone(),
-            dir.clone(),
-            spec.pod_id.to_string(),
-            self.caps.disable_userns,
-        ));
+        // A spare reserved for this id is moved into place with its sandbox already set up (agent held). Otherwise
+        // the sandbox is set up while the snapshot is restored. Either way its agent is held (`--hold`) until `start`
+        // releases it, so nothing in the pod runs on a workspace that is not complete and verified. Setting it up
+        // early is best effort: if it fails, `start` starts one the ordinary way and reports what went wrong.
+        let spare = self.spares.dir(spec.pod_id);
+        let early = if layout::exists(&spare.root).context("reading the spare pod")? {
+            let (from, to) = (spare.root.clone(), dir.root.clone());
+            blocking(move || std::fs::rename(&from, &to)).await.context("moving the spare pod into place")?;
+            self.spares.taken(spec.pod_id);
+            tracing::debug!("took a spare pod");
+            None
+        } else {
+            let (d, id) = (dir.clone(), spec.pod_id.to_string());
+            blocking(move || layout::create(&d, &id)).await.context("creating the pod directory")?;
+            Some(tokio::spawn(sandbox::spawn(
+                self.cfg.bwrap.clone(),
+                self.cfg.agent_binary.clone(),
+                dir.clone(),
+                spec.pod_id.to_string(),
+                self.caps.disable_userns,
+            )))
+        };
         let restored = match snapshot {
             Some(keys) => self.cfg.snapshots.restore(keys, &dir.workspace()).await.map(Some),
             None => Ok(None),
         };
-        match early.await {
-            Ok(Ok((child, rec))) => self.watch(spec.pod_id, child, rec),
-            Ok(Err(e)) => tracing::warn!(error = %format!("{e:#}"), "setting the sandbox up early failed"),
-            Err(e) => tracing::warn!(error = %e, "setting the sandbox up early panicked"),
+        if let Some(early) = early {
+            match early.await {
+                Ok(Ok((child, rec))) => self.watch(spec.pod_id, child, rec),
+                Ok(Err(e)) => tracing::warn!(error = %format!("{e:#}"), "setting the sandbox up early failed"),
+                Err(e) => tracing::warn!(error = %e, "setting the sandbox up early panicked"),
+            }
         }
         let restored = match restored {
             Ok(r) => r,
@@ -227,28 +304,14 @@ impl LocalRuntime {
             tokio::time::sleep(Duration::from_millis(1)).await;
         }
         tracing::debug!(socket_ms = begun.elapsed().as_secs_f64() * 1e3, "agent socket up");
+        // Replace the spare this pod may have used, now that the pod no longer waits on the machine.
+        self.refill();
         Ok(())
     }
 
     /// Reap a sandbox this process spawned, recording how it ended.
     fn watch(&self, pod: PodId, child: tokio::process::Child, rec: sandbox::PidRecord) {
-        tracing::info!(pid = rec.pid, init_pid = ?rec.init_pid, "sandbox started");
-        let (tx, rx) = watch::channel(false);
-        let mine = rx.clone();
-        self.reapers.lock().unwrap_or_else(|p| p.into_inner()).insert(pod, rx);
-        let reapers = self.reapers.clone();
-        let reap_dir = self.dir(pod);
-        tokio::spawn(
-            async move {
-                sandbox::reap(child, reap_dir, rec).await;
-                let _ = tx.send(true);
-                let mut map = reapers.lock().unwrap_or_else(|p| p.into_inner());
-                if map.get(&pod).is_some_and(|rx| rx.same_channel(&mine)) {
-                    map.remove(&pod);
-                }
-            }
-            .instrument(tracing::info_span!("reaper", pod_id = %pod)),
-        );
+        watch_child(&self.reapers, self.dir(pod), pod, child, rec);
     }
 
     async fn do_stop(&self, pod: PodId) -> Result<(), PodError> {
@@ -303,7 +366,11 @@ impl LocalRuntime {
             // does not wait for thousands of unlinks. Leftovers of a crash are swept when the runtime starts.
             layout::unmark_complete(&dir)?;
             std::fs::create_dir_all(doomed.parent().expect("the trash dir has a parent"))?;
-            std::fs::rename(&dir.root, &doomed)
+            match std::fs::rename(&dir.root, &doomed) {
+                // Removed by someone else meanwhile: the outcome is the same.
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+                other => other,
+            }
         })
         .await
         .context("removing the pod directory")?;
@@ -317,6 +384,26 @@ impl LocalRuntime {
     }
 }
 
+/// Reap a sandbox, recording how it ended in `dir`, and let `await_reaper` know.
+fn watch_child(reapers: &Reapers, dir: PodDir, pod: PodId, child: tokio::process::Child, rec: sandbox::PidRecord) {
+    tracing::info!(pid = rec.pid, init_pid = ?rec.init_pid, "sandbox started");
+    let (tx, rx) = watch::channel(false);
+    let mine = rx.clone();
+    reapers.lock().unwrap_or_else(|p| p.into_inner()).insert(pod, rx);
+    let reapers = reapers.clone();
+    tokio::spawn(
+        async move {
+            sandbox::reap(child, dir, rec).await;
+            let _ = tx.send(true);
+            let mut map = reapers.lock().unwrap_or_else(|p| p.into_inner());
+            if map.get(&pod).is_some_and(|rx| rx.same_channel(&mine)) {
+                map.remove(&pod);
+            }
+        }
+        .instrument(tracing::info_span!("reaper", pod_id = %pod)),
+    );
+}
+
 async fn blocking<T: Send + 'static>(f: impl FnOnce() -> std::io::Result<T> + Send + 'static) -> anyhow::Result<T> {
     Ok(tokio::task::spawn_blocking(f).await.context("blocking task panicked")??)
 }
@@ -325,6 +412,25 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> std::io::Result<T> + Se
 impl PodRuntime for LocalRuntime {
     fn name(&self) -> &'static str {
         "local"
+    }
+
+    fn reserve_pod(&self) -> PodId {
+        // The replacement is set up once this pod has started (`start`), not beside its restore.
+        self.spares.reserve().unwrap_or_default()
+    }
+
+    async fn shutdown(&self) {
+        self.spares.closed.store(true, std::sync::atomic::Ordering::SeqCst);
+        // Wait for a refill in progress, so no spare is set up after this.
+        let _no_more = self.spares.filling.lock().await;
+        self.spares.clear();
+        let root = self.spares.root().to_path_buf();
+        let _ = tokio::task::spawn_blocking(move || {
+            for e in std::fs::read_dir(&root).into_iter().flatten().flatten() {
+                spares::discard(&e.path());
+            }
+        })
+        .await;
     }
 
     async fn observe(&self, pod: PodId) -> Result<PodObservation, PodError> {
