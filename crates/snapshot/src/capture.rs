@@ -58,8 +58,16 @@ pub(crate) async fn capture(
     // A manifest vouches for whatever archive sits at its key: drop any old one before that archive is replaced.
     delete_object(store, &keys.manifest).await?;
     let result = async {
+        let begun = std::time::Instant::now();
         let up = upload_archive(store, src, keys).await?;
+        let uploaded = begun.elapsed();
         check_read_back(store, keys, &up).await?;
+        tracing::debug!(
+            upload_ms = uploaded.as_secs_f64() * 1e3,
+            read_back_ms = (begun.elapsed() - uploaded).as_secs_f64() * 1e3,
+            archive_bytes = up.bytes,
+            "archive uploaded and checked"
+        );
         let manifest = Manifest {
             format_version: FORMAT_VERSION,
             snapshot_id,

@@ -21,6 +21,12 @@ impl Drop for Server {
         let _ = self.child.kill();
         let _ = self.child.wait();
         kill_sandboxes(&self.data.join("pods"));
+        if std::env::var_os("BENCH_LOG").is_some() {
+            let keep = std::env::temp_dir().join("evershell-bench-serve.log");
+            if std::fs::copy(self.data.join("serve.log"), &keep).is_ok() {
+                eprintln!("server log kept at {}", keep.display());
+            }
+        }
     }
 }
 
@@ -28,7 +34,9 @@ pub fn bin() -> &'static str {
     env!("CARGO_BIN_EXE_evershell")
 }
 
-/// Start `evershell serve` on a fresh data dir under `root` (bootstrapping org `bench`).
+/// Start `evershell serve` on a fresh data dir under `root` (bootstrapping org `bench`). Its log (level from
+/// `BENCH_LOG`, default `warn`) goes to `<root>/data/serve.log`, copied to the temp dir at the end when `BENCH_LOG`
+/// is set.
 pub fn start(root: &Path, extra_env: &[(&str, &str)]) -> Server {
     let data = root.join("data");
     std::fs::create_dir_all(&data).unwrap();
@@ -47,8 +55,13 @@ pub fn start(root: &Path, extra_env: &[(&str, &str)]) -> Server {
     for (k, v) in extra_env {
         cmd.env(k, v);
     }
-    let child =
-        cmd.env("EVERSHELL_LOG", "warn").stdin(Stdio::null()).stdout(f.try_clone().unwrap()).stderr(f).spawn().unwrap();
+    let child = cmd
+        .env("EVERSHELL_LOG", std::env::var("BENCH_LOG").unwrap_or_else(|_| "warn".into()))
+        .stdin(Stdio::null())
+        .stdout(f.try_clone().unwrap())
+        .stderr(f)
+        .spawn()
+        .unwrap();
     // Owned at once, so a failed start still kills the process.
     let mut server = Server { child, url: String::new(), key, data };
     let deadline = Instant::now() + Duration::from_secs(30);
