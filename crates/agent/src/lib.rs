@@ -7,6 +7,7 @@
 
 mod error;
 mod fsops;
+mod hold;
 mod info;
 mod routes;
 mod upload;
@@ -21,6 +22,7 @@ use tokio::net::UnixListener;
 use tracing::Instrument;
 
 pub use fsops::MAX_ENTRIES;
+pub use hold::HELD_MARKER;
 pub use routes::ENTRY_HEADER;
 
 /// How long in-flight requests get to finish after SIGTERM before the agent exits anyway.
@@ -35,17 +37,16 @@ pub struct AgentOptions {
     pub root: PathBuf,
     /// The pod id, reported by `/healthz`.
     pub pod_id: Option<String>,
-    /// Do nothing — no socket, no look at the workspace — until this file exists. The control plane starts a
-    /// pod's sandbox while it restores the snapshot, and creates the file once the restore is complete and verified.
+    /// Do nothing — no socket, no look at the workspace — until this file exists, after writing a `held` file beside
+    /// it (the sandbox is set up). The control plane starts a pod's sandbox while it restores the snapshot (or ahead
+    /// of need, as a spare), and creates the file once the restore is complete and verified.
     pub hold: Option<PathBuf>,
 }
 
 /// Run the agent until SIGTERM/SIGINT.
 pub async fn run(opts: AgentOptions) -> anyhow::Result<()> {
     if let Some(release) = &opts.hold {
-        while !release.exists() {
-            tokio::time::sleep(Duration::from_millis(1)).await;
-        }
+        hold::wait_for_release(release).await.context("waiting for the release file")?;
     }
     // Bind first: the socket appearing is what the control plane waits for (connections queue until served), so
     // nothing else belongs before it on the resume path.

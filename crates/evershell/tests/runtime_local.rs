@@ -523,12 +523,12 @@ async fn spare_pods_are_set_up_ahead_and_moved_into_place() {
     let rt = LocalRuntime::new(cfg.clone()).unwrap();
     let e = Env { tmp, cfg, rt };
     assert!(!pods.join(".spare/pod_01JD8X3Q5M2N4P6R8T0V2W4Y6Z").exists());
-    // Wait for the spare: a held sandbox under .spare, not listed as a pod.
+    // Wait for the spare: a held sandbox (agent up) under .spare, not listed as a pod.
     let deadline = Instant::now() + Duration::from_secs(10);
     let spare = loop {
         let ready: Vec<_> = std::fs::read_dir(pods.join(".spare")).into_iter().flatten().flatten().collect();
         if let Some(d) = ready.first()
-            && d.path().join("sandbox.status").metadata().is_ok_and(|m| m.len() > 0)
+            && d.path().join("run/held").exists()
         {
             break d.file_name().to_string_lossy().parse::<PodId>().unwrap();
         }
@@ -536,7 +536,14 @@ async fn spare_pods_are_set_up_ahead_and_moved_into_place() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
     assert!(e.rt.list_pods().await.unwrap().is_empty(), "spares are not pods");
-    let pod = e.rt.reserve_pod();
+    // Ready once its held agent runs (the runtime notices within a millisecond or so).
+    let pod = loop {
+        let pod = e.rt.reserve_pod();
+        if pod == spare || Instant::now() > deadline {
+            break pod;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    };
     assert_eq!(pod, spare, "a new pod takes the ready spare's id");
     let s = PodSpec { pod_id: pod, ..spec() };
     e.rt.prepare(&s, None).await.unwrap();

@@ -93,6 +93,17 @@ pub fn kill_sandboxes(pods: &Path) {
             unsafe { libc::kill(-(pid as i32), libc::SIGKILL) };
         }
     }
+    // A sandbox whose record was not written yet (its server was killed while setting it up): found by the pods
+    // directory in its command line (bwrap and the sandbox's init; the rest die with the init).
+    let needle = pods.display().to_string();
+    for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else { continue };
+        let cmd = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
+        if String::from_utf8_lossy(&cmd).contains(&needle) {
+            // SAFETY: signalling a sandbox process this bench created.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+        }
+    }
 }
 
 pub async fn call(

@@ -35,6 +35,10 @@ impl PodDir {
     pub fn release(&self) -> PathBuf {
         self.run().join("release")
     }
+    /// Written by a held agent once it runs, that is once bubblewrap has finished setting the sandbox up.
+    pub fn held(&self) -> PathBuf {
+        self.run().join("held")
+    }
     /// Bound at `/data/uploads`.
     pub fn uploads(&self) -> PathBuf {
         self.root.join("uploads")

@@ -32,6 +32,8 @@ pub use bwrap::{AGENT_PATH, AGENT_SOCKET};
 
 /// How long `start` watches a new sandbox for an immediate failure before leaving the rest to `observe`.
 const START_SETTLE: Duration = Duration::from_secs(1);
+/// How long a spare pod's agent may take to come up (held) before the spare is thrown away.
+const SPARE_SETTLE: Duration = Duration::from_secs(10);
 
 /// How the `local` runtime is set up.
 #[derive(Clone)]
@@ -138,6 +140,19 @@ impl LocalRuntime {
                     Ok((child, rec)) => {
                         // The reaper records into the pod's final place, where the spare will be moved.
                         watch_child(&reapers, PodDir::new(&cfg.pods_dir, &pod.to_string()), pod, child, rec);
+                        // bwrap resolves its mount sources by path while it sets up, so the directory may move
+                        // only once that is over: when the held agent runs and has written its marker.
+                        let deadline = Instant::now() + SPARE_SETTLE;
+                        while !dir.held().exists() && rec.alive() && Instant::now() < deadline {
+                            tokio::time::sleep(Duration::from_millis(1)).await;
+                        }
+                        if !dir.held().exists() {
+                            let diag = diag::describe(&dir).unwrap_or_else(|| "no diagnostics".into());
+                            tracing::warn!(%diag, "a spare pod did not come up");
+                            let root = dir.root.clone();
+                            let _ = tokio::task::spawn_blocking(move || spares::discard(&root)).await;
+                            return;
+                        }
                         spares.add_ready(pod);
                     }
                     Err(e) => {

@@ -134,7 +134,7 @@ pub async fn spawn(
     disable_userns: bool,
 ) -> anyhow::Result<(Child, PidRecord)> {
     let (bwrap_path, agent_binary, dir, pod_id) = (bwrap_path.as_path(), agent_binary.as_path(), &dir, pod_id.as_str());
-    for stale in [dir.socket(), dir.exit_status(), dir.stop_requested(), dir.pid_file()] {
+    for stale in [dir.socket(), dir.held(), dir.exit_status(), dir.stop_requested(), dir.pid_file()] {
         layout::remove_if_exists(&stale).with_context(|| format!("removing {}", stale.display()))?;
     }
     let mut log =
@@ -200,8 +200,11 @@ pub async fn spawn(
 
 pub fn write_exit_record(dir: &PodDir, st: std::process::ExitStatus) {
     let rec = ExitRecord { code: st.code(), signal: st.signal(), at_ms: evershell_core::Timestamp::now().millis() };
-    if let Err(e) = layout::write_atomic(&dir.exit_status(), &serde_json::to_vec(&rec).expect("serialises")) {
-        tracing::warn!(error = %e, "could not write exit_status");
+    match layout::write_atomic(&dir.exit_status(), &serde_json::to_vec(&rec).expect("serialises")) {
+        Ok(()) => {}
+        // A spare discarded before it was used, or a pod already removed: nobody will read it.
+        Err(_) if !dir.root.exists() => tracing::debug!("pod directory gone; exit_status not written"),
+        Err(e) => tracing::warn!(error = %e, "could not write exit_status"),
     }
 }
 

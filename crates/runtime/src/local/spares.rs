@@ -1,7 +1,9 @@
 //! Spare pods: sandboxes set up ahead of need, their agent held (`--hold`), in `<pods_dir>/.spare/<pod_id>/`. A new
 //! pod id is taken from a ready spare when there is one (`reserve`), and `prepare` moves the spare's directory into
 //! place — the running sandbox's mounts follow the directory, not its name — so a new or resumed workspace pays only
-//! for its restore and the agent's release, not for setting a sandbox up. Spares belong to no workspace: one left
+//! for its restore and the agent's release, not for setting a sandbox up. A spare counts as ready only once its
+//! held agent runs (it writes `run/held`): bwrap resolves its mount sources by path while it sets up, so the directory may
+//! not move before that. Spares belong to no workspace: one left
 //! by a crash, one that died, or one reserved but never prepared is killed and deleted; `shutdown` removes them all.
 
 use std::collections::{HashMap, VecDeque};
