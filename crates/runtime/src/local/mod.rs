@@ -34,6 +34,8 @@ pub use bwrap::{AGENT_PATH, AGENT_SOCKET};
 const START_SETTLE: Duration = Duration::from_secs(1);
 /// How long a spare pod's agent may take to come up (held) before the spare is thrown away.
 const SPARE_SETTLE: Duration = Duration::from_secs(10);
+/// How long after a pod's start its spare is replaced.
+const REFILL_DELAY: Duration = Duration::from_millis(100);
 
 /// How the `local` runtime is set up.
 #[derive(Clone)]
@@ -99,18 +101,19 @@ impl LocalRuntime {
             });
         }
         let rt = Self { cfg, caps, reapers: Arc::default(), spares };
-        rt.refill();
+        rt.refill(Duration::ZERO);
         Ok(rt)
     }
 
-    /// Top the spares up in the background (and throw away stale ones). Needs a tokio runtime; without one it does
-    /// nothing.
-    fn refill(&self) {
+    /// Top the spares up in the background after `delay` (and throw away stale ones). Needs a tokio runtime;
+    /// without one it does nothing.
+    fn refill(&self, delay: Duration) {
         if self.spares.target == 0 || tokio::runtime::Handle::try_current().is_err() {
             return;
         }
         let (spares, cfg, caps, reapers) = (self.spares.clone(), self.cfg.clone(), self.caps, self.reapers.clone());
         tokio::spawn(async move {
+            tokio::time::sleep(delay).await;
             let Ok(_one_at_a_time) = spares.filling.try_lock() else { return };
             let stale = spares.stale();
             if !stale.is_empty() {
@@ -319,8 +322,9 @@ impl LocalRuntime {
             tokio::time::sleep(Duration::from_millis(1)).await;
         }
         tracing::debug!(socket_ms = begun.elapsed().as_secs_f64() * 1e3, "agent socket up");
-        // Replace the spare this pod may have used, now that the pod no longer waits on the machine.
-        self.refill();
+        // Replace the spare this pod may have used — a little later, so that setting a sandbox up does not compete
+        // with the rest of this pod's start (marking it ready, answering the caller).
+        self.refill(REFILL_DELAY);
         Ok(())
     }
 
