@@ -2,7 +2,8 @@
 //! workspace size, and the stages run on different cores):
 //! 1. packer (blocking pool): walk → tar → zstd, emitting ~1 MiB chunks (`pack`, `bridge::ChunkSender`);
 //! 2. hasher (blocking pool): sha256 for the manifest and an xxh3-128 fingerprint of every chunk, passed on;
-//! 3. uploader (async): an object-store multipart upload (`BufWriter`).
+//! 3. uploader (async): an object-store multipart upload (`BufWriter`); for a local store, with early writeback of
+//!    the staged file (`writeback`), so the closing fsync is short.
 //!
 //! Then the archive is read back from the store and its size and fingerprint compared with what was uploaded;
 //! only then is the manifest written. Any failure removes what was written, so a manifest never vouches for a bad
@@ -22,6 +23,7 @@ use tokio::sync::mpsc;
 use crate::bridge::{CHANNEL_DEPTH, ChunkSender, open_object, run_blocking};
 use crate::hashing::{Digest, Fingerprint, drain};
 use crate::pack::{PackStats, pack};
+use crate::writeback::EarlyWriteback;
 use crate::{FORMAT_VERSION, Manifest, SnapshotError, SnapshotKeys};
 
 /// Multipart part size (S3 needs ≥ 5 MiB for all but the last part).
@@ -51,6 +53,7 @@ struct Uploaded {
 
 pub(crate) async fn capture(
     store: &Arc<dyn ObjectStore>,
+    local_root: Option<&Path>,
     src: &Path,
     keys: &SnapshotKeys,
     (org_id, workspace_id, snapshot_id): (OrgId, WorkspaceId, SnapshotId),
@@ -59,7 +62,8 @@ pub(crate) async fn capture(
     delete_object(store, &keys.manifest).await?;
     let result = async {
         let begun = std::time::Instant::now();
-        let up = upload_archive(store, src, keys).await?;
+        let early = local_root.and_then(|root| EarlyWriteback::new(&root.join(keys.archive.as_ref())));
+        let up = upload_archive(store, src, keys, early).await?;
         let uploaded = begun.elapsed();
         check_read_back(store, keys, &up).await?;
         tracing::debug!(
@@ -127,6 +131,7 @@ async fn upload_archive(
     store: &Arc<dyn ObjectStore>,
     src: &Path,
     keys: &SnapshotKeys,
+    mut early: Option<EarlyWriteback>,
 ) -> Result<Uploaded, SnapshotError> {
     let (packed_tx, mut packed_rx) = mpsc::channel::<Bytes>(CHANNEL_DEPTH);
     let (hashed_tx, mut hashed_rx) = mpsc::channel::<Bytes>(CHANNEL_DEPTH);
@@ -151,9 +156,13 @@ async fn upload_archive(
         .with_max_concurrency(PART_CONCURRENCY);
     let mut upload_err = None;
     while let Some(chunk) = hashed_rx.recv().await {
+        let n = chunk.len();
         if let Err(e) = writer.put(chunk).await {
             upload_err = Some(e);
             break;
+        }
+        if let Some(w) = early.as_mut() {
+            w.advance(n);
         }
     }
     drop(hashed_rx);

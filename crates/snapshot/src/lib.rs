@@ -19,6 +19,7 @@ mod store;
 mod sweep;
 mod tarmeta;
 mod verify;
+mod writeback;
 
 pub use keys::SnapshotKeys;
 pub use manifest::{FORMAT_VERSION, Manifest};

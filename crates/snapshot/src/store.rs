@@ -63,7 +63,7 @@ impl SnapshotStore {
         keys: &SnapshotKeys,
         ids: (OrgId, WorkspaceId, SnapshotId),
     ) -> Result<Manifest, SnapshotError> {
-        capture::capture(&self.store, src_dir, keys, ids).await
+        capture::capture(&self.store, self.local_root.as_deref(), src_dir, keys, ids).await
     }
 
     /// Read the manifest and check the archive against it (size and sha256) without extracting.

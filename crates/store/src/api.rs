@@ -197,6 +197,9 @@ pub trait Store: Send + Sync + 'static {
     async fn list_snapshots(&self, ws: WorkspaceId) -> Result<Vec<SnapshotRecord>>;
     /// Snapshots still `pending` (their writer may have died), across all workspaces.
     async fn list_pending_snapshots(&self) -> Result<Vec<SnapshotRecord>>;
+    /// Verified snapshots no workspace points at any more (a newer one replaced them), across all workspaces: what a
+    /// stop deletes after the fact, left over if the server died before it did.
+    async fn list_superseded_snapshots(&self) -> Result<Vec<SnapshotRecord>>;
     /// In one transaction: store the verified snapshot `snap` and write `ws` (which points at it) under the generation
     /// guard. `false` (and nothing written) when the generation moved.
     async fn commit_snapshot(

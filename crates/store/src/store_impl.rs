@@ -261,6 +261,9 @@ macro_rules! impl_store {
                 async fn list_pending_snapshots(&self) -> Result<Vec<SnapshotRecord>> {
                     ops::snapshots::list_pending_snapshots(self).await
                 }
+                async fn list_superseded_snapshots(&self) -> Result<Vec<SnapshotRecord>> {
+                    ops::snapshots::list_superseded_snapshots(self).await
+                }
                 async fn commit_snapshot(
                     &self,
                     snap: &SnapshotRecord,

@@ -1,5 +1,5 @@
 //! Start-up recovery and garbage collection: after a crash, drop stale leases (single server), discard snapshots
-//! whose writer died, remove half-written snapshot uploads, remove pods no workspace owns, and queue every workspace
+//! whose writer died, delete snapshots a newer one replaced, remove half-written snapshot uploads, remove pods no workspace owns, and queue every workspace
 //! that needs attention so the ordinary planning drives it to a settled state.
 
 use std::collections::HashSet;
@@ -36,6 +36,20 @@ pub(super) async fn recover(inner: &Arc<Inner>) -> anyhow::Result<()> {
             store.delete_snapshot(s.id, &[]).await.map_err(|e| anyhow::anyhow!("{e:?}"))?;
             info!(snapshot_id = %s.id, workspace_id = %s.workspace_id, "discarded a snapshot whose writer died");
         }
+    }
+    // Snapshots a newer one replaced, whose deletion a crash interrupted (a stop deletes them once it has answered).
+    for s in store.list_superseded_snapshots().await.map_err(|e| anyhow::anyhow!("{e:?}"))? {
+        let keys = SnapshotKeys::from_strings(&s.archive_key, &s.manifest_key);
+        if let Err(e) = inner.snapshots.delete(&keys).await {
+            warn!(snapshot_id = %s.id, error = %e, "deleting a replaced snapshot failed; the next stop retries");
+            continue;
+        }
+        let audit = AuditEvent::system(s.org_id, EventType::SnapshotDeleted)
+            .workspace(s.workspace_id)
+            .target("workspace", s.workspace_id)
+            .details(serde_json::json!({ "snapshot_id": s.id, "reason": "replaced by a newer snapshot" }));
+        store.delete_snapshot(s.id, &[audit]).await.map_err(|e| anyhow::anyhow!("{e:?}"))?;
+        info!(snapshot_id = %s.id, workspace_id = %s.workspace_id, "deleted a snapshot a newer one replaced");
     }
     collect_orphan_pods(inner).await?;
     let ids = store.workspaces_to_reconcile().await.map_err(|e| anyhow::anyhow!("{e:?}"))?;

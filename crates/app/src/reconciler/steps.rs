@@ -460,20 +460,29 @@ async fn snapshot_and_release(inner: &Arc<Inner>, ws: &WorkspaceRecord) -> Resul
         next.generation = ws.generation + 1;
         ws = next;
     }
-    // Older snapshots go only now that a newer one is verified.
-    for s in inner.store.list_snapshots(ws.id).await? {
-        if Some(s.id) != ws.snapshot_id {
-            let audit = auto_audit(inner, &ws, EventType::SnapshotDeleted)
-                .await
-                .details(serde_json::json!({ "snapshot_id": s.id, "replaced_by": ws.snapshot_id }));
-            discard_snapshot(inner, &s, &[audit]).await?;
-        }
-    }
     inner.runtime.remove(pod).await.map_err(pod_err)?;
     let mut next = release(&ws);
     let audit =
         if ws.status == WorkspaceStatus::Stopping { vec![finish_stop(inner, &ws, &mut next).await] } else { vec![] };
     write(inner, &ws, next, &audit).await?;
+    // Older snapshots go only now that a newer one is verified and the workspace points at it — and after the
+    // caller has its answer: deleting a large file can take longer than a stop's own bookkeeping. Best effort: what
+    // is left (an error, a crash) goes at the next stop or the next start-up (`recovery`).
+    let older: Vec<SnapshotRecord> = match inner.store.list_snapshots(ws.id).await {
+        Ok(all) => all.into_iter().filter(|s| Some(s.id) != ws.snapshot_id).collect(),
+        Err(e) => {
+            tracing::warn!(error = ?e, "listing replaced snapshots failed; retried later");
+            vec![]
+        }
+    };
+    for s in older {
+        let audit = auto_audit(inner, &ws, EventType::SnapshotDeleted)
+            .await
+            .details(serde_json::json!({ "snapshot_id": s.id, "replaced_by": ws.snapshot_id }));
+        if let Err(e) = discard_snapshot(inner, &s, &[audit]).await {
+            tracing::warn!(snapshot_id = %s.id, error = %e, "deleting a replaced snapshot failed; retried later");
+        }
+    }
     Ok(Flow::Again)
 }
 

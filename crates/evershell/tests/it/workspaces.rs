@@ -4,7 +4,7 @@
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::PathBuf;
 
-use evershell_core::ids::WorkspaceId;
+use evershell_core::ids::{SnapshotId, WorkspaceId};
 use evershell_core::scope::MemberRole;
 use reqwest::Method;
 use serde_json::{Value, json};
@@ -314,4 +314,60 @@ async fn new_pods_come_from_spares_set_up_ahead() {
     assert_eq!(rec.pod_id.unwrap().to_string(), spare, "the workspace runs in the spare that was ready");
     assert!(pod_workspace(&ts, &ws).await.exists());
     ts.stop().await;
+}
+
+#[tokio::test]
+async fn a_newer_snapshot_replaces_the_older_one_and_start_up_collects_leftovers() {
+    let ts = TestServer::start().await;
+    let (_, _, role) = ts.role("coder").await;
+    let ws = ts.idle_workspace(&role, &ts.key).await;
+    ts.put_file(&ws, "a.txt", b"one".to_vec()).await.ok();
+    let first: SnapshotId = stop_for_snapshot(&ts, &ws).await;
+    let first_rec = ts.app.store.get_snapshot(first).await.unwrap().unwrap();
+    let first_objects: Vec<PathBuf> =
+        [&first_rec.archive_key, &first_rec.manifest_key].map(|k| ts.dir.path().join("snapshots").join(k)).into();
+    let saved: Vec<Vec<u8>> = first_objects.iter().map(|p| std::fs::read(p).unwrap()).collect();
+
+    // Resume, change, stop again: the second snapshot is current; the first goes once the stop has answered.
+    ts.post_empty(&format!("/v1/workspaces/{ws}/resume?wait=true&timeout_ms=60000")).await.ok();
+    ts.put_file(&ws, "a.txt", b"two".to_vec()).await.ok();
+    let second: SnapshotId = stop_for_snapshot(&ts, &ws).await;
+    assert_ne!(first, second);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while ts.app.store.get_snapshot(first).await.unwrap().is_some() {
+        assert!(std::time::Instant::now() < deadline, "the replaced snapshot was not deleted");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert!(first_objects.iter().all(|p| !p.exists()));
+    let a = ts.get(&format!("/v1/workspaces/{ws}/audit?filter=event_type=snapshot_deleted")).await;
+    let deleted = &a.ok()["events"].as_array().unwrap()[0];
+    assert_eq!(deleted["details"]["snapshot_id"], first.to_string());
+    assert_eq!(deleted["details"]["replaced_by"], second.to_string());
+
+    // A crash between the stop's answer and that deletion leaves the first one behind: put it back as it was, then
+    // restart. Start-up deletes it (and audits it); the current one is untouched and resumes.
+    for (p, b) in first_objects.iter().zip(&saved) {
+        std::fs::write(p, b).unwrap();
+    }
+    ts.app.store.insert_snapshot(&first_rec).await.unwrap();
+    let key = ts.key.clone();
+    let (dir, db) = ts.stop().await;
+    let mut ts = TestServer::start_at(dir, db, false).await;
+    ts.key = key;
+    assert_eq!(ts.app.store.get_snapshot(first).await.unwrap(), None);
+    assert!(first_objects.iter().all(|p| !p.exists()));
+    assert!(ts.app.store.get_snapshot(second).await.unwrap().is_some());
+    let a = ts.get(&format!("/v1/workspaces/{ws}/audit?filter=event_type=snapshot_deleted")).await;
+    assert_eq!(a.ok()["events"].as_array().unwrap().len(), 2, "{}", a.json);
+    ts.post_empty(&format!("/v1/workspaces/{ws}/resume?wait=true&timeout_ms=60000")).await.ok();
+    let d = ts.get(&format!("/v1/workspaces/{ws}/sandbox/download/a.txt")).await;
+    assert_eq!(d.bytes, b"two");
+    ts.stop().await;
+}
+
+/// Stop `ws` and wait: the snapshot it saved.
+async fn stop_for_snapshot(ts: &TestServer, ws: &str) -> SnapshotId {
+    let r = ts.post_empty(&format!("/v1/workspaces/{ws}/stop?wait=true&timeout_ms=60000")).await;
+    assert_eq!(r.ok()["status"], "stopped");
+    r.json["snapshot_ref"].as_str().unwrap().parse().unwrap()
 }

@@ -85,6 +85,18 @@ macro_rules! ops {
             rows.into_iter().map(SnapshotRecord::try_from).collect()
         }
 
+        pub async fn list_superseded_snapshots(s: &S) -> Result<Vec<SnapshotRecord>> {
+            let rows: Vec<SnapshotRow> = sqlx::query_as(concat!(
+                snap_select!(),
+                "WHERE state = 'verified' AND NOT EXISTS \
+                 (SELECT 1 FROM workspaces w WHERE w.snapshot_id = snapshots.id) ORDER BY created_at, id"
+            ))
+            .fetch_all(&s.read)
+            .await
+            .map_err(db)?;
+            rows.into_iter().map(SnapshotRecord::try_from).collect()
+        }
+
         pub async fn commit_snapshot(
             s: &S,
             snap: &SnapshotRecord,

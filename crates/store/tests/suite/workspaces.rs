@@ -15,6 +15,7 @@ store_tests!(
     leases,
     snapshots_pending_and_listed,
     commit_snapshot_is_all_or_nothing,
+    superseded_snapshots_are_the_verified_ones_nothing_points_at,
 );
 
 async fn workspace_round_trip(ctx: Ctx) {
@@ -259,4 +260,28 @@ async fn commit_snapshot_is_all_or_nothing(ctx: Ctx) {
     let pointed = WorkspaceRecord { snapshot_id: Some(direct.id), ..stored.clone() };
     assert!(ctx.store.commit_snapshot(&direct, &pointed, 2, &[]).await.unwrap());
     assert_eq!(ctx.store.get_snapshot(direct.id).await.unwrap(), Some(direct));
+}
+
+async fn superseded_snapshots_are_the_verified_ones_nothing_points_at(ctx: Ctx) {
+    let w = world(&ctx, "acme").await;
+    let ws = workspace(w.org.id, w.role.id, WorkspaceStatus::Stopping);
+    let other = workspace(w.org.id, w.role.id, WorkspaceStatus::Stopping);
+    ctx.store.create_workspace(&ws, &[]).await.unwrap();
+    ctx.store.create_workspace(&other, &[]).await.unwrap();
+    assert!(ctx.store.list_superseded_snapshots().await.unwrap().is_empty());
+    // `ws`: a first snapshot, then a second one replacing it; a pending one besides (not superseded: being written).
+    let first = snapshot(&ws, SnapshotState::Verified, 1_000);
+    let at_first = WorkspaceRecord { snapshot_id: Some(first.id), ..ws.clone() };
+    assert!(ctx.store.commit_snapshot(&first, &at_first, 0, &[]).await.unwrap());
+    let second = snapshot(&ws, SnapshotState::Verified, 2_000);
+    let at_second = WorkspaceRecord { snapshot_id: Some(second.id), generation: 1, ..ws.clone() };
+    assert!(ctx.store.commit_snapshot(&second, &at_second, 1, &[]).await.unwrap());
+    ctx.store.insert_snapshot(&snapshot(&ws, SnapshotState::Pending, 3_000)).await.unwrap();
+    // `other`: its only snapshot is current.
+    let current = snapshot(&other, SnapshotState::Verified, 1_500);
+    let at_current = WorkspaceRecord { snapshot_id: Some(current.id), ..other.clone() };
+    assert!(ctx.store.commit_snapshot(&current, &at_current, 0, &[]).await.unwrap());
+    assert_eq!(ctx.store.list_superseded_snapshots().await.unwrap(), vec![first.clone()]);
+    ctx.store.delete_snapshot(first.id, &[]).await.unwrap();
+    assert!(ctx.store.list_superseded_snapshots().await.unwrap().is_empty());
 }
