@@ -368,7 +368,7 @@ async fn scale() {
     let _ = child.kill();
     let _ = child.wait();
     // Its spare pod, set up at start-up, dies with it.
-    common::kill_sandboxes(&data.join("pods"));
+    evershell_runtime::local::kill_all_sandboxes(&data.join("pods"));
 }
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]

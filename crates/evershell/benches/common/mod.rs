@@ -20,7 +20,7 @@ impl Drop for Server {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
-        kill_sandboxes(&self.data.join("pods"));
+        evershell_runtime::local::kill_all_sandboxes(&self.data.join("pods"));
         if std::env::var_os("BENCH_LOG").is_some() {
             let keep = std::env::temp_dir().join("evershell-bench-serve.log");
             if std::fs::copy(self.data.join("serve.log"), &keep).is_ok() {
@@ -73,36 +73,6 @@ pub fn start(root: &Path, extra_env: &[(&str, &str)]) -> Server {
         }
         assert!(Instant::now() < deadline, "server did not start: {text}");
         std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-pub fn kill_sandboxes(pods: &Path) {
-    // Workspaces' pods, and the spares kept set up ahead of need.
-    let spares = std::fs::read_dir(pods.join(".spare")).into_iter().flatten().flatten();
-    for e in std::fs::read_dir(pods).into_iter().flatten().flatten().chain(spares) {
-        if let Ok(b) = std::fs::read(e.path().join("sandbox.pid"))
-            && let Ok(v) = serde_json::from_slice::<Value>(&b)
-            && let Some(pid) = v["pid"].as_i64()
-        {
-            // The sandbox's init runs in its own session (bwrap --new-session): kill it by pid too.
-            if let Some(init) = v["init_pid"].as_i64() {
-                // SAFETY: signalling a sandbox process this test created.
-                unsafe { libc::kill(init as i32, libc::SIGKILL) };
-            }
-            // SAFETY: signalling a sandbox process group this bench created.
-            unsafe { libc::kill(-(pid as i32), libc::SIGKILL) };
-        }
-    }
-    // A sandbox whose record was not written yet (its server was killed while setting it up): found by the pods
-    // directory in its command line (bwrap and the sandbox's init; the rest die with the init).
-    let needle = pods.display().to_string();
-    for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
-        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else { continue };
-        let cmd = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
-        if String::from_utf8_lossy(&cmd).contains(&needle) {
-            // SAFETY: signalling a sandbox process this bench created.
-            unsafe { libc::kill(pid, libc::SIGKILL) };
-        }
     }
 }
 

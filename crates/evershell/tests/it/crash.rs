@@ -129,42 +129,22 @@ fn processes_mentioning(needle: &str) -> Vec<i32> {
     out
 }
 
+/// The workspaces' pod directories under a data dir (not spares, not the trash).
+fn pod_dirs(data: &Path) -> Vec<PathBuf> {
+    std::fs::read_dir(data.join("pods"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("pod_")))
+        .collect()
+}
+
 /// Kills every sandbox under a pods directory when dropped, so a failing test leaves no process behind.
 struct SandboxGuard(PathBuf);
 
 impl Drop for SandboxGuard {
     fn drop(&mut self) {
-        kill_sandboxes(&self.0);
-    }
-}
-
-fn kill_sandboxes(pods: &Path) {
-    // Workspaces' pods, and the spares kept set up ahead of need.
-    let spares = std::fs::read_dir(pods.join(".spare")).into_iter().flatten().flatten();
-    for e in std::fs::read_dir(pods).into_iter().flatten().flatten().chain(spares) {
-        if let Ok(b) = std::fs::read(e.path().join("sandbox.pid"))
-            && let Ok(v) = serde_json::from_slice::<Value>(&b)
-            && let Some(pid) = v["pid"].as_i64()
-        {
-            // The sandbox's init runs in its own session (bwrap --new-session): kill it by pid too.
-            if let Some(init) = v["init_pid"].as_i64() {
-                // SAFETY: signalling a sandbox process this test created.
-                unsafe { libc::kill(init as i32, libc::SIGKILL) };
-            }
-            // SAFETY: signalling the sandbox's own process group.
-            unsafe { libc::kill(-(pid as i32), libc::SIGKILL) };
-        }
-    }
-    // A sandbox whose record was not written yet (its server was killed while setting it up): found by the pods
-    // directory in its command line (bwrap and the sandbox's init; the rest die with the init).
-    let needle = pods.display().to_string();
-    for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
-        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else { continue };
-        let cmd = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
-        if String::from_utf8_lossy(&cmd).contains(&needle) {
-            // SAFETY: signalling a sandbox process this test created.
-            unsafe { libc::kill(pid, libc::SIGKILL) };
-        }
+        evershell_runtime::local::kill_all_sandboxes(&self.0);
     }
 }
 
@@ -180,12 +160,7 @@ async fn check_invariants(api: &Api, data: &Path) -> Vec<Value> {
         }
     }
     let running = all.iter().filter(|w| w["status"] == "idle").count();
-    let pods: Vec<_> = std::fs::read_dir(data.join("pods"))
-        .unwrap()
-        .flatten()
-        .map(|e| e.path())
-        .filter(|p| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("pod_")))
-        .collect();
+    let pods = pod_dirs(data);
     let retained = all.iter().filter(|w| w["status"] == "failed").count();
     assert!(pods.len() <= running + retained, "orphan pod directories: {pods:?}");
     assert!(pods.len() >= running);
@@ -240,12 +215,7 @@ async fn sigkill_mid_stop_and_mid_resume_then_restart_settles_everything() {
     assert_eq!(ws["status"], "idle");
     let ws = ws["id"].as_str().unwrap().to_string();
     let pod_ws = |data: &PathBuf| -> PathBuf {
-        let pods: Vec<_> = std::fs::read_dir(data.join("pods"))
-            .unwrap()
-            .flatten()
-            .map(|e| e.path())
-            .filter(|p| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("pod_")))
-            .collect();
+        let pods = pod_dirs(data);
         assert_eq!(pods.len(), 1, "{pods:?}");
         pods[0].join("workspace")
     };

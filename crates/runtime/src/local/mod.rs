@@ -29,6 +29,7 @@ use crate::pod::{PodError, PodRuntime, PodSpec, PrepareReport};
 use layout::PodDir;
 
 pub use bwrap::{AGENT_PATH, AGENT_SOCKET};
+pub use sandbox::kill_all_under as kill_all_sandboxes;
 
 /// How long `start` watches a new sandbox for an immediate failure before leaving the rest to `observe`.
 const START_SETTLE: Duration = Duration::from_secs(1);

@@ -68,6 +68,27 @@ impl PidRecord {
     }
 }
 
+/// SIGKILL every sandbox whose pod directory lies under `pods_dir` — workspaces' pods and spares, whoever started
+/// them: by their records, and by command line for one whose record was not written yet (its server was killed while
+/// setting it up; bwrap and the sandbox's init name the directory, the rest die with the init). For test and
+/// benchmark guards; a server ends its own sandboxes with `stop` and `shutdown`.
+pub fn kill_all_under(pods_dir: &std::path::Path) {
+    let dirs = |d: &std::path::Path| std::fs::read_dir(d).into_iter().flatten().flatten().map(|e| e.path());
+    for dir in dirs(pods_dir).chain(dirs(&pods_dir.join(".spare"))) {
+        if let Some(rec) = read_pid_record(&PodDir { root: dir }) {
+            rec.kill();
+        }
+    }
+    let needle = pods_dir.display().to_string();
+    for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else { continue };
+        let cmd = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
+        if String::from_utf8_lossy(&cmd).contains(&needle) {
+            procfs::kill(pid, libc::SIGKILL);
+        }
+    }
+}
+
 /// The sandbox's record. When the init's pid was never recorded (a crash right after spawning), it is recovered
 /// from bwrap's status file, trusted only while it is still bwrap's child.
 pub fn read_pid_record(dir: &PodDir) -> Option<PidRecord> {
