@@ -475,6 +475,8 @@ async fn snapshot_and_release(inner: &Arc<Inner>, ws: &WorkspaceRecord) -> Resul
             vec![]
         }
     };
+    let begun = std::time::Instant::now();
+    let count = older.len();
     for s in older {
         let audit = auto_audit(inner, &ws, EventType::SnapshotDeleted)
             .await
@@ -482,6 +484,9 @@ async fn snapshot_and_release(inner: &Arc<Inner>, ws: &WorkspaceRecord) -> Resul
         if let Err(e) = discard_snapshot(inner, &s, &[audit]).await {
             tracing::warn!(snapshot_id = %s.id, error = %e, "deleting a replaced snapshot failed; retried later");
         }
+    }
+    if count > 0 {
+        tracing::debug!(count, took_ms = begun.elapsed().as_secs_f64() * 1e3, "replaced snapshots deleted");
     }
     Ok(Flow::Again)
 }
