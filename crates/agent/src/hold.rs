@@ -15,14 +15,16 @@ pub const HELD_MARKER: &str = "held";
 /// Re-check the release file at least this often, whatever inotify says.
 const RECHECK: Duration = Duration::from_secs(1);
 
-/// Mark the pod held, then wait until `release` exists.
-pub async fn wait_for_release(release: &Path) -> anyhow::Result<()> {
+/// Mark the pod held (at `marker`, default: `held` beside the release file), then wait until `release` exists.
+/// In a pod the release file lives in a directory the pod can only read, the marker in one it can write.
+pub async fn wait_for_release(release: &Path, marker: Option<&Path>) -> anyhow::Result<()> {
     let release = release.to_path_buf();
     let dir = release.parent().map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from("."));
+    let marker = marker.map(Path::to_path_buf).unwrap_or_else(|| dir.join(HELD_MARKER));
     tokio::task::spawn_blocking(move || -> io::Result<()> {
         // Watch before marking, so a release that follows the marker at once cannot be missed.
         let watch = Watch::new(&dir);
-        std::fs::write(dir.join(HELD_MARKER), b"held\n")?;
+        std::fs::write(&marker, b"held\n")?;
         while !release.exists() {
             match &watch {
                 Some(w) => w.wait(RECHECK),
@@ -81,7 +83,7 @@ mod tests {
         let release = tmp.path().join("release");
         let waiter = tokio::spawn({
             let release = release.clone();
-            async move { wait_for_release(&release).await }
+            async move { wait_for_release(&release, None).await }
         });
         let held = tmp.path().join(HELD_MARKER);
         let deadline = std::time::Instant::now() + Duration::from_secs(5);
@@ -102,7 +104,7 @@ mod tests {
     async fn an_existing_release_file_returns_at_once() {
         let tmp = tempfile::tempdir().unwrap();
         std::fs::write(tmp.path().join("release"), b"go").unwrap();
-        wait_for_release(&tmp.path().join("release")).await.unwrap();
+        wait_for_release(&tmp.path().join("release"), None).await.unwrap();
         assert!(tmp.path().join(HELD_MARKER).exists());
     }
 }

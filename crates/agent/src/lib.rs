@@ -2,10 +2,11 @@
 //! and serves the live files of `/workspace` over HTTP on a Unix socket that the control plane reaches through the
 //! pod directory.
 //!
-//! Routes: `GET /healthz`, `GET /v1/info`, `GET /v1/files`, `GET|PUT /v1/files/{*path}`. Errors are
+//! Routes: `GET /healthz`, `GET /v1/info`, `GET /v1/files`, `GET|PUT /v1/files/{*path}`, `POST /v1/exec`. Errors are
 //! `{"error":{"code","message"}}`. Logs go to stderr (the pod's `sandbox.log`); file contents are never logged.
 
 mod error;
+mod exec;
 mod fsops;
 mod hold;
 mod info;
@@ -41,12 +42,14 @@ pub struct AgentOptions {
     /// it (the sandbox is set up). The control plane starts a pod's sandbox while it restores the snapshot (or ahead
     /// of need, as a spare), and creates the file once the restore is complete and verified.
     pub hold: Option<PathBuf>,
+    /// Where the held agent writes its marker (default: `held` beside the release file).
+    pub held_marker: Option<PathBuf>,
 }
 
 /// Run the agent until SIGTERM/SIGINT.
 pub async fn run(opts: AgentOptions) -> anyhow::Result<()> {
     if let Some(release) = &opts.hold {
-        hold::wait_for_release(release).await.context("waiting for the release file")?;
+        hold::wait_for_release(release, opts.held_marker.as_deref()).await.context("waiting for the release file")?;
     }
     // Bind first: the socket appearing is what the control plane waits for (connections queue until served), so
     // nothing else belongs before it on the resume path.

@@ -18,7 +18,7 @@ use tokio_util::io::ReaderStream;
 use tracing::Instrument;
 
 use crate::error::{AgentErr, envelope};
-use crate::{fsops, info, upload};
+use crate::{exec, fsops, info, upload};
 
 /// Header carrying the downloaded file's `FileEntry` as JSON.
 pub const ENTRY_HEADER: &str = "x-evershell-entry";
@@ -35,6 +35,7 @@ pub fn router(state: Arc<AgentState>) -> Router {
         .route("/v1/info", get(info_route))
         .route("/v1/files", get(list_files))
         .route("/v1/files/{*path}", get(download).put(put_file).layer(DefaultBodyLimit::disable()))
+        .route("/v1/exec", axum::routing::post(exec_route))
         .fallback(|| async { envelope(StatusCode::NOT_FOUND, "not_found", "no such route") })
         .method_not_allowed_fallback(|| async {
             envelope(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "method not allowed on this route")
@@ -118,4 +119,19 @@ async fn put_file(
     let entry = upload::put_file(&state.root, &rel, body).await?;
     tracing::info!(file = %rel, bytes = entry.size, "file written");
     Ok(Json(entry))
+}
+
+async fn exec_route(
+    State(state): State<Arc<AgentState>>,
+    body: Result<Json<evershell_core::exec::ExecRequest>, axum::extract::rejection::JsonRejection>,
+) -> Result<Json<evershell_core::exec::ExecResult>, AgentErr> {
+    let Json(req) = body.map_err(|e| AgentErr::BadBody(e.body_text()))?;
+    req.validate().map_err(AgentErr::BadBody)?;
+    let program = req.argv[0].clone();
+    let result = exec::run(&state.root, req).await.map_err(|e| match e.kind() {
+        std::io::ErrorKind::NotFound => AgentErr::NotFound(format!("program `{program}`")),
+        _ => AgentErr::Io(e),
+    })?;
+    tracing::info!(%program, exit_code = ?result.exit_code, ms = result.duration_ms, "command run");
+    Ok(Json(result))
 }

@@ -4,6 +4,7 @@
 pub mod audit;
 pub mod caps;
 pub mod error;
+pub mod exec;
 pub mod files;
 pub mod ids;
 pub mod lifecycle;

@@ -54,6 +54,9 @@ enum Command {
         /// Wait (without touching the workspace) until this file exists.
         #[arg(long)]
         hold: Option<PathBuf>,
+        /// Where a held agent marks that it runs (default: `held` beside the --hold file).
+        #[arg(long)]
+        held_marker: Option<PathBuf>,
     },
     /// Administer the deployment directly on its store.
     Admin {
@@ -102,9 +105,9 @@ fn load(store: &StoreArgs, listen: Option<String>) -> anyhow::Result<Config> {
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
-        Command::Agent { socket, root, pod_id, hold } => {
+        Command::Agent { socket, root, pod_id, hold, held_marker } => {
             let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-            rt.block_on(evershell_agent::run(evershell_agent::AgentOptions { socket, root, pod_id, hold }))
+            rt.block_on(evershell_agent::run(evershell_agent::AgentOptions { socket, root, pod_id, hold, held_marker }))
         }
         Command::Serve { listen, store } => {
             let cfg = load(&store, listen)?;

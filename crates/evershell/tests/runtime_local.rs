@@ -215,9 +215,15 @@ async fn files_round_trip_between_host_and_sandbox() {
     let entry = agent.put_file(&rel("notes/deep/data.bin"), bytes_of(&data)).await.unwrap();
     assert_eq!(entry.size, data.len() as i64);
     assert_eq!(std::fs::read(workspace.join("notes/deep/data.bin")).unwrap(), data);
-    // Files written inside belong to the control plane's own user on the host.
+    // Files written inside belong to the pod's own unprivileged uid on the host (the control plane's own uid when
+    // it is not root), never to host root.
     use std::os::unix::fs::MetadataExt;
-    assert_eq!(std::fs::metadata(workspace.join("notes/deep/data.bin")).unwrap().uid(), unsafe { libc::getuid() });
+    let owner = std::fs::metadata(workspace.join("notes/deep/data.bin")).unwrap();
+    match e.rt.pod_identity(pod) {
+        Some(id) => assert_eq!((owner.uid(), owner.gid()), (id.uid, id.gid)),
+        None => assert_eq!(owner.uid(), unsafe { libc::getuid() }),
+    }
+    assert_ne!(owner.uid(), 0, "a pod's files belong to host root");
 
     std::fs::write(workspace.join("from-host.txt"), b"hello from the host").unwrap();
     let listed = agent.list_files().await.unwrap();

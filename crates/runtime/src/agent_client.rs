@@ -1,8 +1,14 @@
 //! `AgentClient`: HTTP/1.1 to the `evershell agent` service inside a pod (over a Unix socket for local pods).
 //!
 //! One connection per call (a Unix-socket connect costs microseconds, and it keeps no state to go stale across
-//! sandbox restarts). Timeouts: connect 1 s, health 500 ms end to end, listing 60 s; downloads and uploads are
-//! bounded only while waiting for the response head, since their bodies may legitimately take long.
+//! sandbox restarts).
+//!
+//! The agent is untrusted: pod code can replace or impersonate it. So the socket is connected without following a
+//! link (opened `O_PATH | O_NOFOLLOW`, checked to be a socket, connected through `/proc/self/fd`), every answer is
+//! bounded in size (JSON bodies, error bodies, entry counts, a download never longer than the size it announced)
+//! and in time: connect 1 s, health 500 ms end to end, info and JSON answers 30 s including the body, listing 60 s
+//! including the body; a download must keep delivering (10 s at most between chunks, and the whole body within
+//! 30 s + 1 s per MiB announced), and an upload the agent stops reading for 30 s is abandoned.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -46,8 +52,17 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 const HEALTH_TIMEOUT: Duration = Duration::from_millis(500);
 const LIST_TIMEOUT: Duration = Duration::from_secs(60);
 const HEAD_TIMEOUT: Duration = Duration::from_secs(30);
+/// Longest pause between two chunks of a download, and longest an upload may go unread.
+const STALL_TIMEOUT: Duration = Duration::from_secs(10);
+const UPLOAD_STALL: Duration = Duration::from_secs(30);
 /// Largest error body read from the agent.
 const MAX_ERROR_BODY: usize = 64 * 1024;
+/// Largest JSON answer other than a listing.
+const MAX_JSON_BODY: usize = 1024 * 1024;
+/// Largest file listing (the agent's own cap of 100,000 entries fits well inside).
+const MAX_LIST_BODY: usize = 64 * 1024 * 1024;
+/// Entries of a listing beyond this are dropped (and the listing reported truncated).
+pub const MAX_LIST_ENTRIES: usize = 100_000;
 
 /// Everything but RFC 3986 unreserved characters is escaped inside a path segment.
 const SEGMENT: &AsciiSet = &NON_ALPHANUMERIC.remove(b'-').remove(b'.').remove(b'_').remove(b'~');
@@ -97,11 +112,15 @@ impl AgentClient {
             .map_err(|_| AgentError::Unreachable(anyhow!("info timed out after {HEAD_TIMEOUT:?}")))?
     }
 
-    /// Every entry under `/workspace`.
+    /// Every entry under `/workspace` (at most `MAX_LIST_ENTRIES`).
     pub async fn list_files(&self) -> Result<Vec<FileEntry>, AgentError> {
         let call = async {
             let res = self.send(Method::GET, "/v1/files".into(), empty()).await?;
-            let body: ListBody = self.json(res).await?;
+            let mut body: ListBody = self.json_limited(res, MAX_LIST_BODY).await?;
+            if body.entries.len() > MAX_LIST_ENTRIES {
+                body.entries.truncate(MAX_LIST_ENTRIES);
+                body.truncated = true;
+            }
             if body.truncated {
                 tracing::warn!(entries = body.entries.len(), "agent truncated the file listing");
             }
@@ -110,6 +129,24 @@ impl AgentClient {
         tokio::time::timeout(LIST_TIMEOUT, call)
             .await
             .map_err(|_| AgentError::Unreachable(anyhow!("file listing timed out after {LIST_TIMEOUT:?}")))?
+    }
+
+    /// Run a command in the pod (see `evershell_core::exec`). Bounded by the request's own deadline plus a margin.
+    pub async fn exec(
+        &self,
+        req: &evershell_core::exec::ExecRequest,
+    ) -> Result<evershell_core::exec::ExecResult, AgentError> {
+        let limit = req.timeout() + Duration::from_secs(5);
+        let body = serde_json::to_vec(req).map_err(|e| AgentError::Rejected(e.to_string()))?;
+        let call = async {
+            let body = http_body_util::Full::new(Bytes::from(body)).map_err(|never| match never {}).boxed_unsync();
+            let res = self.send(Method::POST, "/v1/exec".into(), body).await?;
+            // Output is capped at 1 MiB a stream; JSON escaping can grow it at most sixfold.
+            self.json_limited(res, 16 * evershell_core::exec::MAX_OUTPUT_BYTES).await
+        };
+        tokio::time::timeout(limit, call)
+            .await
+            .map_err(|_| AgentError::Unreachable(anyhow!("exec did not answer within {limit:?}")))?
     }
 
     /// Stream one regular file out of `/workspace`.
@@ -128,14 +165,33 @@ impl AgentClient {
             .get(ENTRY_HEADER)
             .and_then(|v| serde_json::from_slice::<FileEntry>(v.as_bytes()).ok())
             .ok_or_else(|| AgentError::Unreachable(anyhow!("agent response lacks a valid {ENTRY_HEADER} header")))?;
-        let body = head.into_body().into_data_stream().map_err(std::io::Error::other).boxed();
+        let body = bounded_download(head.into_body(), entry.size.max(0) as u64);
         Ok(Download { entry, body })
     }
 
     /// Write `body` to `path` under `/workspace` (parents created, replaced atomically).
     pub async fn put_file(&self, path: &RelPath, body: ByteStream) -> Result<FileEntry, AgentError> {
+        // The time the agent last took a chunk: an agent that stops reading is given up on.
+        let pulled = std::sync::Arc::new(std::sync::Mutex::new(tokio::time::Instant::now()));
+        let seen = pulled.clone();
+        let body = body.inspect(move |_| *seen.lock().unwrap_or_else(|p| p.into_inner()) = tokio::time::Instant::now());
         let body = BodyExt::boxed_unsync(StreamBody::new(body.map_ok(Frame::data)));
-        let res = self.send(Method::PUT, file_uri(path), body).await?;
+        let send = self.send(Method::PUT, file_uri(path), body);
+        let watchdog = async {
+            loop {
+                let last = *pulled.lock().unwrap_or_else(|p| p.into_inner());
+                if last.elapsed() >= UPLOAD_STALL {
+                    return;
+                }
+                tokio::time::sleep_until(last + UPLOAD_STALL).await;
+            }
+        };
+        let res = tokio::select! {
+            r = send => r?,
+            () = watchdog => {
+                return Err(AgentError::Unreachable(anyhow!("the agent stopped reading the upload for {UPLOAD_STALL:?}")));
+            }
+        };
         tokio::time::timeout(HEAD_TIMEOUT, self.json(res))
             .await
             .map_err(|_| AgentError::Unreachable(anyhow!("upload response timed out after {HEAD_TIMEOUT:?}")))?
@@ -144,7 +200,7 @@ impl AgentClient {
     /// Connect, send one request, return the response head (body still streaming).
     async fn send(&self, method: Method, uri: String, body: ReqBody) -> Result<Response<Incoming>, AgentError> {
         let socket = &self.socket;
-        let stream = tokio::time::timeout(CONNECT_TIMEOUT, UnixStream::connect(socket))
+        let stream = tokio::time::timeout(CONNECT_TIMEOUT, connect_nofollow(socket))
             .await
             .map_err(|_| AgentError::Unreachable(anyhow!("connecting to {} timed out", socket.display())))?
             .map_err(|e| AgentError::Unreachable(anyhow!(e).context(format!("connecting to {}", socket.display()))))?;
@@ -156,25 +212,32 @@ impl AgentClient {
                 tracing::debug!(error = %e, "agent connection ended with an error");
             }
         });
-        let req = Request::builder()
-            .method(method)
-            .uri(uri)
-            .header(header::HOST, "agent")
-            .body(body)
-            .map_err(|e| AgentError::Unreachable(anyhow!(e).context("building the request")))?;
+        let json = method == Method::POST;
+        let mut req = Request::builder().method(method).uri(uri).header(header::HOST, "agent");
+        if json {
+            req = req.header(header::CONTENT_TYPE, "application/json");
+        }
+        let req = req.body(body).map_err(|e| AgentError::Unreachable(anyhow!(e).context("building the request")))?;
         sender.send_request(req).await.map_err(|e| AgentError::Unreachable(anyhow!(e).context("request to the agent")))
     }
 
-    /// Decode a 200 JSON body, or turn any other status into an error.
+    /// Decode a 200 JSON body (at most `MAX_JSON_BODY`), or turn any other status into an error.
     async fn json<T: serde::de::DeserializeOwned>(&self, res: Response<Incoming>) -> Result<T, AgentError> {
+        self.json_limited(res, MAX_JSON_BODY).await
+    }
+
+    async fn json_limited<T: serde::de::DeserializeOwned>(
+        &self,
+        res: Response<Incoming>,
+        limit: usize,
+    ) -> Result<T, AgentError> {
         if res.status() != StatusCode::OK {
             return Err(self.failure(res).await);
         }
-        let bytes = res
-            .into_body()
+        let bytes = http_body_util::Limited::new(res.into_body(), limit)
             .collect()
             .await
-            .map_err(|e| AgentError::Unreachable(anyhow!(e).context("reading the agent's response")))?
+            .map_err(|e| AgentError::Unreachable(anyhow!("reading the agent's response (at most {limit} bytes): {e}")))?
             .to_bytes();
         serde_json::from_slice(&bytes)
             .map_err(|e| AgentError::Unreachable(anyhow!(e).context("decoding the agent's response")))
@@ -185,10 +248,11 @@ impl AgentClient {
     async fn failure(&self, res: Response<Incoming>) -> AgentError {
         let status = res.status();
         let limited = http_body_util::Limited::new(res.into_body(), MAX_ERROR_BODY);
-        let message = match limited.collect().await {
-            Ok(b) => error_message(&b.to_bytes()),
-            Err(_) => None,
+        let message = match tokio::time::timeout(CONNECT_TIMEOUT * 5, limited.collect()).await {
+            Ok(Ok(b)) => error_message(&b.to_bytes()),
+            _ => None,
         }
+        .map(|m| cap_message(&m))
         .unwrap_or_else(|| status.to_string());
         match status {
             StatusCode::NOT_FOUND => AgentError::NotFound(message),
@@ -196,6 +260,70 @@ impl AgentClient {
             s => AgentError::Unreachable(anyhow!("agent answered {s}: {message}")),
         }
     }
+}
+
+/// Connect to the socket at `path` without following a link there: the pod can write the directory the socket
+/// lives in, and a planted link must not send the control plane's request to a host-side socket.
+async fn connect_nofollow(path: &std::path::Path) -> std::io::Result<UnixStream> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes()).map_err(std::io::Error::other)?;
+    // SAFETY: plain open(2); the descriptor is owned at once.
+    let raw = unsafe { libc::open(c.as_ptr(), libc::O_PATH | libc::O_NOFOLLOW | libc::O_CLOEXEC) };
+    if raw < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: fresh descriptor.
+    let fd = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(raw) };
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: fstat into a zeroed stat buffer.
+    if unsafe { libc::fstat(std::os::fd::AsRawFd::as_raw_fd(&fd), &mut st) } < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    if st.st_mode & libc::S_IFMT != libc::S_IFSOCK {
+        return Err(std::io::Error::other("not a socket (a link or another file stands in its place)"));
+    }
+    // Connecting through the descriptor reaches exactly the inode just checked.
+    let via = format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(&fd));
+    let stream = UnixStream::connect(via).await;
+    drop(fd);
+    stream
+}
+
+/// A download body that must keep coming and never exceed what the agent announced.
+fn bounded_download(body: Incoming, announced: u64) -> ByteStream {
+    let deadline = tokio::time::Instant::now() + HEAD_TIMEOUT + Duration::from_secs(announced / (1024 * 1024));
+    let state = (body.into_data_stream(), 0u64);
+    futures::stream::unfold(Some(state), move |st| async move {
+        let (mut body, got) = st?;
+        let until = (tokio::time::Instant::now() + STALL_TIMEOUT).min(deadline);
+        match tokio::time::timeout_at(until, body.next()).await {
+            Err(_) => Some((Err(std::io::Error::other("the agent stalled or dripped the download")), None)),
+            Ok(None) => None,
+            Ok(Some(Err(e))) => Some((Err(std::io::Error::other(e)), None)),
+            Ok(Some(Ok(chunk))) => {
+                let got = got + chunk.len() as u64;
+                if got > announced {
+                    return Some((Err(std::io::Error::other("the agent sent more than the file's size")), None));
+                }
+                Some((Ok(chunk), Some((body, got))))
+            }
+        }
+    })
+    .boxed()
+}
+
+/// What of an agent's error message is shown: one line, at most 500 bytes, marked as the pod's words.
+fn cap_message(m: &str) -> String {
+    let mut line: String = m.chars().filter(|c| !c.is_control()).collect();
+    if line.len() > 500 {
+        let mut cut = 500;
+        while !line.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        line.truncate(cut);
+        line.push('…');
+    }
+    line
 }
 
 fn empty() -> ReqBody {

@@ -2,19 +2,25 @@
 //! without working namespaces (there is no unsandboxed fallback).
 
 use std::ffi::OsString;
-use std::os::fd::RawFd;
+use std::os::fd::{AsRawFd, RawFd};
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
 
 use super::layout::{PodDir, SANDBOX_UID, SANDBOX_USER};
+use super::seccomp;
 
 /// Where the agent binary appears inside the sandbox.
 pub const AGENT_PATH: &str = "/opt/evershell/bin/evershell";
 /// The agent's socket inside the sandbox (`<pod>/run/agent.sock` outside).
 pub const AGENT_SOCKET: &str = "/run/evershell/agent.sock";
+/// The control plane's read-only directory in the pod (`layout::PodDir::ctl`).
+pub const AGENT_CTL: &str = "/run/evershell/ctl";
 /// The agent waits (`--hold`) until this file exists; `layout::PodDir::release` is its host side.
-pub const AGENT_RELEASE: &str = "/run/evershell/release";
+pub const AGENT_RELEASE: &str = "/run/evershell/ctl/release";
+/// Written by the held agent once it runs (`layout::PodDir::held`).
+pub const AGENT_HELD: &str = "/run/evershell/held";
 const SANDBOX_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
 /// Host directories a merged-/usr system replaces by symlinks; mirrored as symlinks or bound read-only.
@@ -31,6 +37,25 @@ const HOST_ETC: &[&str] = &[
 ];
 /// Generated per pod (in `<pod>/etc`).
 const POD_ETC: &[&str] = &["passwd", "group", "hosts", "hostname"];
+/// `/proc` entries that would let a pod change or read the host kernel: bound read-only over themselves (the host's
+/// procfs is where bubblewrap finds them; the values are the same kernel's).
+const PROC_READ_ONLY: &[&str] = &["/proc/sys", "/proc/sysrq-trigger", "/proc/irq", "/proc/bus", "/proc/fs"];
+/// `/proc` files masked with `/dev/null`, as container runtimes do.
+const PROC_MASKED_FILES: &[&str] = &[
+    "/proc/kcore",
+    "/proc/keys",
+    "/proc/key-users",
+    "/proc/timer_list",
+    "/proc/sched_debug",
+    "/proc/kallsyms",
+    "/proc/latency_stats",
+    "/proc/kmsg",
+    "/proc/kpagecount",
+    "/proc/kpageflags",
+    "/proc/kpagecgroup",
+];
+/// `/proc` directories masked with an empty read-only tmpfs.
+const PROC_MASKED_DIRS: &[&str] = &["/proc/acpi", "/proc/scsi", "/proc/asound", "/proc/driver"];
 
 const INSTALL_HINT: &str = "bubblewrap is not installed: install it with `apt-get install bubblewrap`";
 
@@ -94,8 +119,38 @@ fn base_args(disable_userns: bool) -> Vec<OsString> {
             _ => {}
         }
     }
-    push(&mut a, &["--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp"]);
+    push(&mut a, &["--proc", "/proc"]);
+    for p in PROC_READ_ONLY {
+        if Path::new(p).exists() {
+            push(&mut a, &["--ro-bind", p, p]);
+        }
+    }
+    for p in PROC_MASKED_FILES {
+        if Path::new(p).is_file() {
+            push(&mut a, &["--ro-bind", "/dev/null", p]);
+        }
+    }
+    for p in PROC_MASKED_DIRS {
+        if Path::new(p).is_dir() {
+            push(&mut a, &["--perms", "0555", "--tmpfs", p, "--remount-ro", p]);
+        }
+    }
+    push(&mut a, &["--dev", "/dev", "--tmpfs", "/tmp"]);
     a
+}
+
+/// Descriptors bubblewrap reads its seccomp programs from (see `seccomp.rs`).
+#[derive(Debug, Clone, Copy)]
+pub struct SeccompFds {
+    pub deny: RawFd,
+    pub guard: RawFd,
+}
+
+fn push_seccomp(a: &mut Vec<OsString>, fds: SeccompFds) {
+    for fd in [fds.deny, fds.guard] {
+        a.push("--add-seccomp-fd".into());
+        a.push(fd.to_string().into());
+    }
 }
 
 /// The full argument list (after the `bwrap` program) for a pod's sandbox.
@@ -104,9 +159,11 @@ pub fn sandbox_args(
     pod_id: &str,
     agent_binary: &Path,
     status_fd: RawFd,
+    seccomp: SeccompFds,
     disable_userns: bool,
 ) -> Vec<OsString> {
     let mut a = base_args(disable_userns);
+    push_seccomp(&mut a, seccomp);
     for etc in HOST_ETC {
         push(&mut a, &["--ro-bind-try", etc, etc]);
     }
@@ -115,6 +172,7 @@ pub fn sandbox_args(
     }
     push_path(&mut a, "--bind", &dir.workspace(), "/workspace");
     push_path(&mut a, "--bind", &dir.run(), "/run/evershell");
+    push_path(&mut a, "--ro-bind", &dir.ctl(), AGENT_CTL);
     push_path(&mut a, "--bind", &dir.uploads(), "/data/uploads");
     push_path(&mut a, "--ro-bind", agent_binary, AGENT_PATH);
     let fd = status_fd.to_string();
@@ -151,6 +209,8 @@ pub fn sandbox_args(
             pod_id,
             "--hold",
             AGENT_RELEASE,
+            "--held-marker",
+            AGENT_HELD,
         ],
     );
     a
@@ -163,8 +223,14 @@ pub struct Capabilities {
     pub disable_userns: bool,
 }
 
-/// Check that `bwrap` exists and can create every namespace the sandbox uses, by running `true` in one.
-pub fn probe(bwrap: &Path) -> anyhow::Result<Capabilities> {
+/// Check that `bwrap` exists and can create every namespace the sandbox uses, by running `true` in one with the
+/// pods' own hardening: as an unprivileged pod uid (when `as_pod` is given), under the seccomp programs.
+pub fn probe(
+    bwrap: &Path,
+    agent_binary: &Path,
+    as_pod: Option<RunAs>,
+    programs: &seccomp::Programs,
+) -> anyhow::Result<Capabilities> {
     if !is_executable(bwrap) {
         bail!("{INSTALL_HINT} (no executable at {})", bwrap.display());
     }
@@ -172,25 +238,68 @@ pub fn probe(bwrap: &Path) -> anyhow::Result<Capabilities> {
         .arg("--help")
         .output()
         .with_context(|| format!("{INSTALL_HINT} (running {} failed)", bwrap.display()))?;
-    let disable_userns = String::from_utf8_lossy(&help.stdout).contains("--disable-userns");
-    let out = std::process::Command::new(bwrap)
-        .args(base_args(disable_userns))
-        .arg("true")
-        .stdin(std::process::Stdio::null())
-        .output()
-        .with_context(|| format!("running the bubblewrap probe ({})", bwrap.display()))?;
+    let help = String::from_utf8_lossy(&help.stdout);
+    let disable_userns = help.contains("--disable-userns");
+    anyhow::ensure!(
+        help.contains("--add-seccomp-fd"),
+        "bubblewrap ({}) is too old: it lacks --add-seccomp-fd (0.5 or later is needed)",
+        bwrap.display()
+    );
+    let deny = seccomp::memfd("evershell-seccomp", &programs.deny)?;
+    let guard = seccomp::memfd("evershell-seccomp-guard", &programs.guard)?;
+    let fds = SeccompFds { deny: deny.as_raw_fd(), guard: guard.as_raw_fd() };
+    let mut a = base_args(disable_userns);
+    push_seccomp(&mut a, fds);
+    // The agent binary must be reachable as the pod's uid, as every sandbox binds it.
+    push_path(&mut a, "--ro-bind", agent_binary, AGENT_PATH);
+    let mut cmd = std::process::Command::new(bwrap);
+    cmd.args(a).arg("true").stdin(std::process::Stdio::null());
+    let inherit = [fds.deny, fds.guard];
+    // SAFETY: the closure only makes async-signal-safe system calls (fcntl, setgroups, setresgid, setresuid).
+    unsafe {
+        cmd.pre_exec(move || pre_exec(&inherit, as_pod));
+    }
+    let out = cmd.output().with_context(|| format!("running the bubblewrap probe ({})", bwrap.display()))?;
     if !out.status.success() {
         let stderr = String::from_utf8_lossy(&out.stderr);
         bail!(
             "bubblewrap ({}) cannot create the sandbox's namespaces on this host ({}): {}; unprivileged user \
-             namespaces may be disabled (check `sysctl kernel.unprivileged_userns_clone` and \
-             `kernel.apparmor_restrict_unprivileged_userns`). Refusing to run pods unsandboxed.",
+             namespaces may be disabled (check `sysctl kernel.unprivileged_userns_clone`, `user.max_user_namespaces` \
+             and `kernel.apparmor_restrict_unprivileged_userns`). Refusing to run pods unsandboxed.",
             bwrap.display(),
             out.status,
             stderr.trim()
         );
     }
     Ok(Capabilities { disable_userns })
+}
+
+/// Who bubblewrap runs as: the pod's uid and gid, with the traversal group as its only supplementary group.
+#[derive(Debug, Clone, Copy)]
+pub struct RunAs {
+    pub uid: u32,
+    pub gid: u32,
+    pub group: u32,
+}
+
+/// In the forked child, before exec: let bubblewrap inherit `inherit` (close-on-exec in the parent) and take the
+/// pod's identity. Only async-signal-safe calls.
+pub fn pre_exec(inherit: &[RawFd], run_as: Option<RunAs>) -> std::io::Result<()> {
+    let check = |r: libc::c_int| if r == -1 { Err(std::io::Error::last_os_error()) } else { Ok(()) };
+    for &fd in inherit {
+        // SAFETY: fcntl on a descriptor open in the parent.
+        check(unsafe { libc::fcntl(fd, libc::F_SETFD, 0) })?;
+    }
+    if let Some(d) = run_as {
+        let groups = [d.group as libc::gid_t];
+        // SAFETY: plain system calls with valid arguments; order matters (groups and gid while still root).
+        unsafe {
+            check(libc::setgroups(1, groups.as_ptr()))?;
+            check(libc::setresgid(d.gid, d.gid, d.gid))?;
+            check(libc::setresuid(d.uid, d.uid, d.uid))?;
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -200,10 +309,11 @@ mod tests {
     #[test]
     fn sandbox_args_isolate_and_run_the_agent() {
         let dir = PodDir::new(Path::new("/pods"), "pod_x");
-        let args: Vec<String> = sandbox_args(&dir, "pod_x", Path::new("/bin/evershell"), 7, true)
-            .into_iter()
-            .map(|s| s.into_string().unwrap())
-            .collect();
+        let args: Vec<String> =
+            sandbox_args(&dir, "pod_x", Path::new("/bin/evershell"), 7, SeccompFds { deny: 8, guard: 9 }, true)
+                .into_iter()
+                .map(|s| s.into_string().unwrap())
+                .collect();
         let joined = args.join(" ");
         for flag in ["--unshare-user", "--unshare-pid", "--unshare-net", "--unshare-ipc", "--unshare-uts"] {
             assert!(args.iter().any(|a| a == flag), "{flag}");
@@ -214,13 +324,16 @@ mod tests {
         assert!(joined.contains("--hostname pod_x"));
         assert!(joined.contains("--json-status-fd 7"));
         assert!(joined.ends_with(
-            "agent --socket /run/evershell/agent.sock --root /workspace --pod-id pod_x --hold /run/evershell/release"
+            "agent --socket /run/evershell/agent.sock --root /workspace --pod-id pod_x --hold \
+             /run/evershell/ctl/release --held-marker /run/evershell/held"
         ));
     }
 
     #[test]
     fn missing_bwrap_names_the_package() {
-        let err = probe(Path::new("/nonexistent/bwrap")).unwrap_err().to_string();
+        let err = probe(Path::new("/nonexistent/bwrap"), Path::new("/bin/true"), None, &seccomp::build().unwrap())
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("apt-get install bubblewrap"), "{err}");
     }
 }

@@ -5,6 +5,8 @@ use std::io::{self, Write};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
+use super::identity::PodIdentity;
+
 /// Uid and gid of the sandbox's user (mapped to the control plane's own uid outside).
 pub const SANDBOX_UID: u32 = 1000;
 pub const SANDBOX_USER: &str = "evershell";
@@ -31,9 +33,14 @@ impl PodDir {
     pub fn socket(&self) -> PathBuf {
         self.run().join("agent.sock")
     }
+    /// Bound read-only at `/run/evershell/ctl`: what the control plane tells the agent. Root's directory (the pod
+    /// can read it, never write it), so nothing planted by pod code can redirect a host-side write there.
+    pub fn ctl(&self) -> PathBuf {
+        self.root.join("ctl")
+    }
     /// Lets the held agent start (`--hold`): created by `start`, never by `prepare`.
     pub fn release(&self) -> PathBuf {
-        self.run().join("release")
+        self.ctl().join("release")
     }
     /// Written by a held agent once it runs, that is once bubblewrap has finished setting the sandbox up.
     pub fn held(&self) -> PathBuf {
@@ -89,11 +96,39 @@ pub fn exists(p: &Path) -> io::Result<bool> {
     }
 }
 
-/// Create the directory layout and the generated `/etc` files. The pod directory must not exist.
-pub fn create(dir: &PodDir, pod_id: &str) -> io::Result<()> {
+/// Who a pod's directories belong to: `None` when the control plane is not root (everything is its own).
+#[derive(Debug, Clone, Copy)]
+pub struct Ownership {
+    pub pod: PodIdentity,
+    /// The traversal group (search-only access to the pod directory for bubblewrap).
+    pub group: u32,
+}
+
+/// Create the directory layout and the generated `/etc` files. The pod directory must not exist. With `owner`, the
+/// identity is recorded first; the pod directory itself, `etc/` and `ctl/` are root's, and only `workspace/`,
+/// `uploads/` and `run/` (the directories bound writable) belong to the pod's uid.
+pub fn create(dir: &PodDir, pod_id: &str, owner: Option<Ownership>) -> io::Result<()> {
     std::fs::DirBuilder::new().mode(0o700).create(&dir.root)?;
-    for d in [dir.workspace(), dir.run(), dir.uploads(), dir.etc()] {
-        std::fs::DirBuilder::new().mode(0o755).create(d)?;
+    let chown = |p: &Path, uid: u32, gid: u32| std::os::unix::fs::lchown(p, Some(uid), Some(gid));
+    let chmod = |p: &Path, mode: u32| {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode))
+    };
+    if let Some(o) = owner {
+        super::identity::record(&dir.root, o.pod)?;
+        chown(&dir.root, 0, o.group)?;
+        chmod(&dir.root, 0o710)?;
+    }
+    for d in [dir.workspace(), dir.run(), dir.uploads()] {
+        std::fs::DirBuilder::new().mode(if owner.is_some() { 0o700 } else { 0o755 }).create(&d)?;
+        if let Some(o) = owner {
+            chown(&d, o.pod.uid, o.pod.gid)?;
+        }
+    }
+    std::fs::DirBuilder::new().mode(0o755).create(dir.etc())?;
+    std::fs::DirBuilder::new().mode(0o750).create(dir.ctl())?;
+    if let Some(o) = owner {
+        chown(&dir.ctl(), 0, o.pod.gid)?;
     }
     let shell = if Path::new("/usr/bin/bash").exists() { "/bin/bash" } else { "/bin/sh" };
     let files = [
@@ -118,6 +153,44 @@ pub fn create(dir: &PodDir, pod_id: &str) -> io::Result<()> {
             .write_all(text.as_bytes())?;
     }
     Ok(())
+}
+
+/// Bring an older pod directory up to date (no sandbox runs on it): create `ctl/`, and with `owner` and
+/// `record_identity`, record the identity and hand the writable directories to the pod's uid.
+pub fn upgrade(dir: &PodDir, owner: Option<Ownership>, record_identity: bool) -> io::Result<()> {
+    if !exists(&dir.ctl())? {
+        std::fs::DirBuilder::new().mode(0o750).create(dir.ctl())?;
+        if let Some(o) = owner {
+            std::os::unix::fs::lchown(dir.ctl(), Some(0), Some(o.pod.gid))?;
+        }
+    }
+    if let (Some(o), true) = (owner, record_identity) {
+        super::identity::record(&dir.root, o.pod)?;
+        std::os::unix::fs::lchown(&dir.root, Some(0), Some(o.group))?;
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&dir.root, std::fs::Permissions::from_mode(0o710))?;
+        for d in [dir.workspace(), dir.run(), dir.uploads()] {
+            super::identity::chown_tree(&d, o.pod.uid, o.pod.gid)?;
+        }
+    }
+    Ok(())
+}
+
+/// Whether `p` is a Unix socket itself (a link to one does not count).
+pub fn is_socket(p: &Path) -> bool {
+    std::fs::symlink_metadata(p).is_ok_and(|m| std::os::unix::fs::FileTypeExt::is_socket(&m.file_type()))
+}
+
+/// Write `path` (created or truncated; a link there is never followed) with `bytes`.
+pub fn write_nofollow(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o644)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(path)?;
+    f.write_all(bytes)
 }
 
 /// Write the `complete` marker durably: the file, then the directory entry.
@@ -214,7 +287,7 @@ mod tests {
     fn creates_layout_and_removes_read_only_trees() {
         let tmp = tempfile::tempdir().unwrap();
         let dir = PodDir::new(tmp.path(), "pod_x");
-        create(&dir, "pod_x").unwrap();
+        create(&dir, "pod_x", None).unwrap();
         assert_eq!(std::fs::read_to_string(dir.etc().join("hostname")).unwrap(), "pod_x\n");
         assert!(std::fs::read_to_string(dir.etc().join("passwd")).unwrap().contains(":1000:1000:"));
         assert!(!dir.is_complete().unwrap());

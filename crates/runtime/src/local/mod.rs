@@ -6,12 +6,15 @@
 
 mod bwrap;
 mod diag;
+mod identity;
 mod layout;
+mod logpipe;
 mod procfs;
 mod sandbox;
+mod seccomp;
 mod spares;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -29,7 +32,10 @@ use crate::pod::{PodError, PodRuntime, PodSpec, PrepareReport};
 use layout::PodDir;
 
 pub use bwrap::{AGENT_PATH, AGENT_SOCKET};
+pub use identity::{DEFAULT_BASE as DEFAULT_POD_UID_BASE, DEFAULT_COUNT as DEFAULT_POD_UID_COUNT, PodIdentity};
+pub use logpipe::DEFAULT_CAP as DEFAULT_SANDBOX_LOG_BYTES;
 pub use sandbox::kill_all_under as kill_all_sandboxes;
+pub use seccomp::denied_names as seccomp_denied_syscalls;
 
 /// How long `start` watches a new sandbox for an immediate failure before leaving the rest to `observe`.
 const START_SETTLE: Duration = Duration::from_secs(1);
@@ -50,24 +56,45 @@ pub struct LocalRuntimeConfig {
     pub bwrap: PathBuf,
     /// Sandboxes kept set up (agent held) ahead of need, so a new pod skips the sandbox's set-up. 0 turns it off.
     pub spare_pods: usize,
+    /// When the control plane runs as root, pods run as uids `pod_uid_base + 1 ..= pod_uid_base + pod_uid_count`
+    /// (one per pod); `pod_uid_base` itself is the group that may search the pods directory.
+    pub pod_uid_base: u32,
+    pub pod_uid_count: u32,
+    /// Cap of a pod's `sandbox.log` (one rotated file of the same size is kept beside it).
+    pub sandbox_log_bytes: u64,
 }
 
 impl LocalRuntimeConfig {
     /// A config using the `bwrap` found on `PATH` (or plain `bwrap`, which `LocalRuntime::new` then reports missing).
     pub fn new(pods_dir: PathBuf, agent_binary: PathBuf, snapshots: SnapshotStore) -> Self {
         let bwrap = bwrap::find_on_path().unwrap_or_else(|| PathBuf::from("bwrap"));
-        Self { pods_dir, agent_binary, snapshots, bwrap, spare_pods: 0 }
+        Self {
+            pods_dir,
+            agent_binary,
+            snapshots,
+            bwrap,
+            spare_pods: 0,
+            pod_uid_base: identity::DEFAULT_BASE,
+            pod_uid_count: identity::DEFAULT_COUNT,
+            sandbox_log_bytes: logpipe::DEFAULT_CAP,
+        }
     }
 }
 
 /// Pods as bubblewrap sandboxes on this machine.
 pub struct LocalRuntime {
     cfg: LocalRuntimeConfig,
-    caps: bwrap::Capabilities,
+    launcher: sandbox::Launcher,
+    /// Pod uids, when this process is root (`None`: pods run as this process's own unprivileged uid).
+    identities: Option<Arc<identity::Identities>>,
     /// Sandboxes this process spawned: their reaper flips the flag once `exit_status` is written.
     reapers: Reapers,
+    /// Pods whose `sandbox.log` this process relays.
+    relays: Relays,
     spares: Arc<spares::Spares>,
 }
+
+type Relays = Arc<Mutex<HashSet<PodId>>>;
 
 type Reapers = Arc<Mutex<HashMap<PodId, watch::Receiver<bool>>>>;
 
@@ -75,7 +102,8 @@ impl LocalRuntime {
     /// Check bubblewrap (installed, and able to create every namespace) and the agent binary, and create `pods_dir`.
     /// Fails rather than run anything unsandboxed.
     pub fn new(cfg: LocalRuntimeConfig) -> anyhow::Result<Self> {
-        let caps = bwrap::probe(&cfg.bwrap)?;
+        let programs = Arc::new(seccomp::build()?);
+        let identities = identity::Identities::for_this_process(cfg.pod_uid_base, cfg.pod_uid_count)?.map(Arc::new);
         anyhow::ensure!(
             cfg.agent_binary.is_file(),
             "the agent binary {} does not exist (it is bound into every sandbox)",
@@ -84,13 +112,29 @@ impl LocalRuntime {
         std::fs::create_dir_all(&cfg.pods_dir).with_context(|| format!("creating {}", cfg.pods_dir.display()))?;
         let pods_dir = cfg.pods_dir.canonicalize().with_context(|| format!("resolving {}", cfg.pods_dir.display()))?;
         let agent_binary = cfg.agent_binary.canonicalize()?;
+        if let Some(ids) = &identities {
+            ids.prepare_tree(&pods_dir)?;
+        }
+        let probe_as = identities.as_ref().map(|i| bwrap::RunAs { uid: i.group, gid: i.group, group: i.group });
+        let caps = bwrap::probe(&cfg.bwrap, &agent_binary, probe_as, &programs)?;
         let cfg = LocalRuntimeConfig { pods_dir, agent_binary, ..cfg };
+        let launcher = sandbox::Launcher {
+            bwrap: cfg.bwrap.clone(),
+            agent_binary: cfg.agent_binary.clone(),
+            disable_userns: caps.disable_userns,
+            seccomp: programs,
+            log_cap: cfg.sandbox_log_bytes,
+        };
         // Spares belong to no workspace: those a previous run left are killed and deleted.
         let spares = Arc::new(spares::Spares::new(&cfg.pods_dir, cfg.spare_pods));
         if let Ok(rd) = std::fs::read_dir(spares.root()) {
             for e in rd.flatten() {
-                spares::discard(&e.path());
+                spares::discard(&e.path(), None);
             }
+        }
+        if let Some(ids) = &identities {
+            let dirs = std::fs::read_dir(&cfg.pods_dir).into_iter().flatten().flatten();
+            ids.adopt(dirs.filter_map(|e| identity::read(&e.path())));
         }
         // Files of pods removed before a crash or restart, still waiting to be deleted.
         let trash = layout::trash_root(&cfg.pods_dir);
@@ -101,9 +145,14 @@ impl LocalRuntime {
                 }
             });
         }
-        let rt = Self { cfg, caps, reapers: Arc::default(), spares };
+        let rt = Self { cfg, launcher, identities, reapers: Arc::default(), relays: Arc::default(), spares };
         rt.refill(Duration::ZERO);
         Ok(rt)
+    }
+
+    /// A new pod's owner: a fresh uid from the range (none when this process is not root).
+    fn allocate(&self) -> anyhow::Result<Option<layout::Ownership>> {
+        allocate(self.identities.as_deref())
     }
 
     /// Top the spares up in the background after `delay` (and throw away stale ones). Needs a tokio runtime;
@@ -112,57 +161,65 @@ impl LocalRuntime {
         if self.spares.target == 0 || tokio::runtime::Handle::try_current().is_err() {
             return;
         }
-        let (spares, cfg, caps, reapers) = (self.spares.clone(), self.cfg.clone(), self.caps, self.reapers.clone());
+        let (spares, cfg, reapers) = (self.spares.clone(), self.cfg.clone(), self.reapers.clone());
+        let (launcher, ids, relays) = (self.launcher.clone(), self.identities.clone(), self.relays.clone());
         tokio::spawn(async move {
             tokio::time::sleep(delay).await;
             let Ok(_one_at_a_time) = spares.filling.try_lock() else { return };
             let stale = spares.stale();
             if !stale.is_empty() {
-                let _ = tokio::task::spawn_blocking(move || stale.iter().for_each(|d| spares::discard(d))).await;
+                let ids = ids.clone();
+                let _ =
+                    tokio::task::spawn_blocking(move || stale.iter().for_each(|d| spares::discard(d, ids.as_deref())))
+                        .await;
             }
+            let discard = |root: PathBuf| {
+                let ids = ids.clone();
+                tokio::task::spawn_blocking(move || spares::discard(&root, ids.as_deref()))
+            };
             while spares.missing() > 0 {
                 let pod = PodId::new();
                 let dir = spares.dir(pod);
+                let owner = match allocate(ids.as_deref()) {
+                    Ok(o) => o,
+                    Err(e) => {
+                        tracing::warn!(error = %format!("{e:#}"), "no uid for a spare pod");
+                        return;
+                    }
+                };
                 let (d, id) = (dir.clone(), pod.to_string());
-                let made = blocking(move || {
-                    std::fs::create_dir_all(d.root.parent().expect("a spare has a parent"))?;
-                    layout::create(&d, &id)
-                });
+                let made = blocking(move || layout::create(&d, &id, owner));
                 if let Err(e) = made.await {
                     tracing::warn!(error = %format!("{e:#}"), "creating a spare pod failed");
+                    let _ = discard(dir.root.clone()).await;
+                    if let (Some(ids), Some(o)) = (&ids, owner) {
+                        ids.release(o.pod);
+                    }
                     return;
                 }
-                match sandbox::spawn(
-                    cfg.bwrap.clone(),
-                    cfg.agent_binary.clone(),
-                    dir.clone(),
-                    pod.to_string(),
-                    caps.disable_userns,
-                )
-                .await
-                {
-                    Ok((child, rec)) => {
+                match sandbox::spawn(launcher.clone(), dir.clone(), pod.to_string(), run_as(owner)).await {
+                    Ok(spawned) => {
+                        let rec = spawned.rec;
                         // The reaper records into the pod's final place, where the spare will be moved.
-                        watch_child(&reapers, PodDir::new(&cfg.pods_dir, &pod.to_string()), pod, child, rec);
+                        watch_child((&reapers, &relays), PodDir::new(&cfg.pods_dir, &pod.to_string()), pod, spawned);
                         // bwrap resolves its mount sources by path while it sets up, so the directory may move
                         // only once that is over: when the held agent runs and has written its marker.
                         let deadline = Instant::now() + SPARE_SETTLE;
-                        while !dir.held().exists() && rec.alive() && Instant::now() < deadline {
+                        while !layout::exists(&dir.held()).unwrap_or(false) && rec.alive() && Instant::now() < deadline
+                        {
                             tokio::time::sleep(Duration::from_millis(1)).await;
                         }
-                        if !dir.held().exists() {
+                        if !layout::exists(&dir.held()).unwrap_or(false) {
                             let diag = diag::describe(&dir).unwrap_or_else(|| "no diagnostics".into());
                             tracing::warn!(%diag, "a spare pod did not come up");
-                            let root = dir.root.clone();
-                            let _ = tokio::task::spawn_blocking(move || spares::discard(&root)).await;
+                            let _ = discard(dir.root.clone()).await;
                             return;
                         }
                         spares.add_ready(pod);
                     }
                     Err(e) => {
                         tracing::warn!(error = %format!("{e:#}"), "setting a spare pod up failed");
-                        let root = dir.root.clone();
-                        let _ = tokio::task::spawn_blocking(move || spares::discard(&root)).await;
+                        let _ = discard(dir.root.clone()).await;
                         return;
                     }
                 }
@@ -177,6 +234,12 @@ impl LocalRuntime {
     /// The pod's directory on the host (`<pods_dir>/<pod_id>`).
     pub fn pod_dir(&self, pod: PodId) -> PathBuf {
         self.dir(pod).root
+    }
+
+    /// The host identity a pod runs as (`None` when pods run as this process's own uid).
+    pub fn pod_identity(&self, pod: PodId) -> Option<PodIdentity> {
+        self.identities.as_ref()?;
+        identity::read(&self.dir(pod).root)
     }
 
     /// The pid of the sandbox's outer bwrap process, while it runs.
@@ -210,9 +273,10 @@ impl LocalRuntime {
         if !dir.is_complete().context("reading the complete marker")? {
             return Ok(PodObservation::Partial);
         }
-        if self.running(&dir).is_none() {
+        let Some(rec) = self.running(&dir) else {
             return Ok(PodObservation::Exited);
-        }
+        };
+        self.adopt_log(pod, &dir, rec);
         if !layout::exists(&dir.release()).context("reading the release file")? {
             return Ok(PodObservation::Held);
         }
@@ -247,23 +311,42 @@ impl LocalRuntime {
             tracing::debug!("took a spare pod");
             None
         } else {
+            let owner = self.allocate()?;
             let (d, id) = (dir.clone(), spec.pod_id.to_string());
-            blocking(move || layout::create(&d, &id)).await.context("creating the pod directory")?;
+            if let Err(e) = blocking(move || layout::create(&d, &id, owner)).await {
+                if let (Some(ids), Some(o)) = (&self.identities, owner) {
+                    ids.release(o.pod);
+                }
+                return Err(e.context("creating the pod directory").into());
+            }
             Some(tokio::spawn(sandbox::spawn(
-                self.cfg.bwrap.clone(),
-                self.cfg.agent_binary.clone(),
+                self.launcher.clone(),
                 dir.clone(),
                 spec.pod_id.to_string(),
-                self.caps.disable_userns,
+                run_as(owner),
             )))
         };
+        let owner = self.ownership(&dir);
         let restored = match snapshot {
-            Some(keys) => self.cfg.snapshots.restore(keys, &dir.workspace()).await.map(Some),
+            Some(keys) => match self.cfg.snapshots.restore(keys, &dir.workspace()).await {
+                Ok(m) => match owner {
+                    // The restored files belong to the pod's uid.
+                    Some(o) => {
+                        let ws = dir.workspace();
+                        blocking(move || identity::chown_tree(&ws, o.pod.uid, o.pod.gid))
+                            .await
+                            .map(|()| Some(m))
+                            .map_err(|e| evershell_snapshot::SnapshotError::Io(e.context("chown of the restore")))
+                    }
+                    None => Ok(Some(m)),
+                },
+                Err(e) => Err(e),
+            },
             None => Ok(None),
         };
         if let Some(early) = early {
             match early.await {
-                Ok(Ok((child, rec))) => self.watch(spec.pod_id, child, rec),
+                Ok(Ok(spawned)) => self.watch(spec.pod_id, spawned),
                 Ok(Err(e)) => tracing::warn!(error = %format!("{e:#}"), "setting the sandbox up early failed"),
                 Err(e) => tracing::warn!(error = %e, "setting the sandbox up early panicked"),
             }
@@ -288,33 +371,33 @@ impl LocalRuntime {
         if !dir.is_complete().context("reading the complete marker")? {
             return Err(PodError::Start(format!("pod {pod} has no complete files to start on")));
         }
-        // Let the agent go: the one held in a sandbox set up by `prepare`, or the one spawned below.
+        if self.running(&dir).is_none() {
+            // Files of a pod made before pods had their own uid (or before `ctl/` existed) are brought up to date.
+            self.upgrade(&dir).await?;
+        }
+        // Let the agent go: the one held in a sandbox set up by `prepare`, or the one spawned below. `ctl/` is
+        // root's: nothing the pod wrote can redirect this write.
         let release = dir.release();
-        blocking(move || std::fs::write(&release, b"released\n")).await.context("writing the release file")?;
+        blocking(move || layout::write_nofollow(&release, b"released\n")).await.context("writing the release file")?;
         let begun = Instant::now();
         let rec = match self.running(&dir) {
             Some(rec) => rec,
             None => {
-                let (child, rec) = sandbox::spawn(
-                    self.cfg.bwrap.clone(),
-                    self.cfg.agent_binary.clone(),
-                    dir.clone(),
-                    pod.to_string(),
-                    self.caps.disable_userns,
-                )
-                .await
-                .map_err(|e| {
-                    let diag = diag::describe(&dir).unwrap_or_default();
-                    PodError::Start(format!("{e:#}{}{diag}", if diag.is_empty() { "" } else { "; " }))
-                })?;
-                self.watch(pod, child, rec);
+                let spawned = sandbox::spawn(self.launcher.clone(), dir.clone(), pod.to_string(), self.run_as(&dir))
+                    .await
+                    .map_err(|e| {
+                        let diag = diag::describe(&dir).unwrap_or_default();
+                        PodError::Start(format!("{e:#}{}{diag}", if diag.is_empty() { "" } else { "; " }))
+                    })?;
+                let rec = spawned.rec;
+                self.watch(pod, spawned);
                 rec
             }
         };
         // Setup errors (a bind that fails, a missing library) end the sandbox within milliseconds: report them
         // here rather than as an agent that never answers. Normally the agent's socket appears first.
         let deadline = Instant::now() + START_SETTLE;
-        while !dir.socket().exists() && Instant::now() < deadline {
+        while !layout::is_socket(&dir.socket()) && Instant::now() < deadline {
             if !rec.alive() {
                 self.await_reaper(pod).await;
                 let diag = diag::describe(&dir).unwrap_or_else(|| "no diagnostics".into());
@@ -330,8 +413,56 @@ impl LocalRuntime {
     }
 
     /// Reap a sandbox this process spawned, recording how it ended.
-    fn watch(&self, pod: PodId, child: tokio::process::Child, rec: sandbox::PidRecord) {
-        watch_child(&self.reapers, self.dir(pod), pod, child, rec);
+    fn watch(&self, pod: PodId, spawned: sandbox::Spawned) {
+        watch_child((&self.reapers, &self.relays), self.dir(pod), pod, spawned);
+    }
+
+    /// The identity recorded in a pod directory, with the traversal group.
+    fn ownership(&self, dir: &PodDir) -> Option<layout::Ownership> {
+        let ids = self.identities.as_ref()?;
+        identity::read(&dir.root).map(|pod| layout::Ownership { pod, group: ids.group })
+    }
+
+    fn run_as(&self, dir: &PodDir) -> Option<bwrap::RunAs> {
+        run_as(self.ownership(dir))
+    }
+
+    /// Relay the log of a running sandbox this process did not spawn (adopted after a restart).
+    fn adopt_log(&self, pod: PodId, dir: &PodDir, rec: sandbox::PidRecord) {
+        let mut relays = self.relays.lock().unwrap_or_else(|p| p.into_inner());
+        if relays.contains(&pod) || tokio::runtime::Handle::try_current().is_err() {
+            return;
+        }
+        let (read, sink) = match logpipe::reopen(rec.pid)
+            .and_then(|r| Ok((r, logpipe::Sink::new(&dir.root, self.launcher.log_cap)?)))
+        {
+            Ok(x) => x,
+            Err(e) => {
+                tracing::debug!(pod_id = %pod, error = %e, "cannot adopt the sandbox's log pipe");
+                return;
+            }
+        };
+        relays.insert(pod);
+        let relays = self.relays.clone();
+        tokio::spawn(async move {
+            logpipe::relay(read, sink).await;
+            relays.lock().unwrap_or_else(|p| p.into_inner()).remove(&pod);
+        });
+    }
+
+    /// Bring a pod directory written by an older version up to date: a `ctl/` directory, and (when pods get their
+    /// own uid) a recorded identity owning its writable directories. Runs only while no sandbox runs on it.
+    async fn upgrade(&self, dir: &PodDir) -> Result<(), PodError> {
+        let needs_ctl = !layout::exists(&dir.ctl()).context("reading ctl/")?;
+        let needs_id = self.identities.is_some() && identity::read(&dir.root).is_none();
+        if !needs_ctl && !needs_id {
+            return Ok(());
+        }
+        let owner = if needs_id { self.allocate()? } else { self.ownership(dir) };
+        let d = dir.clone();
+        blocking(move || layout::upgrade(&d, owner, needs_id)).await.context("upgrading the pod directory")?;
+        tracing::info!(ctl = needs_ctl, identity = needs_id, "pod directory upgraded");
+        Ok(())
     }
 
     async fn do_stop(&self, pod: PodId) -> Result<(), PodError> {
@@ -378,6 +509,7 @@ impl LocalRuntime {
         if !dir.exists().context("reading the pod directory")? {
             return Ok(());
         }
+        let released = self.identities.clone().zip(identity::read(&dir.root));
         let trash = layout::trash_dir(&self.cfg.pods_dir, pod);
         let doomed = trash.clone();
         blocking(move || {
@@ -398,6 +530,10 @@ impl LocalRuntime {
             if let Err(e) = layout::remove_tree(&trash) {
                 tracing::warn!(error = %e, path = %trash.display(), "deleting a removed pod's files failed");
             }
+            // Its uid is free once no file of it is left.
+            if let Some((ids, id)) = released {
+                ids.release(id);
+            }
         });
         tracing::info!("pod removed");
         Ok(())
@@ -405,15 +541,18 @@ impl LocalRuntime {
 }
 
 /// Reap a sandbox, recording how it ended in `dir`, and let `await_reaper` know.
-fn watch_child(reapers: &Reapers, dir: PodDir, pod: PodId, child: tokio::process::Child, rec: sandbox::PidRecord) {
+fn watch_child((reapers, relays): (&Reapers, &Relays), dir: PodDir, pod: PodId, spawned: sandbox::Spawned) {
+    let sandbox::Spawned { child, rec, log } = spawned;
     tracing::info!(pid = rec.pid, init_pid = ?rec.init_pid, "sandbox started");
     let (tx, rx) = watch::channel(false);
     let mine = rx.clone();
     reapers.lock().unwrap_or_else(|p| p.into_inner()).insert(pod, rx);
-    let reapers = reapers.clone();
+    relays.lock().unwrap_or_else(|p| p.into_inner()).insert(pod);
+    let (reapers, relays) = (reapers.clone(), relays.clone());
     tokio::spawn(
         async move {
-            sandbox::reap(child, dir, rec).await;
+            sandbox::reap(child, dir, rec, log).await;
+            relays.lock().unwrap_or_else(|p| p.into_inner()).remove(&pod);
             let _ = tx.send(true);
             let mut map = reapers.lock().unwrap_or_else(|p| p.into_inner());
             if map.get(&pod).is_some_and(|rx| rx.same_channel(&mine)) {
@@ -422,6 +561,15 @@ fn watch_child(reapers: &Reapers, dir: PodDir, pod: PodId, child: tokio::process
         }
         .instrument(tracing::info_span!("reaper", pod_id = %pod)),
     );
+}
+
+/// A fresh uid for a new pod, when pods get their own.
+fn allocate(ids: Option<&identity::Identities>) -> anyhow::Result<Option<layout::Ownership>> {
+    ids.map(|i| Ok(layout::Ownership { pod: i.allocate()?, group: i.group })).transpose()
+}
+
+fn run_as(owner: Option<layout::Ownership>) -> Option<bwrap::RunAs> {
+    owner.map(|o| bwrap::RunAs { uid: o.pod.uid, gid: o.pod.gid, group: o.group })
 }
 
 async fn blocking<T: Send + 'static>(f: impl FnOnce() -> std::io::Result<T> + Send + 'static) -> anyhow::Result<T> {
@@ -445,9 +593,10 @@ impl PodRuntime for LocalRuntime {
         let _no_more = self.spares.filling.lock().await;
         self.spares.clear();
         let root = self.spares.root().to_path_buf();
+        let ids = self.identities.clone();
         let _ = tokio::task::spawn_blocking(move || {
             for e in std::fs::read_dir(&root).into_iter().flatten().flatten() {
-                spares::discard(&e.path());
+                spares::discard(&e.path(), ids.as_deref());
             }
         })
         .await;

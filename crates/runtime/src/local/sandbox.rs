@@ -8,8 +8,10 @@
 //! `--new-session`) → the agent and anything it runs. Killing the namespace's init kills every process in it.
 
 use std::os::fd::AsRawFd;
+use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::process::ExitStatusExt;
 use std::process::Stdio;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, anyhow};
@@ -19,6 +21,7 @@ use tokio::process::Child;
 use super::bwrap;
 use super::layout::{self, PodDir};
 use super::procfs;
+use super::{logpipe, seccomp};
 
 /// How long a stop waits after SIGTERM before SIGKILL.
 pub const STOP_GRACE: Duration = Duration::from_secs(3);
@@ -27,6 +30,8 @@ const KILL_WAIT: Duration = Duration::from_secs(5);
 /// How long `start` waits for bwrap to report its namespace init's pid.
 const INIT_PID_WAIT: Duration = Duration::from_secs(5);
 const POLL: Duration = Duration::from_millis(2);
+/// How long the reaper waits for the sandbox's last output to be relayed.
+const LOG_DRAIN: Duration = Duration::from_secs(2);
 
 /// `sandbox.pid`: which processes are this pod's sandbox.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -145,52 +150,69 @@ pub fn read_bwrap_status(dir: &PodDir) -> BwrapStatus {
     st
 }
 
-/// Spawn the sandbox on a prepared pod directory and wait until bwrap reports its namespace init. Returns the
-/// child (for the reaper) and the record written to `sandbox.pid`.
+/// What every sandbox is started with.
+#[derive(Clone)]
+pub struct Launcher {
+    pub bwrap: std::path::PathBuf,
+    pub agent_binary: std::path::PathBuf,
+    pub disable_userns: bool,
+    pub seccomp: Arc<seccomp::Programs>,
+    /// Cap of `sandbox.log` (and of its one rotated predecessor).
+    pub log_cap: u64,
+}
+
+/// A spawned sandbox: the child (for the reaper), its record, and the relay of its output into `sandbox.log`.
+pub struct Spawned {
+    pub child: Child,
+    pub rec: PidRecord,
+    pub log: tokio::task::JoinHandle<()>,
+}
+
+/// Spawn the sandbox on a prepared pod directory and wait until bwrap reports its namespace init. bwrap runs as
+/// `run_as` (the pod's unprivileged identity) when given, under the seccomp programs, with its output on a pipe the
+/// control plane relays into `sandbox.log`.
 pub async fn spawn(
-    bwrap_path: std::path::PathBuf,
-    agent_binary: std::path::PathBuf,
+    launcher: Launcher,
     dir: PodDir,
     pod_id: String,
-    disable_userns: bool,
-) -> anyhow::Result<(Child, PidRecord)> {
-    let (bwrap_path, agent_binary, dir, pod_id) = (bwrap_path.as_path(), agent_binary.as_path(), &dir, pod_id.as_str());
+    run_as: Option<bwrap::RunAs>,
+) -> anyhow::Result<Spawned> {
+    let (dir, pod_id) = (&dir, pod_id.as_str());
     for stale in [dir.socket(), dir.held(), dir.exit_status(), dir.stop_requested(), dir.pid_file()] {
         layout::remove_if_exists(&stale).with_context(|| format!("removing {}", stale.display()))?;
     }
-    let mut log =
-        std::fs::OpenOptions::new().create(true).append(true).open(dir.log()).context("opening sandbox.log")?;
-    {
-        use std::io::Write;
-        let _ = writeln!(log, "--- evershell: starting sandbox for {pod_id} at {}", evershell_core::Timestamp::now());
-    }
+    let mut sink = logpipe::Sink::new(&dir.root, launcher.log_cap).context("opening sandbox.log")?;
+    sink.note(&format!("starting sandbox for {pod_id} at {}", evershell_core::Timestamp::now()));
+    let (log_read, log_write) = logpipe::pipe().context("creating the log pipe")?;
     let status = std::fs::OpenOptions::new()
         .create(true)
         .write(true)
         .truncate(true)
+        .custom_flags(libc::O_NOFOLLOW)
         .open(dir.bwrap_status())
         .context("opening sandbox.status")?;
     let status_fd = status.as_raw_fd();
+    let deny = seccomp::memfd("evershell-seccomp", &launcher.seccomp.deny)?;
+    let guard = seccomp::memfd("evershell-seccomp-guard", &launcher.seccomp.guard)?;
+    let fds = bwrap::SeccompFds { deny: deny.as_raw_fd(), guard: guard.as_raw_fd() };
 
-    let mut cmd = tokio::process::Command::new(bwrap_path);
-    cmd.args(bwrap::sandbox_args(dir, pod_id, agent_binary, status_fd, disable_userns))
+    let mut cmd = tokio::process::Command::new(&launcher.bwrap);
+    cmd.args(bwrap::sandbox_args(dir, pod_id, &launcher.agent_binary, status_fd, fds, launcher.disable_userns))
         .stdin(Stdio::null())
-        .stdout(Stdio::from(log.try_clone().context("duplicating the log handle")?))
-        .stderr(Stdio::from(log))
+        .stdout(Stdio::from(log_write.try_clone().context("duplicating the log pipe")?))
+        .stderr(Stdio::from(log_write))
         .process_group(0)
         .kill_on_drop(false);
-    // SAFETY: the closure only calls fcntl(2), which is async-signal-safe, on a descriptor open in the parent.
+    let inherit = [status_fd, fds.deny, fds.guard];
+    // SAFETY: the closure only makes async-signal-safe system calls (fcntl, setgroups, setresgid, setresuid).
     unsafe {
-        cmd.pre_exec(move || {
-            // Let bwrap inherit the status file (it is close-on-exec in the parent).
-            if libc::fcntl(status_fd, libc::F_SETFD, 0) == -1 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
+        cmd.pre_exec(move || bwrap::pre_exec(&inherit, run_as));
     }
-    let mut child = cmd.spawn().with_context(|| format!("spawning {}", bwrap_path.display()))?;
-    drop(status);
+    let spawned = cmd.spawn();
+    // Our copies of what bwrap inherited: the pipe's write end now lives only in the sandbox.
+    drop((status, deny, guard));
+    let mut child = spawned.with_context(|| format!("spawning {}", launcher.bwrap.display()))?;
+    let log = tokio::spawn(logpipe::relay(log_read, sink));
     let pid = child.id().ok_or_else(|| anyhow!("bwrap exited before its pid could be read"))? as i32;
     let starttime = procfs::stat(pid).map(|s| s.starttime).unwrap_or(0);
     let mut rec = PidRecord { pid, starttime, init_pid: None, init_starttime: None };
@@ -204,6 +226,7 @@ pub async fn spawn(
             break;
         }
         if let Some(st) = child.try_wait().context("checking on bwrap")? {
+            let _ = tokio::time::timeout(LOG_DRAIN, log).await;
             write_exit_record(dir, st);
             anyhow::bail!("bwrap exited at once ({st})");
         }
@@ -216,7 +239,7 @@ pub async fn spawn(
         tokio::time::sleep(Duration::from_micros(500)).await;
     }
     write_pid_record(dir, &rec).context("writing sandbox.pid")?;
-    Ok((child, rec))
+    Ok(Spawned { child, rec, log })
 }
 
 pub fn write_exit_record(dir: &PodDir, st: std::process::ExitStatus) {
@@ -229,8 +252,9 @@ pub fn write_exit_record(dir: &PodDir, st: std::process::ExitStatus) {
     }
 }
 
-/// Await the sandbox's exit, make sure nothing of it survives bwrap, and record how it ended.
-pub async fn reap(mut child: Child, dir: PodDir, rec: PidRecord) {
+/// Await the sandbox's exit, make sure nothing of it survives bwrap, let its last output reach `sandbox.log`, and
+/// record how it ended.
+pub async fn reap(mut child: Child, dir: PodDir, rec: PidRecord, log: tokio::task::JoinHandle<()>) {
     let status = match child.wait().await {
         Ok(s) => s,
         Err(e) => {
@@ -242,6 +266,8 @@ pub async fn reap(mut child: Child, dir: PodDir, rec: PidRecord) {
         // bwrap itself was killed: its namespace would run on unsupervised. End it.
         procfs::kill(rec.init_pid.unwrap_or(0), libc::SIGKILL);
     }
+    // Every writer of the pipe was in the sandbox: the relay ends once the last of them is gone.
+    let _ = tokio::time::timeout(LOG_DRAIN, log).await;
     write_exit_record(&dir, status);
     tracing::info!(%status, "sandbox exited");
 }
@@ -252,7 +278,7 @@ pub async fn stop(dir: &PodDir, rec: PidRecord, grace: Duration) -> anyhow::Resu
     if !rec.alive() {
         return Ok(());
     }
-    let _ = std::fs::write(dir.stop_requested(), b"stop requested by the control plane\n");
+    let _ = layout::write_atomic(&dir.stop_requested(), b"stop requested by the control plane\n");
     if rec.init_alive() {
         let init = rec.init_pid.unwrap_or(0);
         // The namespace's init ignores SIGTERM (no handler); its descendants get it and init follows them out.

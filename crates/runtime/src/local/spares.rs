@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 
 use evershell_core::ids::PodId;
 
+use super::identity::{self, Identities};
 use super::layout::{self, PodDir};
 use super::sandbox;
 
@@ -109,13 +110,19 @@ impl Spares {
     }
 }
 
-/// Kill whatever sandbox runs in a spare directory and delete it.
-pub fn discard(dir: &Path) {
+/// Kill whatever sandbox runs in a spare directory and delete it, freeing its uid.
+pub fn discard(dir: &Path, ids: Option<&Identities>) {
     let pod = PodDir { root: dir.to_path_buf() };
     if let Some(rec) = sandbox::read_pid_record(&pod) {
         rec.kill();
     }
-    if let Err(e) = layout::remove_tree(dir) {
-        tracing::warn!(error = %e, path = %dir.display(), "deleting a spare pod failed");
+    let id = identity::read(dir);
+    match layout::remove_tree(dir) {
+        Ok(()) => {
+            if let (Some(ids), Some(id)) = (ids, id) {
+                ids.release(id);
+            }
+        }
+        Err(e) => tracing::warn!(error = %e, path = %dir.display(), "deleting a spare pod failed"),
     }
 }
