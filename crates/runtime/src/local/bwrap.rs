@@ -16,9 +16,9 @@ pub const AGENT_PATH: &str = "/opt/evershell/bin/evershell";
 /// The agent's socket inside the sandbox (`<pod>/run/agent.sock` outside).
 pub const AGENT_SOCKET: &str = "/run/evershell/agent.sock";
 /// The control plane's read-only directory in the pod (`layout::PodDir::ctl`).
-pub const AGENT_CTL: &str = "/run/evershell/ctl";
+pub const AGENT_CTL: &str = "/run/evershell-ctl";
 /// The agent waits (`--hold`) until this file exists; `layout::PodDir::release` is its host side.
-pub const AGENT_RELEASE: &str = "/run/evershell/ctl/release";
+pub const AGENT_RELEASE: &str = "/run/evershell-ctl/release";
 /// Written by the held agent once it runs (`layout::PodDir::held`).
 pub const AGENT_HELD: &str = "/run/evershell/held";
 const SANDBOX_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
@@ -175,6 +175,8 @@ pub fn sandbox_args(
     push_path(&mut a, "--ro-bind", &dir.ctl(), AGENT_CTL);
     push_path(&mut a, "--bind", &dir.uploads(), "/data/uploads");
     push_path(&mut a, "--ro-bind", agent_binary, AGENT_PATH);
+    // Last of the mounts: the sandbox's root itself becomes read-only (only its own mounts stay writable).
+    push(&mut a, &["--remount-ro", "/"]);
     let fd = status_fd.to_string();
     push(
         &mut a,
@@ -325,7 +327,7 @@ mod tests {
         assert!(joined.contains("--json-status-fd 7"));
         assert!(joined.ends_with(
             "agent --socket /run/evershell/agent.sock --root /workspace --pod-id pod_x --hold \
-             /run/evershell/ctl/release --held-marker /run/evershell/held"
+             /run/evershell-ctl/release --held-marker /run/evershell/held"
         ));
     }
 

@@ -33,7 +33,7 @@ impl PodDir {
     pub fn socket(&self) -> PathBuf {
         self.run().join("agent.sock")
     }
-    /// Bound read-only at `/run/evershell/ctl`: what the control plane tells the agent. Root's directory (the pod
+    /// Bound read-only at `/run/evershell-ctl`: what the control plane tells the agent. Root's directory (the pod
     /// can read it, never write it), so nothing planted by pod code can redirect a host-side write there.
     pub fn ctl(&self) -> PathBuf {
         self.root.join("ctl")
