@@ -39,6 +39,12 @@ pub struct RuntimeConfig {
     /// Sandboxes kept set up ahead of need (agent held), so creating or resuming a workspace skips the sandbox's
     /// set-up; 0 turns it off.
     pub spare_pods: usize,
+    /// When the server runs as root, each pod runs as its own host uid from `pod_uid_base + 1 ..= pod_uid_base +
+    /// pod_uid_count`; `pod_uid_base` is the group allowed to search the pods directory. Ids must be unused on the host.
+    pub pod_uid_base: u32,
+    pub pod_uid_count: u32,
+    /// Cap of each pod's `sandbox.log` (one rotated file of the same size is kept).
+    pub sandbox_log_bytes: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, Default)]
@@ -88,7 +94,16 @@ impl Default for Config {
 
 impl Default for RuntimeConfig {
     fn default() -> Self {
-        Self { kind: "local".into(), agent_binary: None, bwrap: None, pods_dir: None, spare_pods: 1 }
+        Self {
+            kind: "local".into(),
+            agent_binary: None,
+            bwrap: None,
+            pods_dir: None,
+            spare_pods: 1,
+            pod_uid_base: evershell_runtime::local::DEFAULT_POD_UID_BASE,
+            pod_uid_count: evershell_runtime::local::DEFAULT_POD_UID_COUNT,
+            sandbox_log_bytes: evershell_runtime::local::DEFAULT_SANDBOX_LOG_BYTES,
+        }
     }
 }
 

@@ -86,6 +86,9 @@ pub async fn start(cfg: Config) -> anyhow::Result<Server> {
         rcfg.bwrap = b.clone();
     }
     rcfg.spare_pods = cfg.runtime.spare_pods;
+    rcfg.pod_uid_base = cfg.runtime.pod_uid_base;
+    rcfg.pod_uid_count = cfg.runtime.pod_uid_count;
+    rcfg.sandbox_log_bytes = cfg.runtime.sandbox_log_bytes;
     let runtime = Arc::new(LocalRuntime::new(rcfg)?);
     let app_cfg = AppConfig {
         session_ttl_ms: cfg.sessions.ttl_seconds * 1000,

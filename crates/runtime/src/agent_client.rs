@@ -361,6 +361,85 @@ mod tests {
         assert_eq!(error_message(b"nope"), None);
     }
 
+    /// A fake agent: answers every connection with `head`, then `body` chunks every `every` (pod code can stand in
+    /// for the agent, so the client must survive whatever this sends).
+    fn fake_agent(dir: &std::path::Path, head: String, chunk: Vec<u8>, chunks: usize, every: Duration) -> PathBuf {
+        let path = dir.join("agent.sock");
+        let listener = tokio::net::UnixListener::bind(&path).unwrap();
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = listener.accept().await {
+                let (head, chunk) = (head.clone(), chunk.clone());
+                tokio::spawn(async move {
+                    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                    let mut buf = [0u8; 4096];
+                    let _ = s.read(&mut buf).await;
+                    let _ = s.write_all(head.as_bytes()).await;
+                    for _ in 0..chunks {
+                        if s.write_all(&chunk).await.is_err() {
+                            return;
+                        }
+                        tokio::time::sleep(every).await;
+                    }
+                });
+            }
+        });
+        path
+    }
+
+    #[tokio::test]
+    async fn an_endless_listing_is_cut_at_the_cap() {
+        let dir = tempfile::tempdir().unwrap();
+        let head = "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n\r\n".to_string();
+        // 4 GiB announced by sheer volume: the client stops at its cap instead of buffering it.
+        let chunk =
+            br#"{"entries":[{"path":"a","size":1,"is_dir":false,"mtime":0.0,"readonly":false,"mime_type":null},"#
+                .repeat(1000);
+        let sock = fake_agent(dir.path(), head, chunk, 100_000, Duration::ZERO);
+        let err = AgentClient::unix(sock).list_files().await.unwrap_err();
+        assert!(matches!(err, AgentError::Unreachable(_)), "{err}");
+        assert!(err.to_string().contains("at most"), "{err}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_dripping_download_is_abandoned() {
+        let dir = tempfile::tempdir().unwrap();
+        let entry = r#"{"path":"f","size":1000,"is_dir":false,"mtime":0.0,"readonly":false,"mime_type":null}"#;
+        let head = format!("HTTP/1.1 200 OK\r\ncontent-length: 1000\r\n{ENTRY_HEADER}: {entry}\r\n\r\n");
+        // One byte a second: never stalled for 10 s, but far slower than the 30 s the size allows.
+        let sock = fake_agent(dir.path(), head, b"x".to_vec(), 1000, Duration::from_secs(1));
+        let started = tokio::time::Instant::now();
+        let dl = AgentClient::unix(sock).download(&RelPath::parse("f").unwrap()).await.unwrap();
+        let res: Result<Vec<Bytes>, _> = dl.body.try_collect().await;
+        assert!(res.is_err(), "the drip was accepted");
+        assert!(started.elapsed() < Duration::from_secs(40), "{:?}", started.elapsed());
+    }
+
+    #[tokio::test]
+    async fn a_download_longer_than_announced_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let entry = r#"{"path":"f","size":3,"is_dir":false,"mtime":0.0,"readonly":false,"mime_type":null}"#;
+        let head = format!("HTTP/1.1 200 OK\r\n{ENTRY_HEADER}: {entry}\r\n\r\n");
+        let sock = fake_agent(dir.path(), head, b"more than three".to_vec(), 3, Duration::ZERO);
+        let dl = AgentClient::unix(sock).download(&RelPath::parse("f").unwrap()).await.unwrap();
+        let res: Result<Vec<Bytes>, _> = dl.body.try_collect().await;
+        assert!(res.unwrap_err().to_string().contains("more than the file's size"));
+    }
+
+    #[tokio::test]
+    async fn a_socket_replaced_by_a_link_is_not_followed() {
+        let dir = tempfile::tempdir().unwrap();
+        let host = dir.path().join("host");
+        std::fs::create_dir(&host).unwrap();
+        let head = "HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok".to_string();
+        let victim = fake_agent(&host, head, vec![], 0, Duration::ZERO);
+        let planted = dir.path().join("agent.sock");
+        std::os::unix::fs::symlink(&victim, &planted).unwrap();
+        let err = AgentClient::unix(planted).health().await.unwrap_err();
+        assert!(err.to_string().contains("not a socket"), "{err}");
+        // The real socket itself still works.
+        AgentClient::unix(victim).health().await.unwrap();
+    }
+
     #[tokio::test]
     async fn missing_socket_is_unreachable() {
         let dir = tempfile::tempdir().unwrap();

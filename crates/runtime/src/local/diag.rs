@@ -8,6 +8,8 @@ use super::procfs::signal_name;
 use super::sandbox::{self, ExitRecord};
 
 const TAIL_LINES: usize = 20;
+/// The heading of the log tail: what follows was printed inside the pod, so it is the pod's word, not ours.
+pub const POD_WORDS: &str = "last lines of sandbox.log (printed inside the pod, not verified by evershell)";
 const MAX_BYTES: usize = 2048;
 
 /// Exit status and the last log lines, or `None` when there is nothing to say.
@@ -17,8 +19,8 @@ pub fn describe(dir: &PodDir) -> Option<String> {
     let mut out = match (status, tail.is_empty()) {
         (None, true) => return None,
         (Some(s), true) => s,
-        (None, false) => format!("exit status unknown; last log lines:\n{tail}"),
-        (Some(s), false) => format!("{s}; last log lines:\n{tail}"),
+        (None, false) => format!("exit status unknown; {POD_WORDS}:\n{tail}"),
+        (Some(s), false) => format!("{s}; {POD_WORDS}:\n{tail}"),
     };
     if out.len() > MAX_BYTES {
         let mut cut = out.len() - MAX_BYTES;
@@ -58,7 +60,9 @@ fn describe_code(code: i32) -> String {
 }
 
 fn log_tail(dir: &PodDir) -> String {
-    let Ok(mut f) = std::fs::File::open(dir.log()) else { return String::new() };
+    use std::os::unix::fs::OpenOptionsExt;
+    let opened = std::fs::OpenOptions::new().read(true).custom_flags(libc::O_NOFOLLOW).open(dir.log());
+    let Ok(mut f) = opened else { return String::new() };
     let len = f.metadata().map(|m| m.len()).unwrap_or(0);
     let start = len.saturating_sub(8 * 1024);
     if f.seek(SeekFrom::Start(start)).is_err() {
@@ -66,7 +70,9 @@ fn log_tail(dir: &PodDir) -> String {
     }
     let mut buf = Vec::new();
     let _ = f.read_to_end(&mut buf);
-    let text = String::from_utf8_lossy(&buf);
+    // No terminal escapes or other control characters from the pod reach an operator's screen.
+    let text: String =
+        String::from_utf8_lossy(&buf).chars().filter(|c| *c == '\n' || *c == '\t' || !c.is_control()).collect();
     let lines: Vec<&str> = text.lines().map(str::trim_end).filter(|l| !l.is_empty()).collect();
     lines[lines.len().saturating_sub(TAIL_LINES)..].join("\n")
 }
@@ -87,6 +93,9 @@ mod tests {
         let d = describe(&dir).unwrap();
         assert!(d.starts_with("sandbox exited with status 137: the agent was killed by signal 9 (SIGKILL)"), "{d}");
         assert!(d.ends_with("line 49") && d.contains("line 30") && !d.contains("line 29\n"), "{d}");
+        assert!(d.contains(POD_WORDS), "the log tail is marked as the pod's words: {d}");
+        std::fs::write(dir.log(), "evil \x1b[2J\x07 text\n").unwrap();
+        assert!(describe(&dir).unwrap().ends_with("evil [2J text"), "control characters are dropped");
         let rec = ExitRecord { code: None, signal: Some(9), at_ms: 0 };
         std::fs::write(dir.exit_status(), serde_json::to_vec(&rec).unwrap()).unwrap();
         assert!(describe(&dir).unwrap().starts_with("sandbox was killed by signal 9 (SIGKILL)"));
