@@ -132,9 +132,17 @@ mod tests {
         assert!(r.timed_out);
         assert_eq!(r.signal, Some(libc::SIGKILL));
         let child: i32 = std::fs::read_to_string(&marker).unwrap().trim().parse().unwrap();
-        // The background sleep was in the group: it is gone (or a zombie about to be reaped by init).
-        let state = std::fs::read_to_string(format!("/proc/{child}/stat")).unwrap_or_default();
-        assert!(state.is_empty() || state.contains(") Z"), "{state}");
+        // The background sleep was in the group and got SIGKILL: it dies (gone, or a zombie waiting for its reaper)
+        // as soon as the signal is delivered.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let state = std::fs::read_to_string(format!("/proc/{child}/stat")).unwrap_or_default();
+            if state.is_empty() || state.contains(") Z") {
+                break;
+            }
+            assert!(Instant::now() < deadline, "the group's background child survived: {state}");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
     }
 
     #[tokio::test]

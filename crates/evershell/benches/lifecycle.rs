@@ -88,7 +88,8 @@ fn latest_archive(s: &Server, ws: &Value) -> PathBuf {
 }
 
 /// The runtime's own bwrap command line, read from a running sandbox: the pod directory it names, and its arguments
-/// with the agent replaced by `true` (and the status fd, which belongs to the server, dropped).
+/// with the agent replaced by `true` (the status fd, which belongs to the server, dropped; the seccomp descriptors
+/// replaced by the floor's own copies of the same programs when it runs).
 struct SandboxArgs {
     pod_dir: String,
     args: Vec<String>,
@@ -112,6 +113,10 @@ fn sandbox_args(pod_dir_path: &Path) -> SandboxArgs {
     while let Some(a) = it.next() {
         if a == "--json-status-fd" {
             it.next();
+        } else if a == "--add-seccomp-fd" {
+            it.next();
+            args.push(a);
+            args.push(SECCOMP_FD.into());
         } else {
             args.push(a);
         }
@@ -125,9 +130,12 @@ fn sandbox_args(pod_dir_path: &Path) -> SandboxArgs {
 
 /// The floor of a resume: extract the archive into a fresh pod-like directory, then start and finish a bubblewrap
 /// sandbox over it — with the runtime's own isolation flags (`Some`), or a minimal `bwrap --unshare-all … true`.
+/// Placeholder for the seccomp descriptors in replayed arguments.
+const SECCOMP_FD: &str = "{seccomp}";
+
 fn floor(archive: &Path, scratch: &Path, runtime_args: Option<&SandboxArgs>) -> f64 {
     let dir = scratch.join(format!("floor-{}", rand_suffix()));
-    for d in ["workspace", "run", "uploads", "etc"] {
+    for d in ["workspace", "run", "uploads", "etc", "ctl"] {
         std::fs::create_dir_all(dir.join(d)).unwrap();
     }
     for f in ["passwd", "group", "hosts", "hostname"] {
@@ -138,10 +146,32 @@ fn floor(archive: &Path, scratch: &Path, runtime_args: Option<&SandboxArgs>) -> 
     let st = Command::new("tar").arg("-I").arg("zstd").arg("-xf").arg(archive).arg("-C").arg(&dest).status().unwrap();
     assert!(st.success());
     let mut bwrap = Command::new("bwrap");
+    // The same seccomp programs, one fresh pair of descriptors per run (bwrap reads them to the end).
+    let programs = evershell_runtime::local::seccomp_memfds().unwrap();
+    let mut fds = programs.iter().map(|f| std::os::fd::AsRawFd::as_raw_fd(f).to_string());
     match runtime_args {
         Some(a) => {
             let here = dir.display().to_string();
-            bwrap.args(a.args.iter().map(|x| x.replace(&a.pod_dir, &here)));
+            for x in &a.args {
+                if x == SECCOMP_FD {
+                    bwrap.arg(fds.next().expect("two seccomp programs"));
+                } else {
+                    bwrap.arg(x.replace(&a.pod_dir, &here));
+                }
+            }
+            // Let bwrap inherit them (memfds are close-on-exec).
+            let raw: Vec<i32> = programs.iter().map(std::os::fd::AsRawFd::as_raw_fd).collect();
+            unsafe {
+                use std::os::unix::process::CommandExt;
+                bwrap.pre_exec(move || {
+                    for &fd in &raw {
+                        if libc::fcntl(fd, libc::F_SETFD, 0) == -1 {
+                            return Err(std::io::Error::last_os_error());
+                        }
+                    }
+                    Ok(())
+                });
+            }
         }
         None => {
             bwrap

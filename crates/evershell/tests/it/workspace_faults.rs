@@ -117,9 +117,16 @@ async fn a_corrupt_snapshot_fails_the_resume_and_is_kept() {
     assert_eq!(std::fs::read(&archive).unwrap(), bytes);
     let a = ts.get(&format!("/v1/workspaces/{ws}/audit?filter=event_type=snapshot_failed,workspace_failed")).await;
     assert_eq!(a.ok()["events"].as_array().unwrap().len(), 2);
-    // No pod is left behind for the failed restore.
-    let rec = ts.app.store.get_workspace_by_id(ws.parse().unwrap()).await.unwrap().unwrap();
-    assert!(rec.pod_id.is_none(), "the partial pod was released");
+    // No pod is left behind for the failed restore: the reconciler releases it right after writing `failed`.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let rec = ts.app.store.get_workspace_by_id(ws.parse().unwrap()).await.unwrap().unwrap();
+        if rec.pod_id.is_none() {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "the partial pod was never released");
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
     ts.stop().await;
 }
 

@@ -37,6 +37,13 @@ pub use logpipe::DEFAULT_CAP as DEFAULT_SANDBOX_LOG_BYTES;
 pub use sandbox::kill_all_under as kill_all_sandboxes;
 pub use seccomp::denied_names as seccomp_denied_syscalls;
 
+/// The pods' seccomp programs as two fresh memfds (deny list, guard), for benchmarks that replay a sandbox's
+/// command line with `--add-seccomp-fd`.
+pub fn seccomp_memfds() -> anyhow::Result<[std::os::fd::OwnedFd; 2]> {
+    let p = seccomp::build()?;
+    Ok([seccomp::memfd("evershell-seccomp", &p.deny)?, seccomp::memfd("evershell-seccomp-guard", &p.guard)?])
+}
+
 /// How long `start` watches a new sandbox for an immediate failure before leaving the rest to `observe`.
 const START_SETTLE: Duration = Duration::from_secs(1);
 /// How long a spare pod's agent may take to come up (held) before the spare is thrown away.
