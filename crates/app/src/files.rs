@@ -121,6 +121,40 @@ impl App {
         Ok(entry)
     }
 
+    /// Run a command in the live sandbox, as the sandbox user in `/workspace` (see `evershell_core::exec`).
+    pub async fn sandbox_exec(
+        &self,
+        caller: &Caller,
+        id: &str,
+        req: evershell_core::exec::ExecRequest,
+    ) -> Result<evershell_core::exec::ExecResult> {
+        let ws = self.load_workspace(caller, id).await?;
+        caller.check_owner(Scope::WorkspaceWrite, ws.created_by_user_id, ErrorCode::PermissionDenied)?;
+        self.ensure_billing(caller).await?;
+        if let Err(why) = req.validate() {
+            let (field, msg) = why.split_once(": ").unwrap_or(("argv", why.as_str()));
+            return Err(Error::invalid_field(field, msg));
+        }
+        let agent = self.live_agent(&ws).await?;
+        let program = req.argv[0].clone();
+        let result = agent.exec(&req).await.map_err(|e| match e {
+            AgentError::NotFound(_) => Error::invalid_field("argv", format!("no program `{program}` in the sandbox")),
+            AgentError::Rejected(msg) => Error::invalid_field("argv", msg),
+            AgentError::Unreachable(cause) => Error::agent_unreachable(cause),
+        })?;
+        // The program, never its arguments or environment (they may carry secrets typed by a person).
+        let audit = caller.audit(EventType::WorkspaceExec).workspace(ws.id).details(serde_json::json!({
+            "program": program,
+            "args": req.argv.len() - 1,
+            "exit_code": result.exit_code,
+            "signal": result.signal,
+            "timed_out": result.timed_out,
+            "duration_ms": result.duration_ms,
+        }));
+        self.store.append_audit(&[audit]).await?;
+        Ok(result)
+    }
+
     /// The keys of the workspace's latest verified snapshot, or 404 `snapshot_not_found`.
     async fn snapshot_keys(&self, ws: &WorkspaceRecord) -> Result<SnapshotKeys> {
         let none =

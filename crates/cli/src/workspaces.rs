@@ -79,6 +79,26 @@ pub enum WorkspaceCommand {
     /// Live files (or, with --snapshot, the latest snapshot's).
     #[command(subcommand)]
     Files(FilesCommand),
+    /// Run a command in the running workspace as the sandbox user, in /workspace: `exec WS -- CMD ARGS…`. Prints
+    /// its stdout and stderr and exits with its exit code (128 + signal when killed, 124 on timeout).
+    Exec {
+        id: String,
+        /// Deadline in milliseconds (default 30000, at most 600000); the whole process group is killed then.
+        #[arg(long)]
+        timeout_ms: Option<u64>,
+        /// Extra environment variable (repeatable).
+        #[arg(long = "env", value_name = "NAME=VALUE")]
+        env: Vec<String>,
+        /// Send this process's standard input to the command.
+        #[arg(long)]
+        stdin: bool,
+        /// Print the whole result as JSON instead.
+        #[arg(long)]
+        json: bool,
+        /// The program and its arguments.
+        #[arg(last = true, required = true)]
+        argv: Vec<String>,
+    },
 }
 
 #[derive(Debug, Clone, Args)]
@@ -228,6 +248,43 @@ pub async fn run(conn: &Connection, cmd: WorkspaceCommand) -> anyhow::Result<()>
             lifecycle(&c, &id, "unarchive", "", &Opts { wait: false, timeout_ms: 0, json }).await
         }
         WorkspaceCommand::Files(f) => files(&c, f).await,
+        WorkspaceCommand::Exec { id, timeout_ms, env, stdin, json, argv } => {
+            let mut vars = serde_json::Map::new();
+            for kv in env {
+                let (k, v) = kv.split_once('=').ok_or_else(|| anyhow::anyhow!("--env wants NAME=VALUE, got `{kv}`"))?;
+                vars.insert(k.to_string(), Value::String(v.to_string()));
+            }
+            let mut body = json!({ "argv": argv, "env": vars });
+            if let Some(t) = timeout_ms {
+                body["timeout_ms"] = json!(t);
+            }
+            if stdin {
+                let mut text = String::new();
+                std::io::Read::read_to_string(&mut std::io::stdin(), &mut text)?;
+                body["stdin"] = json!(text);
+            }
+            let v: Value =
+                c.json(Method::POST, &format!("/v1/workspaces/{}/sandbox/exec", encode_path(&id)), Some(body)).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&v)?);
+                return Ok(());
+            }
+            use std::io::Write;
+            std::io::stdout().write_all(v["stdout"].as_str().unwrap_or_default().as_bytes())?;
+            std::io::stderr().write_all(v["stderr"].as_str().unwrap_or_default().as_bytes())?;
+            if v["truncated"].as_bool() == Some(true) {
+                eprintln!("evershell: output was truncated at 1 MiB per stream");
+            }
+            let code = if v["timed_out"].as_bool() == Some(true) {
+                124
+            } else if let Some(code) = v["exit_code"].as_i64() {
+                code as i32
+            } else {
+                128 + v["signal"].as_i64().unwrap_or(0) as i32
+            };
+            std::io::stdout().flush()?;
+            std::process::exit(code)
+        }
     }
 }
 

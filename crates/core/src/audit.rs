@@ -65,6 +65,8 @@ event_types! {
     WorkspaceArchived = "workspace_archived" => Audit,
     WorkspaceUnarchived = "workspace_unarchived" => Audit,
     WorkspaceFileWritten = "workspace_file_written" => Audit,
+    /// A command run in the live sandbox (`sandbox/exec`): program, argument count, exit code, duration.
+    WorkspaceExec = "workspace_exec" => Audit,
     /// provisioning → idle.
     WorkspaceReady = "workspace_ready" => Activity,
     /// stopping → stopped.

@@ -74,7 +74,7 @@ enum Command {
         #[arg(long)]
         api_key: Option<String>,
     },
-    /// Workspaces: create, list, get, stop, resume, restart, archive, unarchive, files.
+    /// Workspaces: create, list, get, stop, resume, restart, archive, unarchive, files, exec.
     #[command(alias = "ws")]
     Workspaces {
         #[command(flatten)]

@@ -21,6 +21,7 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(sandbox_list))
         .routes(routes!(sandbox_read, sandbox_put))
         .routes(routes!(sandbox_download))
+        .routes(routes!(sandbox_exec))
         .routes(routes!(snapshot_list))
         .routes(routes!(snapshot_read))
         .routes(routes!(snapshot_download))
@@ -59,6 +60,29 @@ pub async fn sandbox_list(
     Path(id): Path<String>,
 ) -> ApiResult<axum::Json<FileList>> {
     Ok(axum::Json(s.app.sandbox_list(&c, &id).await?))
+}
+
+/// Run a command in the live sandbox as the sandbox user, in `/workspace`, under the pod's own policy: its own
+/// process group, stdin from `stdin` (else `/dev/null`), stdout and stderr capped at 1 MiB each (`truncated`), the
+/// whole group killed at `timeout_ms` (default 30000, at most 600000). Returns once the command exits (a background
+/// child it leaves keeps running). Audited as `workspace_exec` (program and exit code, never the arguments).
+#[utoipa::path(post, path = "/v1/workspaces/{id}/sandbox/exec", tag = "files",
+    security(("bearer" = ["workspace:write"]), ("bearer" = ["workspace:write:own"])),
+    params(("id" = String, Path, description = "Workspace id (`ws_…`)")),
+    request_body = evershell_core::exec::ExecRequest,
+    responses((status = 200, body = evershell_core::exec::ExecResult),
+        (status = 400, description = "Invalid request, or no such program in the sandbox", body = ErrorBody),
+        (status = 404, body = ErrorBody),
+        (status = 409, description = "`workspace_stopped`, `workspace_failed`, `workspace_provisioning`", body = ErrorBody),
+        (status = 423, body = ErrorBody),
+        (status = 502, description = "`agent_unreachable`", body = ErrorBody)))]
+pub async fn sandbox_exec(
+    State(s): State<AppState>,
+    Auth(c): Auth,
+    Path(id): Path<String>,
+    crate::extract::Json(req): crate::extract::Json<evershell_core::exec::ExecRequest>,
+) -> ApiResult<axum::Json<evershell_core::exec::ExecResult>> {
+    Ok(axum::Json(s.app.sandbox_exec(&c, &id, req).await?))
 }
 
 /// Read one live file as JSON: UTF-8 `content` (or `null` for binary), cut at `max_bytes` (default 524288).

@@ -140,6 +140,7 @@ async fn every_route_enforces_authentication_scopes_and_tenancy() {
         let body = match (r.method.as_str(), r.path.as_str()) {
             ("POST", "/v1/orgs/{id}/memberships") => Some(json!({"email": "walk@acme.example", "role": "member"})),
             ("PATCH", "/v1/orgs/{id}/memberships/{user_id}") => Some(json!({"role": "member"})),
+            ("POST", "/v1/workspaces/{id}/sandbox/exec") => Some(json!({"argv": ["true"]})),
             ("POST" | "PATCH", _) => Some(json!({})),
             _ => None,
         };

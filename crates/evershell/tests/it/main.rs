@@ -9,6 +9,7 @@ mod api_identity;
 mod authz_walk;
 mod cli;
 mod crash;
+mod exec;
 mod openapi_drift;
 mod workspace_faults;
 mod workspaces;

@@ -104,7 +104,7 @@ fn target() -> anyhow::Result<TargetArch> {
 
 /// Build both programs for this machine's architecture.
 pub fn build() -> anyhow::Result<Programs> {
-    let mut rules: BTreeMap<i64, Vec<SeccompRule>> = DENIED.iter().map(|&(_, nr)| (nr as i64, vec![])).collect();
+    let mut rules: BTreeMap<i64, Vec<SeccompRule>> = DENIED.iter().map(|&(_, nr)| (nr, vec![])).collect();
     // clone(flags, …) and unshare(flags): any namespace bit set → EPERM. Rules of one syscall are alternatives.
     let ns_rules = || -> anyhow::Result<Vec<SeccompRule>> {
         NAMESPACE_FLAGS
@@ -116,8 +116,8 @@ pub fn build() -> anyhow::Result<Programs> {
             })
             .collect()
     };
-    rules.insert(libc::SYS_clone as i64, ns_rules()?);
-    rules.insert(libc::SYS_unshare as i64, ns_rules()?);
+    rules.insert(libc::SYS_clone, ns_rules()?);
+    rules.insert(libc::SYS_unshare, ns_rules()?);
     let filter = SeccompFilter::new(rules, SeccompAction::Allow, SeccompAction::Errno(libc::EPERM as u32), target()?)?;
     let deny: BpfProgram = filter.try_into().context("compiling the seccomp filter")?;
     Ok(Programs { deny: serialise(&deny), guard: serialise(&guard()) })
