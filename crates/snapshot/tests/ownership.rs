@@ -57,3 +57,19 @@ async fn restore_sets_the_owner_of_every_entry_without_following_links() {
         assert!(owners(plain.path()).iter().all(|(_, uid, gid)| (*uid, *gid) == (0, 0)), "{name}");
     }
 }
+
+#[tokio::test]
+async fn parents_an_archive_leaves_implicit_are_owned_too() {
+    let h = memory();
+    let mut tar = tar::Builder::new(Vec::new());
+    raw_entry(&mut tar, "a/b/c.txt", tar::EntryType::Regular, "", b"hi");
+    raw_entry(&mut tar, "a/b/l", tar::EntryType::Symlink, "c.txt", b"");
+    let keys = store_crafted(&h, tar, 2).await;
+    let dest = tempfile::tempdir().unwrap();
+    let opts = RestoreOptions { owner: Some((4242, 4343)), ..RestoreOptions::default() };
+    h.snaps.restore_with(&keys, dest.path(), &opts).await.unwrap();
+    let all = owners(dest.path());
+    let paths: Vec<_> = all.iter().skip(1).map(|(p, _, _)| p.to_string_lossy().into_owned()).collect();
+    assert_eq!(paths, ["a", "a/b", "a/b/c.txt", "a/b/l"]);
+    assert!(all.iter().all(|(_, uid, gid)| (*uid, *gid) == (4242, 4343)), "{all:?}");
+}
