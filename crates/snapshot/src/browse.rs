@@ -15,6 +15,7 @@ use crate::bridge::{
     CHANNEL_DEPTH, CancelOnDrop, Cancelled, SourceHealth, SourceReader, open_object, receiver_stream, run_cancellable,
 };
 use crate::restore::classify;
+use crate::sparse::{FileBody, file_body};
 use crate::store::{ByteStream, FileRead};
 use crate::tarmeta::{corrupt, entry_path, file_entry, is_regular};
 use crate::{SnapshotError, SnapshotKeys};
@@ -63,7 +64,7 @@ fn with_file<T>(
     archive: &mut TarStream,
     rel: &str,
     cancelled: &Cancelled,
-    f: impl FnOnce(FileEntry, &mut tar::Entry<'_, BufReaderDecoder>) -> Result<T, SnapshotError>,
+    f: impl FnOnce(FileEntry, &mut FileBody<'_, tar::Entry<'_, BufReaderDecoder>>) -> Result<T, SnapshotError>,
 ) -> Result<T, SnapshotError> {
     let not_found = || SnapshotError::FileNotFound(rel.to_string());
     for entry in archive.entries().map_err(|e| corrupt("reading the archive", e))? {
@@ -76,7 +77,7 @@ fn with_file<T>(
             return Err(not_found());
         }
         let found = file_entry(&mut entry)?.ok_or_else(not_found)?;
-        return f(found, &mut entry);
+        return f(found, &mut file_body(&mut entry, rel)?);
     }
     Err(not_found())
 }

@@ -8,6 +8,9 @@
 //! Then the archive is read back from the store and its size and fingerprint compared with what was uploaded;
 //! only then is the manifest written. Any failure removes what was written, so a manifest never vouches for a bad
 //! archive.
+//!
+//! With a content cap (`CaptureOptions::max_content_bytes`), a workspace whose files' apparent sizes add up to more
+//! fails with `TooLarge` as soon as packing passes the cap; its full size is then measured for the error message.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -22,9 +25,9 @@ use tokio::sync::mpsc;
 
 use crate::bridge::{CHANNEL_DEPTH, ChunkSender, open_object, run_blocking};
 use crate::hashing::{Digest, Fingerprint, drain};
-use crate::pack::{PackStats, pack};
+use crate::pack::{PackStats, content_size, pack};
 use crate::writeback::EarlyWriteback;
-use crate::{FORMAT_VERSION, Manifest, SnapshotError, SnapshotKeys};
+use crate::{CaptureOptions, FORMAT_VERSION, Manifest, SnapshotError, SnapshotKeys};
 
 /// Multipart part size (S3 needs ≥ 5 MiB for all but the last part).
 const PART_SIZE: usize = 8 << 20;
@@ -57,13 +60,14 @@ pub(crate) async fn capture(
     src: &Path,
     keys: &SnapshotKeys,
     (org_id, workspace_id, snapshot_id): (OrgId, WorkspaceId, SnapshotId),
+    opts: &CaptureOptions,
 ) -> Result<Manifest, SnapshotError> {
     // A manifest vouches for whatever archive sits at its key: drop any old one before that archive is replaced.
     delete_object(store, &keys.manifest).await?;
     let result = async {
         let begun = std::time::Instant::now();
         let early = local_root.and_then(|root| EarlyWriteback::new(&root.join(keys.archive.as_ref())));
-        let up = upload_archive(store, src, keys, early).await?;
+        let up = upload_archive(store, src, keys, early, opts.max_content_bytes).await?;
         let uploaded = begun.elapsed();
         check_read_back(store, keys, &up).await?;
         tracing::debug!(
@@ -81,6 +85,7 @@ pub(crate) async fn capture(
             archive_bytes: up.bytes,
             file_count: up.stats.entries,
             content_bytes: up.stats.content_bytes,
+            data_bytes: up.stats.data_bytes,
             created_at: Timestamp::now(),
         };
         let json = serde_json::to_vec_pretty(&manifest).map_err(|e| store_io(e, "encoding the manifest"))?;
@@ -88,10 +93,21 @@ pub(crate) async fn capture(
         Ok(manifest)
     }
     .await;
-    if result.is_err() {
-        cleanup(store, keys).await;
+    match result {
+        Ok(manifest) => Ok(manifest),
+        Err(err) => {
+            cleanup(store, keys).await;
+            Err(measured(err, src).await)
+        }
     }
-    result
+}
+
+/// A `TooLarge` from the packer counts only what it saw before stopping: report the workspace's whole size.
+async fn measured(err: SnapshotError, src: &Path) -> SnapshotError {
+    let SnapshotError::TooLarge { limit, found } = err else { return err };
+    let root = src.to_path_buf();
+    let total = tokio::task::spawn_blocking(move || content_size(&root)).await.unwrap_or(found);
+    SnapshotError::TooLarge { limit, found: total.max(found) }
 }
 
 /// Best-effort removal of a failed capture's objects.
@@ -132,12 +148,13 @@ async fn upload_archive(
     src: &Path,
     keys: &SnapshotKeys,
     mut early: Option<EarlyWriteback>,
+    limit: Option<u64>,
 ) -> Result<Uploaded, SnapshotError> {
     let (packed_tx, mut packed_rx) = mpsc::channel::<Bytes>(CHANNEL_DEPTH);
     let (hashed_tx, mut hashed_rx) = mpsc::channel::<Bytes>(CHANNEL_DEPTH);
     let src = src.to_path_buf();
     let packer = tokio::task::spawn_blocking(move || -> Result<PackStats, SnapshotError> {
-        let (stats, sender) = pack(&src, ChunkSender::new(packed_tx))?;
+        let (stats, sender) = pack(&src, ChunkSender::new(packed_tx), limit)?;
         sender.finish().map_err(|e| store_io(e, "writing the archive"))?;
         Ok(stats)
     });

@@ -3,18 +3,24 @@
 //! symlinks whose target is absolute or escapes the root (lexically at once, then resolved through the restored tree
 //! at the end), and hardlinks to anything but a regular file inside the root. Files are created with `O_EXCL`, so
 //! nothing is ever written through a link. Keeps modes (without setuid/setgid), symlinks, empty directories and
-//! mtimes; directory modes and mtimes are applied last, deepest first. Ownership is not restored.
+//! mtimes; directory modes and mtimes are applied last, deepest first. Sparse entries are written segment by segment
+//! at their offsets and then given their real length, so holes stay holes. The archive's owners are not restored;
+//! with an `owner`, every entry extracted (the root too) is given that uid/gid as it is created: `fchown` on the
+//! file or directory descriptor (directories opened `O_NOFOLLOW`), `lchown` for symlinks. The content and data
+//! bytes the manifest announced are a budget: an entry that would pass either is `Corrupt`, refused before it is
+//! written, so a manifest cannot understate what a restore writes.
 
 use std::ffi::OsStr;
-use std::fs::{self, OpenOptions, Permissions};
-use std::io::{self, Read, Write};
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::fs::{self, File, OpenOptions, Permissions};
+use std::io::{self, Read};
+use std::os::unix::fs::{FileExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use filetime::FileTime;
 
 use crate::SnapshotError;
 use crate::confine::{self, join};
+use crate::sparse::{read_map, sparse_size};
 use crate::tarmeta::{corrupt, entry_mode, entry_mtime, is_regular};
 
 const COPY_BUF: usize = 256 * 1024;
@@ -25,8 +31,20 @@ fn io_err(err: io::Error, what: impl std::fmt::Display) -> SnapshotError {
     SnapshotError::Io(anyhow::Error::new(err).context(what.to_string()))
 }
 
+/// What the manifest announced: an extraction never writes more.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Budget {
+    /// Apparent bytes of regular files.
+    pub content_bytes: u64,
+    /// Bytes of file data written (holes not counted).
+    pub data_bytes: u64,
+}
+
 pub(crate) struct Extractor {
     root: PathBuf,
+    owner: Option<(u32, u32)>,
+    /// What is left of the budget.
+    left: Budget,
     /// Directories to finish: (path, mode, mtime).
     dirs: Vec<(PathBuf, u32, FileTime)>,
     /// Symlinks to resolve once the whole tree exists (relative paths).
@@ -39,13 +57,16 @@ pub(crate) struct Extractor {
 }
 
 impl Extractor {
-    pub(crate) fn new(root: &Path) -> Result<Self, SnapshotError> {
+    pub(crate) fn new(root: &Path, owner: Option<(u32, u32)>, budget: Budget) -> Result<Self, SnapshotError> {
         let meta = fs::symlink_metadata(root).map_err(|e| io_err(e, format!("restore root `{}`", root.display())))?;
         if !meta.is_dir() {
             return Err(SnapshotError::Io(anyhow::anyhow!("restore root `{}` is not a directory", root.display())));
         }
+        chown_dir(root, owner)?;
         Ok(Self {
             root: root.to_path_buf(),
+            owner,
+            left: budget,
             dirs: Vec::new(),
             links: Vec::new(),
             checked_parent: None,
@@ -116,6 +137,7 @@ impl Extractor {
                 }
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {
                     fs::create_dir(&cur).map_err(|e| io_err(e, format!("creating `{}`", cur.display())))?;
+                    chown_dir(&cur, self.owner)?;
                 }
                 Err(e) => return Err(io_err(e, format!("checking `{}`", cur.display()))),
             }
@@ -147,29 +169,80 @@ impl Extractor {
         mode: u32,
         mtime: FileTime,
     ) -> Result<(), SnapshotError> {
+        let stored = entry.size();
+        let (real, map) = match sparse_size(entry)? {
+            Some(real) => (real, Some(read_map(entry, stored, real, &rel.to_string_lossy())?)),
+            None => (stored, None),
+        };
+        let data = map.as_ref().map_or(stored, |m| m.data_bytes);
+        self.charge(rel, real, data)?;
         self.clear(rel, dest)?;
         let write_err = |e| io_err(e, format!("writing `{}`", dest.display()));
-        let mut file = OpenOptions::new().write(true).create_new(true).mode(0o600).open(dest).map_err(write_err)?;
-        let expected = entry.size();
-        let mut written = 0u64;
-        loop {
-            let n = match entry.read(&mut self.buf) {
-                Ok(0) => break,
+        let file = OpenOptions::new().write(true).create_new(true).mode(0o600).open(dest).map_err(write_err)?;
+        if let Some((uid, gid)) = self.owner {
+            std::os::unix::fs::fchown(&file, Some(uid), Some(gid)).map_err(write_err)?;
+        }
+        match map {
+            None => self.copy(entry, &file, 0, stored, rel, dest)?,
+            Some(map) => {
+                for seg in &map.segments {
+                    self.copy(entry, &file, seg.offset, seg.len, rel, dest)?;
+                }
+                file.set_len(real).map_err(write_err)?;
+            }
+        }
+        file.set_permissions(Permissions::from_mode(mode)).map_err(write_err)?;
+        filetime::set_file_handle_times(&file, None, Some(mtime)).map_err(write_err)?;
+        Ok(())
+    }
+
+    /// Take a file's apparent and data bytes from the budget, or refuse it before anything is written.
+    fn charge(&mut self, rel: &Path, content: u64, data: u64) -> Result<(), SnapshotError> {
+        let over = |what: &str, left: u64, want: u64| {
+            SnapshotError::Corrupt(format!(
+                "the archive holds more {what} than its manifest says: `{}` needs {want} bytes, {left} are left",
+                rel.display()
+            ))
+        };
+        if content > self.left.content_bytes {
+            return Err(over("file content", self.left.content_bytes, content));
+        }
+        if data > self.left.data_bytes {
+            return Err(over("file data", self.left.data_bytes, data));
+        }
+        self.left.content_bytes -= content;
+        self.left.data_bytes -= data;
+        Ok(())
+    }
+
+    /// Copy the next `len` bytes of the entry to `file` at `offset`.
+    fn copy<R: Read>(
+        &mut self,
+        entry: &mut tar::Entry<'_, R>,
+        file: &File,
+        offset: u64,
+        len: u64,
+        rel: &Path,
+        dest: &Path,
+    ) -> Result<(), SnapshotError> {
+        let mut done = 0u64;
+        while done < len {
+            let want = self.buf.len().min(usize::try_from(len - done).unwrap_or(usize::MAX));
+            let n = match entry.read(&mut self.buf[..want]) {
+                Ok(0) => {
+                    return Err(SnapshotError::Corrupt(format!(
+                        "`{}` is cut short in the archive ({done} of {len} bytes at offset {offset})",
+                        rel.display()
+                    )));
+                }
                 Ok(n) => n,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => return Err(corrupt(&format!("reading `{}` from the archive", rel.display()), e)),
             };
-            file.write_all(&self.buf[..n]).map_err(write_err)?;
-            written += n as u64;
+            file.write_all_at(&self.buf[..n], offset + done)
+                .map_err(|e| io_err(e, format!("writing `{}`", dest.display())))?;
+            done += n as u64;
         }
-        if written != expected {
-            return Err(SnapshotError::Corrupt(format!(
-                "`{}` is cut short in the archive ({written} of {expected} bytes)",
-                rel.display()
-            )));
-        }
-        file.set_permissions(Permissions::from_mode(mode)).map_err(write_err)?;
-        filetime::set_file_handle_times(&file, None, Some(mtime)).map_err(write_err)?;
         Ok(())
     }
 
@@ -179,9 +252,11 @@ impl Extractor {
             Ok(_) => {
                 fs::remove_file(&dest).map_err(|e| io_err(e, format!("replacing `{}`", dest.display())))?;
                 fs::create_dir(&dest).map_err(|e| io_err(e, format!("creating `{}`", dest.display())))?;
+                chown_dir(&dest, self.owner)?;
             }
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
                 fs::create_dir(&dest).map_err(|e| io_err(e, format!("creating `{}`", dest.display())))?;
+                chown_dir(&dest, self.owner)?;
             }
             Err(e) => return Err(io_err(e, format!("checking `{}`", rel.display()))),
         }
@@ -205,6 +280,11 @@ impl Extractor {
         confine::check_link_lexical(comps, &target).map_err(SnapshotError::Unsafe)?;
         self.clear(&rel, dest)?;
         std::os::unix::fs::symlink(&target, dest).map_err(|e| io_err(e, format!("creating `{}`", dest.display())))?;
+        if let Some((uid, gid)) = self.owner {
+            // lchown: the link itself, never what it points at.
+            std::os::unix::fs::lchown(dest, Some(uid), Some(gid))
+                .map_err(|e| io_err(e, format!("setting the owner of `{}`", dest.display())))?;
+        }
         filetime::set_symlink_file_times(dest, mtime, mtime)
             .map_err(|e| io_err(e, format!("setting times of `{}`", dest.display())))?;
         self.links.push(rel);
@@ -257,4 +337,16 @@ impl Extractor {
         }
         Ok(())
     }
+}
+
+/// Give the directory at `path` the owner, through a descriptor opened without following a link.
+fn chown_dir(path: &Path, owner: Option<(u32, u32)>) -> Result<(), SnapshotError> {
+    let Some((uid, gid)) = owner else { return Ok(()) };
+    let err = |e| io_err(e, format!("setting the owner of `{}`", path.display()));
+    let dir = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(path)
+        .map_err(err)?;
+    std::os::unix::fs::fchown(&dir, Some(uid), Some(gid)).map_err(err)
 }

@@ -5,7 +5,12 @@ use evershell_core::ids::{OrgId, SnapshotId, WorkspaceId};
 use serde::{Deserialize, Serialize};
 
 /// Current archive format: a tar stream (GNU/PAX headers) compressed as one zstd stream with frame checksums.
-pub const FORMAT_VERSION: u32 = 1;
+/// - 1: every regular file stored whole.
+/// - 2: files with holes stored as GNU sparse 1.0 entries (data segments only; see `sparse`); the manifest gains
+///   `data_bytes`. Every older format is still read ([`OLDEST_FORMAT_VERSION`]).
+pub const FORMAT_VERSION: u32 = 2;
+/// The oldest format this build restores.
+pub const OLDEST_FORMAT_VERSION: u32 = 1;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Manifest {
@@ -19,7 +24,10 @@ pub struct Manifest {
     pub archive_bytes: u64,
     /// Entries in the archive: files, directories and symlinks (the root itself not counted).
     pub file_count: u64,
-    /// Sum of regular-file sizes before compression.
+    /// Sum of regular-file sizes before compression: apparent sizes, holes included.
     pub content_bytes: u64,
+    /// Regular-file data stored in the archive, holes left out: the bytes a restore writes to disk. Format 1
+    /// manifests have no such field; reading one sets it to `content_bytes`.
+    pub data_bytes: u64,
     pub created_at: Timestamp,
 }

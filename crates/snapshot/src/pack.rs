@@ -1,18 +1,22 @@
 //! Blocking half of capture: walk a workspace directory and write it as tar → zstd into a `Write`. Entries are
 //! relative to the root (no root entry), children in byte order of their names. Regular files, directories (empty
 //! ones too) and symlinks (stored, never followed) are kept with mode bits and mtimes (PAX record for sub-second
-//! precision); hardlinks become copies; sockets, fifos and devices are skipped with a warning.
+//! precision); hardlinks become copies; sockets, fifos and devices are skipped with a warning. A file with holes is
+//! stored as a GNU sparse 1.0 entry holding only its data segments (`sparse`). With a content cap, packing stops
+//! with `TooLarge` as soon as the files' apparent sizes pass it.
 
 use std::ffi::OsString;
 use std::fs::{self, File, Metadata, OpenOptions};
 use std::io::{self, Read, Write};
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
 use std::path::Path;
 
 use tar::{Builder, Header, HeaderMode};
 
 use crate::SnapshotError;
 use crate::confine;
+use crate::sparse::{self, Segment};
 use crate::tarmeta::PAX_MTIME;
 
 /// zstd level: the CLI default, a good speed/ratio point for source trees.
@@ -29,16 +33,19 @@ const READ_BUF: usize = 256 * 1024;
 pub(crate) struct PackStats {
     /// Files, directories and symlinks (the root not counted).
     pub entries: u64,
-    /// Sum of regular-file sizes.
+    /// Sum of regular-file sizes (apparent: holes count).
     pub content_bytes: u64,
+    /// Sum of regular-file data actually stored (holes left out): what a restore writes.
+    pub data_bytes: u64,
 }
 
 fn io_err(err: io::Error, what: impl std::fmt::Display) -> SnapshotError {
     SnapshotError::Io(anyhow::Error::new(err).context(what.to_string()))
 }
 
-/// Archive `src` into `out`; returns the stats and `out` once the zstd frame is complete.
-pub(crate) fn pack<W: Write>(src: &Path, out: W) -> Result<(PackStats, W), SnapshotError> {
+/// Archive `src` into `out`; returns the stats and `out` once the zstd frame is complete. With `limit`, fails with
+/// `TooLarge` (its `found` the content seen so far) once the files' apparent sizes add up to more.
+pub(crate) fn pack<W: Write>(src: &Path, out: W, limit: Option<u64>) -> Result<(PackStats, W), SnapshotError> {
     let meta = fs::metadata(src).map_err(|e| io_err(e, format!("workspace directory `{}`", src.display())))?;
     if !meta.is_dir() {
         return Err(SnapshotError::Io(anyhow::anyhow!("workspace path `{}` is not a directory", src.display())));
@@ -48,7 +55,7 @@ pub(crate) fn pack<W: Write>(src: &Path, out: W) -> Result<(PackStats, W), Snaps
     enc.include_checksum(true).map_err(zstd_err)?;
     enc.multithread(ZSTD_WORKERS).map_err(zstd_err)?;
     let mut packer =
-        Packer { root: src, builder: Builder::new(enc), stats: PackStats::default(), buf: vec![0; READ_BUF] };
+        Packer { root: src, builder: Builder::new(enc), stats: PackStats::default(), limit, buf: vec![0; READ_BUF] };
     packer.dir_children(Path::new(""))?;
     let stats = packer.stats;
     let enc = packer.builder.into_inner().map_err(|e| io_err(e, "finishing the tar stream"))?;
@@ -60,6 +67,7 @@ struct Packer<'a, W: Write> {
     root: &'a Path,
     builder: Builder<W>,
     stats: PackStats,
+    limit: Option<u64>,
     buf: Vec<u8>,
 }
 
@@ -96,8 +104,8 @@ impl<W: Write> Packer<'_, W> {
         };
         let kind = meta.file_type();
         if kind.is_dir() {
-            let mut header = header_for(&meta);
-            self.pax_mtime(&meta)?;
+            let mut header = header_for(&meta, Header::new_gnu());
+            self.pax(&mtime_record(&meta))?;
             self.builder.append_data(&mut header, rel, io::empty()).map_err(|e| self.write_err(e))?;
             self.stats.entries += 1;
             self.dir_children(rel)
@@ -125,12 +133,45 @@ impl<W: Write> Packer<'_, W> {
         if !meta.is_file() {
             return Err(SnapshotError::Io(anyhow::anyhow!("`{}` changed type during capture", abs.display())));
         }
-        let mut header = header_for(&meta);
-        self.pax_mtime(&meta)?;
-        let body = ExactReader { file, remaining: meta.len(), path: abs, buf: &mut self.buf, pos: 0, filled: 0 };
-        self.builder.append_data(&mut header, rel, body).map_err(|e| io_err(e, "writing the archive"))?;
+        let len = meta.len();
+        let found = self.stats.content_bytes + len;
+        if let Some(limit) = self.limit.filter(|&limit| found > limit) {
+            return Err(SnapshotError::TooLarge { limit, found });
+        }
+        let mut records = mtime_record(&meta);
+        // Only a file with fewer blocks than its length can have holes: dense files skip the lseeks.
+        let holes = if meta.blocks().saturating_mul(512) < len {
+            sparse::data_segments(&file, len)
+                .map_err(|e| io_err(e, format!("finding the holes of `{}`", abs.display())))?
+        } else {
+            None
+        };
+        let (mut header, map, segments) = match holes {
+            Some(segments) => {
+                records.extend(sparse::pax_records(rel.as_os_str().as_bytes(), len));
+                // GNU tar honours sparse PAX records only before a POSIX (ustar) header.
+                (header_for(&meta, Header::new_ustar()), sparse::encode_map(&segments), segments)
+            }
+            None => (header_for(&meta, Header::new_gnu()), Vec::new(), vec![Segment { offset: 0, len }]),
+        };
+        let data: u64 = segments.iter().map(|s| s.len).sum();
+        header.set_size(map.len() as u64 + data);
+        self.pax(&records)?;
+        let body = SegmentReader {
+            file,
+            segments: &segments,
+            next: 0,
+            at: 0,
+            left: 0,
+            path: abs,
+            buf: &mut self.buf,
+            pos: 0,
+            filled: 0,
+        };
+        self.builder.append_data(&mut header, rel, io::Cursor::new(map).chain(body)).map_err(|e| self.write_err(e))?;
         self.stats.entries += 1;
-        self.stats.content_bytes += meta.len();
+        self.stats.content_bytes = found;
+        self.stats.data_bytes += data;
         Ok(())
     }
 
@@ -142,20 +183,20 @@ impl<W: Write> Packer<'_, W> {
             .map_err(|why| {
                 SnapshotError::Unsafe(format!("{why}; a restore would refuse it, so no snapshot was taken"))
             })?;
-        let mut header = header_for(meta);
-        self.pax_mtime(meta)?;
+        let mut header = header_for(meta, Header::new_gnu());
+        self.pax(&mtime_record(meta))?;
         self.builder.append_link(&mut header, rel, &target).map_err(|e| self.write_err(e))?;
         self.stats.entries += 1;
         Ok(())
     }
 
-    /// A PAX `mtime` record before the entry when the mtime has a sub-second part.
-    fn pax_mtime(&mut self, meta: &Metadata) -> Result<(), SnapshotError> {
-        if meta.mtime() < 0 || meta.mtime_nsec() <= 0 {
+    /// One PAX header with `records` before the entry (tar readers take one per entry), if there are any.
+    fn pax(&mut self, records: &[(&str, Vec<u8>)]) -> Result<(), SnapshotError> {
+        if records.is_empty() {
             return Ok(());
         }
-        let value = format!("{}.{:09}", meta.mtime(), meta.mtime_nsec());
-        self.builder.append_pax_extensions([(PAX_MTIME, value.as_bytes())]).map_err(|e| self.write_err(e))
+        let records = records.iter().map(|(k, v)| (*k, v.as_slice()));
+        self.builder.append_pax_extensions(records).map_err(|e| self.write_err(e))
     }
 
     fn write_err(&self, err: io::Error) -> SnapshotError {
@@ -163,42 +204,58 @@ impl<W: Write> Packer<'_, W> {
     }
 }
 
-/// A GNU header from lstat metadata: type, permission bits, mtime (whole seconds, never negative), size.
-fn header_for(meta: &Metadata) -> Header {
-    let mut header = Header::new_gnu();
+/// A PAX `mtime` record when the mtime has a sub-second part.
+fn mtime_record(meta: &Metadata) -> Vec<(&'static str, Vec<u8>)> {
+    if meta.mtime() < 0 || meta.mtime_nsec() <= 0 {
+        return Vec::new();
+    }
+    vec![(PAX_MTIME, format!("{}.{:09}", meta.mtime(), meta.mtime_nsec()).into_bytes())]
+}
+
+/// `header` (a fresh GNU or ustar one) filled from lstat metadata: type, permission bits, mtime (whole seconds,
+/// never negative), size.
+fn header_for(meta: &Metadata, mut header: Header) -> Header {
     header.set_metadata_in_mode(meta, HeaderMode::Complete);
     header.set_mode(meta.mode() & 0o7777);
     header.set_mtime(meta.mtime().max(0) as u64);
     header
 }
 
-/// Exactly `remaining` bytes of a file, read in large blocks through a reused buffer (tar copies in 8 KiB pieces;
-/// this keeps that to one syscall per [`READ_BUF`]). A file that shrank mid-read is an error rather than a
-/// misaligned archive.
-struct ExactReader<'a> {
+/// Exactly the bytes of `segments` of a file, back to back, read at their offsets in large blocks through a reused
+/// buffer (tar copies in 8 KiB pieces; this keeps that to one syscall per [`READ_BUF`]). A file that shrank
+/// mid-read is an error rather than a misaligned archive.
+struct SegmentReader<'a> {
     file: File,
-    remaining: u64,
+    segments: &'a [Segment],
+    /// Next segment to start.
+    next: usize,
+    /// File offset of the next read, and bytes left in the current segment.
+    at: u64,
+    left: u64,
     path: &'a Path,
     buf: &'a mut [u8],
     pos: usize,
     filled: usize,
 }
 
-impl Read for ExactReader<'_> {
+impl Read for SegmentReader<'_> {
     fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
         if self.pos == self.filled {
-            if self.remaining == 0 {
-                return Ok(0);
+            while self.left == 0 {
+                let Some(seg) = self.segments.get(self.next) else { return Ok(0) };
+                (self.at, self.left) = (seg.offset, seg.len);
+                self.next += 1;
             }
-            let want = self.buf.len().min(usize::try_from(self.remaining).unwrap_or(usize::MAX));
-            let n = self.file.read(&mut self.buf[..want])?;
+            let want = self.buf.len().min(usize::try_from(self.left).unwrap_or(usize::MAX));
+            let n = self.file.read_at(&mut self.buf[..want], self.at)?;
             if n == 0 {
                 return Err(io::Error::new(
                     io::ErrorKind::UnexpectedEof,
                     format!("`{}` shrank while it was being captured", self.path.display()),
                 ));
             }
-            self.remaining -= n as u64;
+            self.at += n as u64;
+            self.left -= n as u64;
             (self.pos, self.filled) = (0, n);
         }
         let n = out.len().min(self.filled - self.pos);
@@ -206,4 +263,21 @@ impl Read for ExactReader<'_> {
         self.pos += n;
         Ok(n)
     }
+}
+
+/// Apparent bytes of the regular files under `root` (links not followed): what a `TooLarge` capture reports.
+pub(crate) fn content_size(root: &Path) -> u64 {
+    let mut total = 0;
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        let Ok(entries) = fs::read_dir(&dir) else { continue };
+        for entry in entries.flatten() {
+            match entry.metadata() {
+                Ok(m) if m.is_dir() => stack.push(entry.path()),
+                Ok(m) if m.is_file() => total += m.len(),
+                _ => {}
+            }
+        }
+    }
+    total
 }

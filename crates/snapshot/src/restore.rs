@@ -2,6 +2,10 @@
 //! and digests it (`hashing::feed`), while this thread decompresses and extracts safely (`extract`). After the tar
 //! end marker the rest of the stream is drained (so zstd checks its frame checksum), then sha256, size and entry
 //! count are compared with the manifest. Decode and tar errors are `Corrupt`; a failing store read is `Io`.
+//!
+//! Before anything is written: a manifest counting more content than `RestoreOptions::max_content_bytes` is
+//! `TooLarge`, and one whose data bytes and entries will not fit the destination's free space is `WontFit`
+//! (`space`). While extracting, the manifest's figures are a budget no entry may pass (`extract::Budget`).
 
 use std::io::{self, BufReader, Read};
 use std::path::Path;
@@ -11,18 +15,23 @@ use std::sync::mpsc::sync_channel;
 use object_store::ObjectStore;
 
 use crate::bridge::{CHANNEL_DEPTH, Cancelled, ChunkReader, SourceHealth, SourceReader, open_object, run_cancellable};
-use crate::extract::Extractor;
+use crate::extract::{Budget, Extractor};
 use crate::hashing::{drain, feed};
+use crate::space::check_fits;
 use crate::tarmeta::corrupt;
 use crate::verify::{check_digest, read_manifest};
-use crate::{Manifest, SnapshotError, SnapshotKeys};
+use crate::{Manifest, RestoreOptions, SnapshotError, SnapshotKeys};
 
 pub(crate) async fn restore(
     store: &Arc<dyn ObjectStore>,
     keys: &SnapshotKeys,
     dest: &Path,
+    opts: &RestoreOptions,
 ) -> Result<Manifest, SnapshotError> {
     let manifest = read_manifest(store, &keys.manifest).await?;
+    if let Some(limit) = opts.max_content_bytes.filter(|&limit| manifest.content_bytes > limit) {
+        return Err(SnapshotError::TooLarge { limit, found: manifest.content_bytes });
+    }
     let source = open_object(store, &keys.archive, "archive").await?;
     if source.size() != manifest.archive_bytes {
         return Err(SnapshotError::Corrupt(format!(
@@ -33,7 +42,12 @@ pub(crate) async fn restore(
     }
     let dest = dest.to_path_buf();
     let expected = manifest.clone();
-    run_cancellable(move |cancelled| unpack(source, &dest, &expected, cancelled)).await?;
+    let owner = opts.owner;
+    run_cancellable(move |cancelled| {
+        check_fits(&dest, expected.data_bytes, expected.file_count)?;
+        unpack(source, &dest, &expected, owner, cancelled)
+    })
+    .await?;
     Ok(manifest)
 }
 
@@ -47,9 +61,16 @@ pub(crate) fn classify(err: SnapshotError, health: &SourceHealth) -> SnapshotErr
     }
 }
 
-fn unpack(source: SourceReader, dest: &Path, manifest: &Manifest, cancelled: &Cancelled) -> Result<(), SnapshotError> {
+fn unpack(
+    source: SourceReader,
+    dest: &Path,
+    manifest: &Manifest,
+    owner: Option<(u32, u32)>,
+    cancelled: &Cancelled,
+) -> Result<(), SnapshotError> {
     let health = source.health();
-    let mut extractor = Extractor::new(dest)?;
+    let budget = Budget { content_bytes: manifest.content_bytes, data_bytes: manifest.data_bytes };
+    let mut extractor = Extractor::new(dest, owner, budget)?;
     let (tx, rx) = sync_channel(CHANNEL_DEPTH);
     let (walked, digest) = std::thread::scope(|scope| {
         let hasher = scope.spawn(move || feed(source, tx));

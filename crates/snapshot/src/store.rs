@@ -13,7 +13,9 @@ use futures::stream::BoxStream;
 use object_store::ObjectStore;
 use object_store::local::LocalFileSystem;
 
-use crate::{Manifest, SnapshotError, SnapshotKeys, browse, capture, restore, sweep, verify};
+use crate::{
+    CaptureOptions, Manifest, RestoreOptions, SnapshotError, SnapshotKeys, browse, capture, restore, sweep, verify,
+};
 
 /// A stream of file bytes.
 pub type ByteStream = BoxStream<'static, std::io::Result<Bytes>>;
@@ -56,14 +58,28 @@ impl SnapshotStore {
     /// Save `src_dir` (the pod's `/workspace`) as a snapshot: tar → zstd → object store, sha256 computed on the way;
     /// read the archive back and check it; then write the manifest. Only a returned `Ok` means the snapshot is
     /// complete and verified. A symlink that a restore would refuse (absolute, or escaping the workspace) fails the
-    /// capture with `Unsafe`, so every verified snapshot can be restored.
+    /// capture with `Unsafe`, so every verified snapshot can be restored. Files with holes are stored without them.
+    /// No content cap: [`SnapshotStore::capture_with`] with the default options.
     pub async fn capture(
         &self,
         src_dir: &Path,
         keys: &SnapshotKeys,
         ids: (OrgId, WorkspaceId, SnapshotId),
     ) -> Result<Manifest, SnapshotError> {
-        capture::capture(&self.store, self.local_root.as_deref(), src_dir, keys, ids).await
+        self.capture_with(src_dir, keys, ids, &CaptureOptions::default()).await
+    }
+
+    /// [`SnapshotStore::capture`] with options: over `max_content_bytes` of (apparent) file content, the capture
+    /// fails with `TooLarge` naming the limit and the workspace's size; nothing is stored and the workspace is
+    /// only read.
+    pub async fn capture_with(
+        &self,
+        src_dir: &Path,
+        keys: &SnapshotKeys,
+        ids: (OrgId, WorkspaceId, SnapshotId),
+        opts: &CaptureOptions,
+    ) -> Result<Manifest, SnapshotError> {
+        capture::capture(&self.store, self.local_root.as_deref(), src_dir, keys, ids, opts).await
     }
 
     /// Read the manifest and check the archive against it (size and sha256) without extracting.
@@ -72,9 +88,23 @@ impl SnapshotStore {
     }
 
     /// Restore into `dest_dir` (existing and empty), verifying while streaming; refuses unsafe entries. On error
-    /// `dest_dir` may hold a partial tree, which the caller discards.
+    /// `dest_dir` may hold a partial tree, which the caller discards. Refuses (`WontFit`, before writing anything)
+    /// a snapshot whose data will not fit the free space at `dest_dir`; holes are restored as holes. No content cap
+    /// and no owner change: [`SnapshotStore::restore_with`] with the default options.
     pub async fn restore(&self, keys: &SnapshotKeys, dest_dir: &Path) -> Result<Manifest, SnapshotError> {
-        restore::restore(&self.store, keys, dest_dir).await
+        self.restore_with(keys, dest_dir, &RestoreOptions::default()).await
+    }
+
+    /// [`SnapshotStore::restore`] with options: a manifest counting more than `max_content_bytes` is `TooLarge`
+    /// before anything is written; with `owner`, every entry extracted (`dest_dir` itself included) gets that
+    /// uid/gid, no link followed.
+    pub async fn restore_with(
+        &self,
+        keys: &SnapshotKeys,
+        dest_dir: &Path,
+        opts: &RestoreOptions,
+    ) -> Result<Manifest, SnapshotError> {
+        restore::restore(&self.store, keys, dest_dir, opts).await
     }
 
     /// Every entry of the archive, read from the stream without unpacking to disk.

@@ -10,6 +10,7 @@ use tar::EntryType;
 
 use crate::SnapshotError;
 use crate::confine;
+use crate::sparse::sparse_size;
 
 /// PAX record carrying a sub-second mtime (`<secs>.<fraction>`).
 pub(crate) const PAX_MTIME: &str = "mtime";
@@ -69,7 +70,7 @@ pub(crate) fn is_regular(kind: EntryType) -> bool {
     kind.is_file() || kind.is_contiguous() || kind.is_gnu_sparse()
 }
 
-/// The `FileEntry` for an entry; `None` for the root entry and for kinds a workspace never holds (devices, fifos).
+/// The `FileEntry` for an entry (a sparse file with its real size); `None` for the root entry and for kinds a workspace never holds (devices, fifos).
 pub(crate) fn file_entry<R: Read>(entry: &mut tar::Entry<'_, R>) -> Result<Option<FileEntry>, SnapshotError> {
     let Some(path) = entry_path(entry)? else { return Ok(None) };
     let kind = entry.header().entry_type();
@@ -81,7 +82,7 @@ pub(crate) fn file_entry<R: Read>(entry: &mut tar::Entry<'_, R>) -> Result<Optio
         let target_len = entry.link_name_bytes().map(|t| t.len()).unwrap_or(0);
         (target_len as u64, false, Some("inode/symlink".to_string()))
     } else if is_regular(kind) || kind.is_hard_link() {
-        let size = if kind.is_hard_link() { 0 } else { entry.size() };
+        let size = if kind.is_hard_link() { 0 } else { sparse_size(entry)?.unwrap_or(entry.size()) };
         (size, false, mime_guess::from_path(Path::new(&path)).first().map(|m| m.essence_str().to_string()))
     } else {
         return Ok(None);

@@ -8,21 +8,38 @@ use object_store::{ObjectStore, ObjectStoreExt};
 
 use crate::bridge::{open_object, run_blocking, store_error};
 use crate::hashing::{Digest, drain};
+use crate::manifest::OLDEST_FORMAT_VERSION;
 use crate::{FORMAT_VERSION, Manifest, SnapshotError, SnapshotKeys};
 
-/// The manifest at `path`: `Missing` when absent, `Corrupt` when unparseable or of another format version.
+/// The manifest at `path`: `Missing` when absent, `Corrupt` when unparseable or of a format version this build does
+/// not read (newer than [`FORMAT_VERSION`]).
 pub(crate) async fn read_manifest(store: &Arc<dyn ObjectStore>, path: &Path) -> Result<Manifest, SnapshotError> {
     let got = store.get(path).await.map_err(|e| store_error(e, path, "manifest"))?;
     let raw = got.bytes().await.map_err(|e| store_error(e, path, "manifest"))?;
-    let manifest: Manifest = serde_json::from_slice(&raw)
-        .map_err(|e| SnapshotError::Corrupt(format!("manifest `{path}` is not valid JSON for a manifest: {e}")))?;
-    if manifest.format_version != FORMAT_VERSION {
-        return Err(SnapshotError::Corrupt(format!(
-            "manifest `{path}` has format version {}, this build reads version {FORMAT_VERSION}",
-            manifest.format_version
-        )));
+    let invalid = |e: serde_json::Error| {
+        SnapshotError::Corrupt(format!("manifest `{path}` is not valid JSON for a manifest: {e}"))
+    };
+    let mut json: serde_json::Value = serde_json::from_slice(&raw).map_err(invalid)?;
+    let version = json.get("format_version").and_then(serde_json::Value::as_u64);
+    match version {
+        Some(v) if (u64::from(OLDEST_FORMAT_VERSION)..=u64::from(FORMAT_VERSION)).contains(&v) => {}
+        Some(v) => {
+            return Err(SnapshotError::Corrupt(format!(
+                "manifest `{path}` has format version {v}, this build reads versions {OLDEST_FORMAT_VERSION} to \
+                 {FORMAT_VERSION}"
+            )));
+        }
+        None => return Err(SnapshotError::Corrupt(format!("manifest `{path}` has no format version"))),
     }
-    Ok(manifest)
+    // Format 1 stored every byte of every file: what a restore writes is the content itself.
+    if version == Some(1)
+        && let Some(obj) = json.as_object_mut()
+        && !obj.contains_key("data_bytes")
+    {
+        let content = obj.get("content_bytes").cloned().unwrap_or(serde_json::Value::Null);
+        obj.insert("data_bytes".into(), content);
+    }
+    serde_json::from_value(json).map_err(invalid)
 }
 
 /// sha256 (hex) and size of the object at `path`, read back from the store.

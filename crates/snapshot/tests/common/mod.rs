@@ -168,10 +168,31 @@ pub fn raw_entry(tar: &mut tar::Builder<Vec<u8>>, name: &str, kind: tar::EntryTy
     tar.append(&header, data).unwrap();
 }
 
+/// Apparent and stored bytes of the regular-file entries of a tar (a sparse entry's `GNU.sparse.realsize`, when
+/// readable, as its apparent size), as an honest manifest would count them.
+pub fn file_bytes(raw: &[u8]) -> (u64, u64) {
+    let (mut content, mut data) = (0, 0);
+    let mut archive = tar::Archive::new(raw);
+    for entry in archive.entries().unwrap() {
+        let Ok(mut entry) = entry else { break };
+        if !entry.header().entry_type().is_file() {
+            continue;
+        }
+        let real = entry.pax_extensions().ok().flatten().and_then(|exts| {
+            exts.flatten().find(|e| e.key() == Ok("GNU.sparse.realsize")).and_then(|e| e.value().ok()?.parse().ok())
+        });
+        content += real.unwrap_or(entry.size());
+        data += entry.size();
+    }
+    (content, data)
+}
+
 /// Store a hand-built tar as a snapshot with a manifest that matches it (so only extraction can object).
 pub async fn store_crafted(h: &Harness, tar: tar::Builder<Vec<u8>>, entries: u64) -> evershell_snapshot::SnapshotKeys {
     use sha2::Digest;
-    let archive = zstd::encode_all(&tar.into_inner().unwrap()[..], 3).unwrap();
+    let raw = tar.into_inner().unwrap();
+    let (content, data) = file_bytes(&raw);
+    let archive = zstd::encode_all(&raw[..], 3).unwrap();
     let (ids, keys) = ids_and_keys();
     let manifest = evershell_snapshot::Manifest {
         format_version: evershell_snapshot::FORMAT_VERSION,
@@ -181,7 +202,8 @@ pub async fn store_crafted(h: &Harness, tar: tar::Builder<Vec<u8>>, entries: u64
         archive_sha256: hex::encode(sha2::Sha256::digest(&archive)),
         archive_bytes: archive.len() as u64,
         file_count: entries,
-        content_bytes: 0,
+        content_bytes: content,
+        data_bytes: data,
         created_at: evershell_core::Timestamp::now(),
     };
     h.put(&keys.archive, archive).await;
