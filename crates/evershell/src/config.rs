@@ -45,6 +45,9 @@ pub struct RuntimeConfig {
     pub pod_uid_count: u32,
     /// Cap of each pod's `sandbox.log` (one rotated file of the same size is kept).
     pub sandbox_log_bytes: u64,
+    /// Most content a workspace may hold (apparent bytes of its files): a stop over it fails with the files kept,
+    /// a restore over it is refused. 0: no cap.
+    pub max_workspace_bytes: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, Default)]
@@ -103,6 +106,7 @@ impl Default for RuntimeConfig {
             pod_uid_base: evershell_runtime::local::DEFAULT_POD_UID_BASE,
             pod_uid_count: evershell_runtime::local::DEFAULT_POD_UID_COUNT,
             sandbox_log_bytes: evershell_runtime::local::DEFAULT_SANDBOX_LOG_BYTES,
+            max_workspace_bytes: 50 << 30,
         }
     }
 }

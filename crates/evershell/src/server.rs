@@ -89,6 +89,7 @@ pub async fn start(cfg: Config) -> anyhow::Result<Server> {
     rcfg.pod_uid_base = cfg.runtime.pod_uid_base;
     rcfg.pod_uid_count = cfg.runtime.pod_uid_count;
     rcfg.sandbox_log_bytes = cfg.runtime.sandbox_log_bytes;
+    rcfg.max_workspace_bytes = Some(cfg.runtime.max_workspace_bytes).filter(|&b| b > 0);
     let runtime = Arc::new(LocalRuntime::new(rcfg)?);
     let app_cfg = AppConfig {
         session_ttl_ms: cfg.sessions.ttl_seconds * 1000,

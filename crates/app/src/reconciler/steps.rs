@@ -420,8 +420,15 @@ async fn snapshot_and_release(inner: &Arc<Inner>, ws: &WorkspaceRecord) -> Resul
         inner.store.insert_snapshot(&rec).await?;
         let manifest = match inner.runtime.capture(pod, &keys, (ws.org_id, ws.id, snap_id)).await {
             Ok(m) => m,
-            Err(PodError::Snapshot(evershell_snapshot::SnapshotError::Unsafe(why))) => {
-                // The files themselves cannot be snapshotted (a link a restore would refuse): retrying cannot help.
+            Err(PodError::Snapshot(
+                e @ (evershell_snapshot::SnapshotError::Unsafe(_) | evershell_snapshot::SnapshotError::TooLarge { .. }),
+            )) => {
+                // The files themselves cannot be snapshotted (a link a restore would refuse, more content than the
+                // workspace may hold): retrying cannot help.
+                let why = match e {
+                    evershell_snapshot::SnapshotError::Unsafe(why) => why,
+                    other => other.to_string(),
+                };
                 let msg = format!(
                     "the workspace could not be saved: {why}; its files are kept — resume it, fix that, and stop again"
                 );

@@ -99,10 +99,27 @@ impl TestServer {
 
     /// A server over an existing data dir and database (for restarts).
     pub async fn start_at(dir: tempfile::TempDir, db_url: String, bootstrap: bool) -> Self {
+        Self::start_configured(dir, db_url, bootstrap, |_| {}).await
+    }
+
+    /// A fresh SQLite server with its configuration adjusted by `adjust`.
+    pub async fn start_with(adjust: impl FnOnce(&mut Config)) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let db_url = format!("sqlite://{}", dir.path().join("evershell.db").display());
+        Self::start_configured(dir, db_url, true, adjust).await
+    }
+
+    async fn start_configured(
+        dir: tempfile::TempDir,
+        db_url: String,
+        bootstrap: bool,
+        adjust: impl FnOnce(&mut Config),
+    ) -> Self {
         if let Ok(filter) = std::env::var("EVERSHELL_TEST_LOG") {
             let _ = tracing_subscriber::fmt().with_env_filter(filter).with_test_writer().try_init();
         }
-        let cfg = config(dir.path(), &db_url);
+        let mut cfg = config(dir.path(), &db_url);
+        adjust(&mut cfg);
         let server = evershell::server::start(cfg).await.expect("server starts");
         let url = format!("http://{}", server.addr);
         let app = server.app.clone();

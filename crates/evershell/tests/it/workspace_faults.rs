@@ -264,3 +264,54 @@ async fn files_a_snapshot_cannot_hold_fail_the_stop_at_once_and_are_kept() {
     assert_eq!(f.ok()["content"], "unsaved work");
     ts.stop().await;
 }
+
+/// Run a shell script in the workspace's sandbox; returns stdout.
+async fn sh(ts: &TestServer, ws: &str, script: &str) -> String {
+    let r = ts.post(&format!("/v1/workspaces/{ws}/sandbox/exec"), json!({ "argv": ["sh", "-c", script] })).await;
+    let v = r.ok();
+    assert_eq!(v["exit_code"], 0, "{script}: {v}");
+    v["stdout"].as_str().unwrap().to_string()
+}
+
+#[tokio::test]
+async fn a_sparse_disk_bomb_stays_sparse_through_stop_and_resume() {
+    let ts = TestServer::start().await;
+    let (_, _, role) = ts.role("coder").await;
+    let ws = ts.idle_workspace(&role, &ts.key.clone()).await;
+    // 8 GiB apparent, a few bytes of data.
+    sh(&ts, &ws, "truncate -s 8G bomb && printf data | dd of=bomb bs=1 seek=4096 conv=notrunc 2>/dev/null").await;
+    let started = std::time::Instant::now();
+    let stopped = ts.post_empty(&format!("/v1/workspaces/{ws}/stop?wait=true&timeout_ms=120000")).await;
+    assert_eq!(stopped.ok()["status"], "stopped", "{}", stopped.json);
+    let size = stopped.json["snapshot"]["size_bytes"].as_u64().unwrap();
+    assert!(size < 1 << 20, "the snapshot of a sparse file holds {size} bytes");
+    let resumed = ts.post_empty(&format!("/v1/workspaces/{ws}/resume?wait=true&timeout_ms=120000")).await;
+    assert_eq!(resumed.ok()["status"], "idle", "{}", resumed.json);
+    // Restored with its holes: 8 GiB long, almost nothing allocated, the data in place.
+    let out = sh(&ts, &ws, "stat -c '%s %b %B' bomb; dd if=bomb bs=1 skip=4096 count=4 2>/dev/null").await;
+    let (stat, data) = out.split_once('\n').unwrap();
+    let f: Vec<u64> = stat.split(' ').map(|x| x.parse().unwrap()).collect();
+    assert_eq!(f[0], 8 << 30);
+    assert!(f[1] * f[2] < 1 << 20, "restored file allocates {} bytes", f[1] * f[2]);
+    assert_eq!(data, "data");
+    assert!(started.elapsed() < std::time::Duration::from_secs(60), "{:?}", started.elapsed());
+    ts.stop().await;
+}
+
+#[tokio::test]
+async fn a_workspace_over_its_content_cap_fails_its_stop_and_keeps_its_files() {
+    let ts = TestServer::start_with(|cfg| cfg.runtime.max_workspace_bytes = 1 << 20).await;
+    let (_, _, role) = ts.role("coder").await;
+    let ws = ts.idle_workspace(&role, &ts.key.clone()).await;
+    sh(&ts, &ws, "head -c 2097152 /dev/urandom > big").await;
+    assert_eq!(ts.post_empty(&format!("/v1/workspaces/{ws}/stop")).await.status, 202);
+    let failed = ts.wait_status(&ws, "failed", 60).await;
+    assert_eq!(failed["status_reason"], "snapshot_failed");
+    let err = failed["last_error"].as_str().unwrap();
+    assert!(err.contains("1048576") && err.contains("files are kept"), "{err}");
+    // Nothing was lost: the files are still there after a resume, which reattaches them.
+    let resumed = ts.post_empty(&format!("/v1/workspaces/{ws}/resume?wait=true&timeout_ms=60000")).await;
+    assert_eq!(resumed.ok()["status"], "idle", "{}", resumed.json);
+    assert_eq!(sh(&ts, &ws, "wc -c < big").await.trim(), "2097152");
+    ts.stop().await;
+}

@@ -69,6 +69,9 @@ pub struct LocalRuntimeConfig {
     pub pod_uid_count: u32,
     /// Cap of a pod's `sandbox.log` (one rotated file of the same size is kept beside it).
     pub sandbox_log_bytes: u64,
+    /// Most content (apparent bytes of regular files) a workspace may hold: a stop over it fails with the files
+    /// kept, a restore over it is refused before anything is written. `None`: no cap.
+    pub max_workspace_bytes: Option<u64>,
 }
 
 impl LocalRuntimeConfig {
@@ -84,6 +87,7 @@ impl LocalRuntimeConfig {
             pod_uid_base: identity::DEFAULT_BASE,
             pod_uid_count: identity::DEFAULT_COUNT,
             sandbox_log_bytes: logpipe::DEFAULT_CAP,
+            max_workspace_bytes: None,
         }
     }
 }
@@ -333,22 +337,14 @@ impl LocalRuntime {
                 run_as(owner),
             )))
         };
-        let owner = self.ownership(&dir);
+        // Restored files belong to the pod's uid; a snapshot over the cap, or larger than the free space, is
+        // refused before anything is written.
+        let options = evershell_snapshot::RestoreOptions {
+            max_content_bytes: self.cfg.max_workspace_bytes,
+            owner: self.ownership(&dir).map(|o| (o.pod.uid, o.pod.gid)),
+        };
         let restored = match snapshot {
-            Some(keys) => match self.cfg.snapshots.restore(keys, &dir.workspace()).await {
-                Ok(m) => match owner {
-                    // The restored files belong to the pod's uid.
-                    Some(o) => {
-                        let ws = dir.workspace();
-                        blocking(move || identity::chown_tree(&ws, o.pod.uid, o.pod.gid))
-                            .await
-                            .map(|()| Some(m))
-                            .map_err(|e| evershell_snapshot::SnapshotError::Io(e.context("chown of the restore")))
-                    }
-                    None => Ok(Some(m)),
-                },
-                Err(e) => Err(e),
-            },
+            Some(keys) => self.cfg.snapshots.restore_with(keys, &dir.workspace(), &options).await.map(Some),
             None => Ok(None),
         };
         if let Some(early) = early {
@@ -505,7 +501,8 @@ impl LocalRuntime {
         if self.running(&dir).is_some() {
             return Err(anyhow!("pod {pod} is running; stop its sandbox before capturing").into());
         }
-        let manifest = self.cfg.snapshots.capture(&dir.workspace(), keys, ids).await?;
+        let options = evershell_snapshot::CaptureOptions { max_content_bytes: self.cfg.max_workspace_bytes };
+        let manifest = self.cfg.snapshots.capture_with(&dir.workspace(), keys, ids, &options).await?;
         tracing::info!(files = manifest.file_count, bytes = manifest.archive_bytes, "workspace captured");
         Ok(manifest)
     }
