@@ -48,6 +48,11 @@ pub struct RuntimeConfig {
     /// Most content a workspace may hold (apparent bytes of its files): a stop over it fails with the files kept,
     /// a restore over it is refused. 0: no cap.
     pub max_workspace_bytes: u64,
+    /// Give each pod a network namespace of its own (veth to the host) whose outbound TCP goes to the egress proxy
+    /// port and DNS to the DNS port on the host; needs root and `ip`/`nft`, else pods have loopback only.
+    pub network: bool,
+    pub proxy_port: u16,
+    pub dns_port: u16,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, Default)]
@@ -107,6 +112,9 @@ impl Default for RuntimeConfig {
             pod_uid_count: evershell_runtime::local::DEFAULT_POD_UID_COUNT,
             sandbox_log_bytes: evershell_runtime::local::DEFAULT_SANDBOX_LOG_BYTES,
             max_workspace_bytes: 50 << 30,
+            network: true,
+            proxy_port: evershell_runtime::local::DEFAULT_PROXY_PORT,
+            dns_port: evershell_runtime::local::DEFAULT_DNS_PORT,
         }
     }
 }

@@ -90,6 +90,10 @@ pub async fn start(cfg: Config) -> anyhow::Result<Server> {
     rcfg.pod_uid_count = cfg.runtime.pod_uid_count;
     rcfg.sandbox_log_bytes = cfg.runtime.sandbox_log_bytes;
     rcfg.max_workspace_bytes = Some(cfg.runtime.max_workspace_bytes).filter(|&b| b > 0);
+    rcfg.network = cfg
+        .runtime
+        .network
+        .then_some(evershell_runtime::local::NetworkPorts { proxy: cfg.runtime.proxy_port, dns: cfg.runtime.dns_port });
     let runtime = Arc::new(LocalRuntime::new(rcfg)?);
     let app_cfg = AppConfig {
         session_ttl_ms: cfg.sessions.ttl_seconds * 1000,

@@ -365,3 +365,90 @@ async fn the_sandbox_log_is_capped_and_rotated_and_pod_code_cannot_reach_its_pip
     assert_eq!(std::fs::metadata(dir.join("sandbox.log")).unwrap().uid(), unsafe { libc::geteuid() });
     e.rt.stop_all().await;
 }
+
+/// The original destination of a redirected connection (`SO_ORIGINAL_DST`).
+fn original_dst(s: &tokio::net::TcpStream) -> std::net::SocketAddrV4 {
+    use std::os::fd::AsRawFd;
+    let mut addr: libc::sockaddr_in = unsafe { std::mem::zeroed() };
+    let mut len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+    let r = unsafe {
+        libc::getsockopt(s.as_raw_fd(), libc::SOL_IP, 80, (&mut addr as *mut libc::sockaddr_in).cast(), &mut len)
+    };
+    assert_eq!(r, 0, "SO_ORIGINAL_DST: {}", std::io::Error::last_os_error());
+    std::net::SocketAddrV4::new(u32::from_be(addr.sin_addr.s_addr).into(), u16::from_be(addr.sin_port))
+}
+
+#[tokio::test]
+async fn a_networked_pod_reaches_only_the_proxy_and_the_dns_responder() {
+    if !root() {
+        eprintln!("skipped: pod networking needs root");
+        return;
+    }
+    // Stand-ins for the proxy and the DNS responder, on ports of this test's own.
+    let proxy = tokio::net::TcpListener::bind("0.0.0.0:0").await.unwrap();
+    let dns = tokio::net::UdpSocket::bind("0.0.0.0:0").await.unwrap();
+    let ports = evershell_runtime::local::NetworkPorts {
+        proxy: proxy.local_addr().unwrap().port(),
+        dns: dns.local_addr().unwrap().port(),
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let snapshots = SnapshotStore::local(&tmp.path().join("snapshots")).unwrap();
+    let mut cfg =
+        LocalRuntimeConfig::new(tmp.path().join("pods"), PathBuf::from(env!("CARGO_BIN_EXE_evershell")), snapshots);
+    cfg.network = Some(ports);
+    let e = Env { rt: LocalRuntime::new(cfg).unwrap(), _tmp: tmp };
+    assert!(e.rt.networked(), "this host (root, ip, nft) must give pods a network");
+    let pod = running_pod(&e.rt).await.pod_id;
+    let info = e.rt.agent(pod).info().await.unwrap();
+    let ifaces: Vec<String> = serde_json::from_value(info["interfaces"].clone()).unwrap();
+    assert!(ifaces.contains(&"lo".to_string()) && ifaces.iter().any(|i| i.starts_with("evp")), "{ifaces:?}");
+
+    // Any TCP destination lands on the proxy, which can read where it was going (TEST-NET: nothing is sent out).
+    let connect = tokio::spawn({
+        let rt_pod = pod;
+        let agent = e.rt.agent(rt_pod);
+        async move {
+            let req = ExecRequest {
+                argv: vec![
+                    "bash".into(),
+                    "-c".into(),
+                    "exec 3<>/dev/tcp/192.0.2.1/443 && echo hello >&3 && echo CONNECTED".into(),
+                ],
+                stdin: None,
+                env: BTreeMap::new(),
+                timeout_ms: Some(20_000),
+            };
+            agent.exec(&req).await.unwrap()
+        }
+    });
+    let (mut conn, peer) =
+        tokio::time::timeout(Duration::from_secs(20), proxy.accept()).await.expect("no connection").unwrap();
+    assert_eq!(original_dst(&conn), "192.0.2.1:443".parse().unwrap());
+    let std::net::IpAddr::V4(peer) = peer.ip() else { panic!("{peer}") };
+    assert_eq!(peer.octets()[..2], [10, 212], "the pod's own address: {peer}");
+    let mut buf = [0u8; 6];
+    tokio::io::AsyncReadExt::read_exact(&mut conn, &mut buf).await.unwrap();
+    assert_eq!(&buf, b"hello\n");
+    assert!(connect.await.unwrap().stdout.contains("CONNECTED"));
+
+    // DNS to any resolver lands on the responder.
+    sh(&e.rt, pod, "bash -c \"printf q > /dev/udp/192.0.2.53/53\"").await;
+    let mut b = [0u8; 16];
+    let (n, from) =
+        tokio::time::timeout(Duration::from_secs(20), dns.recv_from(&mut b)).await.expect("no query").unwrap();
+    assert_eq!((&b[..n], from.ip()), (&b"q"[..], std::net::IpAddr::V4(peer)));
+
+    // IPv6 and other UDP are refused at once; so is TCP when no proxy listens.
+    let started = Instant::now();
+    let r = sh(&e.rt, pod, "bash -c 'exec 3<>/dev/tcp/2001:db8::1/443 && echo CONNECTED6'; echo done").await;
+    assert!(!r.stdout.contains("CONNECTED6") && started.elapsed() < Duration::from_secs(5), "{r:?}");
+    let r =
+        sh(&e.rt, pod, "printf x > /dev/udp/192.0.2.1/123; printf y > /dev/udp/192.0.2.1/123 && echo SENT-TWICE").await;
+    assert!(!r.stdout.contains("SENT"), "other UDP is not refused: {r:?}");
+    drop(proxy);
+    let started = Instant::now();
+    let r = sh(&e.rt, pod, "bash -c 'exec 3<>/dev/tcp/192.0.2.1/80 && echo CONNECTED'; echo done").await;
+    assert!(!r.stdout.contains("CONNECTED") && started.elapsed() < Duration::from_secs(5), "{r:?}");
+    e.rt.remove(pod).await.unwrap();
+    assert!(!std::path::Path::new(&format!("/run/netns/evs-{pod}")).exists(), "the pod's namespace outlived it");
+}

@@ -82,6 +82,12 @@ fn push_path(args: &mut Vec<OsString>, flag: &str, src: &Path, dest: &str) {
 
 /// Namespaces, identity, and the read-only host system: shared by the probe and the real sandbox.
 fn base_args(disable_userns: bool) -> Vec<OsString> {
+    base_args_net(disable_userns, false)
+}
+
+/// `joined_netns`: the sandbox runs in a network namespace the control plane made (joined before exec), so
+/// bubblewrap makes none of its own.
+fn base_args_net(disable_userns: bool, joined_netns: bool) -> Vec<OsString> {
     let mut a = Vec::new();
     let uid = SANDBOX_UID.to_string();
     push(
@@ -91,7 +97,6 @@ fn base_args(disable_userns: bool) -> Vec<OsString> {
             "--unshare-pid",
             "--unshare-ipc",
             "--unshare-uts",
-            "--unshare-net",
             "--unshare-cgroup-try",
             "--uid",
             &uid,
@@ -101,6 +106,9 @@ fn base_args(disable_userns: bool) -> Vec<OsString> {
             "ALL",
         ],
     );
+    if !joined_netns {
+        push(&mut a, &["--unshare-net"]);
+    }
     if disable_userns {
         push(&mut a, &["--disable-userns"]);
     }
@@ -161,8 +169,9 @@ pub fn sandbox_args(
     status_fd: RawFd,
     seccomp: SeccompFds,
     disable_userns: bool,
+    joined_netns: bool,
 ) -> Vec<OsString> {
-    let mut a = base_args(disable_userns);
+    let mut a = base_args_net(disable_userns, joined_netns);
     push_seccomp(&mut a, seccomp);
     for etc in HOST_ETC {
         push(&mut a, &["--ro-bind-try", etc, etc]);
@@ -259,7 +268,7 @@ pub fn probe(
     let inherit = [fds.deny, fds.guard];
     // SAFETY: the closure only makes async-signal-safe system calls (fcntl, setgroups, setresgid, setresuid).
     unsafe {
-        cmd.pre_exec(move || pre_exec(&inherit, as_pod));
+        cmd.pre_exec(move || pre_exec(&inherit, as_pod, None));
     }
     let out = cmd.output().with_context(|| format!("running the bubblewrap probe ({})", bwrap.display()))?;
     if !out.status.success() {
@@ -276,21 +285,27 @@ pub fn probe(
     Ok(Capabilities { disable_userns })
 }
 
-/// Who bubblewrap runs as: the pod's uid and gid, with the traversal group as its only supplementary group.
+/// Who bubblewrap runs as: the pod's uid and gid, with the traversal group as its only supplementary group; and the
+/// pod's index (its network interfaces and addresses), when pods get a network.
 #[derive(Debug, Clone, Copy)]
 pub struct RunAs {
     pub uid: u32,
     pub gid: u32,
     pub group: u32,
+    pub net_index: Option<u32>,
 }
 
 /// In the forked child, before exec: let bubblewrap inherit `inherit` (close-on-exec in the parent) and take the
 /// pod's identity. Only async-signal-safe calls.
-pub fn pre_exec(inherit: &[RawFd], run_as: Option<RunAs>) -> std::io::Result<()> {
+pub fn pre_exec(inherit: &[RawFd], run_as: Option<RunAs>, netns: Option<RawFd>) -> std::io::Result<()> {
     let check = |r: libc::c_int| if r == -1 { Err(std::io::Error::last_os_error()) } else { Ok(()) };
     for &fd in inherit {
         // SAFETY: fcntl on a descriptor open in the parent.
         check(unsafe { libc::fcntl(fd, libc::F_SETFD, 0) })?;
+    }
+    if let Some(fd) = netns {
+        // SAFETY: setns(2) into the pod's network namespace, while still root.
+        check(unsafe { libc::setns(fd, libc::CLONE_NEWNET) })?;
     }
     if let Some(d) = run_as {
         let groups = [d.group as libc::gid_t];
@@ -312,7 +327,7 @@ mod tests {
     fn sandbox_args_isolate_and_run_the_agent() {
         let dir = PodDir::new(Path::new("/pods"), "pod_x");
         let args: Vec<String> =
-            sandbox_args(&dir, "pod_x", Path::new("/bin/evershell"), 7, SeccompFds { deny: 8, guard: 9 }, true)
+            sandbox_args(&dir, "pod_x", Path::new("/bin/evershell"), 7, SeccompFds { deny: 8, guard: 9 }, true, false)
                 .into_iter()
                 .map(|s| s.into_string().unwrap())
                 .collect();

@@ -13,7 +13,7 @@
 
 use std::collections::BTreeSet;
 use std::io::Write;
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
@@ -38,7 +38,12 @@ pub struct Identities {
     first: u32,
     count: u32,
     state: Mutex<State>,
+    /// Host-wide claims of ids (`/run/evershell/pod-uids`): shared by every server on the host, cleared at boot.
+    claims: Option<PathBuf>,
 }
+
+/// Where ids are claimed host-wide.
+pub const CLAIMS_DIR: &str = "/run/evershell/pod-uids";
 
 struct State {
     used: BTreeSet<u32>,
@@ -55,26 +60,49 @@ impl Identities {
         if count == 0 || base == 0 || base.checked_add(count).is_none() {
             bail!("runtime.pod_uid_base / pod_uid_count do not describe a usable id range ({base}, {count})");
         }
+        let claims = PathBuf::from(CLAIMS_DIR);
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&claims)
+            .with_context(|| format!("creating {}", claims.display()))?;
+        // Start where the last pod of any server left off, so a freed id is not reused at once.
+        let next = std::fs::read_dir(&claims)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+            .filter(|&u| u > base && u <= base + count)
+            .max()
+            .map(|u| u - base)
+            .unwrap_or(0)
+            % count;
         Ok(Some(Self {
             group: base,
             first: base + 1,
             count,
-            state: Mutex::new(State { used: BTreeSet::new(), next: 0 }),
+            state: Mutex::new(State { used: BTreeSet::new(), next }),
+            claims: Some(claims),
         }))
     }
 
-    /// Mark ids recorded by existing pod directories as used (start-up).
+    /// Mark ids recorded by existing pod directories as used (start-up), claiming them on the host again.
     pub fn adopt(&self, ids: impl IntoIterator<Item = PodIdentity>) {
         let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        st.used.extend(ids.into_iter().map(|i| i.uid));
+        for id in ids {
+            let _ = self.claim(id.uid);
+            st.used.insert(id.uid);
+        }
     }
 
-    /// A free id, round-robin through the range (a freed id is not reused at once).
+    /// A free id, round-robin through the range (a freed id is not reused at once). An id is also claimed on the
+    /// host (`claims/<uid>`, created exclusively), so servers sharing a host never hand out the same uid, address or
+    /// interface name.
     pub fn allocate(&self) -> anyhow::Result<PodIdentity> {
         let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
         for i in 0..self.count {
             let uid = self.first + (st.next + i) % self.count;
-            if !st.used.contains(&uid) {
+            if !st.used.contains(&uid) && self.claim(uid)? {
                 st.used.insert(uid);
                 st.next = (st.next + i + 1) % self.count;
                 return Ok(PodIdentity { uid, gid: uid });
@@ -85,6 +113,24 @@ impl Identities {
 
     pub fn release(&self, id: PodIdentity) {
         self.state.lock().unwrap_or_else(|p| p.into_inner()).used.remove(&id.uid);
+        if let Some(dir) = &self.claims {
+            let _ = std::fs::remove_file(dir.join(id.uid.to_string()));
+        }
+    }
+
+    /// The pod's position in the range (0-based): it numbers the pod's network interfaces and addresses.
+    pub fn index(&self, id: PodIdentity) -> u32 {
+        id.uid - self.first
+    }
+
+    /// Claim `uid` on the host: `false` when another server holds it.
+    fn claim(&self, uid: u32) -> anyhow::Result<bool> {
+        let Some(dir) = &self.claims else { return Ok(true) };
+        match std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(dir.join(uid.to_string())) {
+            Ok(_) => Ok(true),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(false),
+            Err(e) => Err(e).with_context(|| format!("claiming pod uid {uid} in {}", dir.display())),
+        }
     }
 
     /// Make `pods_dir` (and its `.spare`) root-owned, group = traversal group, mode 0710; check every directory above
@@ -175,7 +221,13 @@ mod tests {
     use super::*;
 
     fn ids(count: u32) -> Identities {
-        Identities { group: 100, first: 101, count, state: Mutex::new(State { used: BTreeSet::new(), next: 0 }) }
+        Identities {
+            group: 100,
+            first: 101,
+            count,
+            state: Mutex::new(State { used: BTreeSet::new(), next: 0 }),
+            claims: None,
+        }
     }
 
     #[test]

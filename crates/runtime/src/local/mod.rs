@@ -9,6 +9,7 @@ mod diag;
 mod identity;
 mod layout;
 mod logpipe;
+mod netns;
 mod procfs;
 mod sandbox;
 mod seccomp;
@@ -34,6 +35,7 @@ use layout::PodDir;
 pub use bwrap::{AGENT_PATH, AGENT_SOCKET};
 pub use identity::{DEFAULT_BASE as DEFAULT_POD_UID_BASE, DEFAULT_COUNT as DEFAULT_POD_UID_COUNT, PodIdentity};
 pub use logpipe::DEFAULT_CAP as DEFAULT_SANDBOX_LOG_BYTES;
+pub use netns::{DEFAULT_DNS_PORT, DEFAULT_PROXY_PORT, Ports as NetworkPorts, addresses as pod_addresses};
 pub use sandbox::kill_all_under as kill_all_sandboxes;
 pub use seccomp::denied_names as seccomp_denied_syscalls;
 
@@ -72,6 +74,9 @@ pub struct LocalRuntimeConfig {
     /// Most content (apparent bytes of regular files) a workspace may hold: a stop over it fails with the files
     /// kept, a restore over it is refused before anything is written. `None`: no cap.
     pub max_workspace_bytes: Option<u64>,
+    /// Give pods a network namespace of their own whose outbound traffic goes to the egress proxy and DNS responder
+    /// on these host ports (needs root and `ip`/`nft`; otherwise pods have loopback only). `None`: loopback only.
+    pub network: Option<netns::Ports>,
 }
 
 impl LocalRuntimeConfig {
@@ -88,6 +93,7 @@ impl LocalRuntimeConfig {
             pod_uid_count: identity::DEFAULT_COUNT,
             sandbox_log_bytes: logpipe::DEFAULT_CAP,
             max_workspace_bytes: None,
+            network: None,
         }
     }
 }
@@ -126,15 +132,34 @@ impl LocalRuntime {
         if let Some(ids) = &identities {
             ids.prepare_tree(&pods_dir)?;
         }
-        let probe_as = identities.as_ref().map(|i| bwrap::RunAs { uid: i.group, gid: i.group, group: i.group });
+        let probe_as =
+            identities.as_ref().map(|i| bwrap::RunAs { uid: i.group, gid: i.group, group: i.group, net_index: None });
         let caps = bwrap::probe(&cfg.bwrap, &agent_binary, probe_as, &programs)?;
         let cfg = LocalRuntimeConfig { pods_dir, agent_binary, ..cfg };
+        let network = match (cfg.network, &identities) {
+            (None, _) => None,
+            (Some(_), None) => {
+                tracing::warn!("pods get no network: pod networking needs a control plane running as root");
+                None
+            }
+            (Some(ports), Some(_)) => match netns::check_host() {
+                Ok(()) => {
+                    tracing::info!(proxy_port = ports.proxy, dns_port = ports.dns, "pods get their own network");
+                    Some(ports)
+                }
+                Err(e) => {
+                    tracing::warn!(error = %format!("{e:#}"), "pods get no network (loopback only)");
+                    None
+                }
+            },
+        };
         let launcher = sandbox::Launcher {
             bwrap: cfg.bwrap.clone(),
             agent_binary: cfg.agent_binary.clone(),
             disable_userns: caps.disable_userns,
             seccomp: programs,
             log_cap: cfg.sandbox_log_bytes,
+            network,
         };
         // Spares belong to no workspace: those a previous run left are killed and deleted.
         let spares = Arc::new(spares::Spares::new(&cfg.pods_dir, cfg.spare_pods));
@@ -208,7 +233,9 @@ impl LocalRuntime {
                     }
                     return;
                 }
-                match sandbox::spawn(launcher.clone(), dir.clone(), pod.to_string(), run_as(owner)).await {
+                match sandbox::spawn(launcher.clone(), dir.clone(), pod.to_string(), run_as(ids.as_deref(), owner))
+                    .await
+                {
                     Ok(spawned) => {
                         let rec = spawned.rec;
                         // The reaper records into the pod's final place, where the spare will be moved.
@@ -334,7 +361,7 @@ impl LocalRuntime {
                 self.launcher.clone(),
                 dir.clone(),
                 spec.pod_id.to_string(),
-                run_as(owner),
+                run_as(self.identities.as_deref(), owner),
             )))
         };
         // Restored files belong to the pod's uid; a snapshot over the cap, or larger than the free space, is
@@ -427,7 +454,12 @@ impl LocalRuntime {
     }
 
     fn run_as(&self, dir: &PodDir) -> Option<bwrap::RunAs> {
-        run_as(self.ownership(dir))
+        run_as(self.identities.as_deref(), self.ownership(dir))
+    }
+
+    /// Whether pods get a network of their own (and so an address the proxy knows them by).
+    pub fn networked(&self) -> bool {
+        self.launcher.network.is_some()
     }
 
     /// Relay the log of a running sandbox this process did not spawn (adopted after a restart).
@@ -514,6 +546,12 @@ impl LocalRuntime {
             return Ok(());
         }
         let released = self.identities.clone().zip(identity::read(&dir.root));
+        let id = pod.to_string();
+        blocking(move || {
+            netns::remove(&id);
+            Ok(())
+        })
+        .await?;
         let trash = layout::trash_dir(&self.cfg.pods_dir, pod);
         let doomed = trash.clone();
         blocking(move || {
@@ -572,8 +610,9 @@ fn allocate(ids: Option<&identity::Identities>) -> anyhow::Result<Option<layout:
     ids.map(|i| Ok(layout::Ownership { pod: i.allocate()?, group: i.group })).transpose()
 }
 
-fn run_as(owner: Option<layout::Ownership>) -> Option<bwrap::RunAs> {
-    owner.map(|o| bwrap::RunAs { uid: o.pod.uid, gid: o.pod.gid, group: o.group })
+fn run_as(ids: Option<&identity::Identities>, owner: Option<layout::Ownership>) -> Option<bwrap::RunAs> {
+    let (ids, o) = (ids?, owner?);
+    Some(bwrap::RunAs { uid: o.pod.uid, gid: o.pod.gid, group: o.group, net_index: Some(ids.index(o.pod)) })
 }
 
 async fn blocking<T: Send + 'static>(f: impl FnOnce() -> std::io::Result<T> + Send + 'static) -> anyhow::Result<T> {

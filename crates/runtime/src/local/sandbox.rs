@@ -21,7 +21,7 @@ use tokio::process::Child;
 use super::bwrap;
 use super::layout::{self, PodDir};
 use super::procfs;
-use super::{logpipe, seccomp};
+use super::{logpipe, netns, seccomp};
 
 /// How long a stop waits after SIGTERM before SIGKILL.
 pub const STOP_GRACE: Duration = Duration::from_secs(3);
@@ -80,8 +80,14 @@ impl PidRecord {
 pub fn kill_all_under(pods_dir: &std::path::Path) {
     let dirs = |d: &std::path::Path| std::fs::read_dir(d).into_iter().flatten().flatten().map(|e| e.path());
     for dir in dirs(pods_dir).chain(dirs(&pods_dir.join(".spare"))) {
-        if let Some(rec) = read_pid_record(&PodDir { root: dir }) {
+        if let Some(rec) = read_pid_record(&PodDir { root: dir.clone() }) {
             rec.kill();
+        }
+        if let Some(name) = dir.file_name().and_then(|n| n.to_str()) {
+            netns::remove(name);
+        }
+        if let Some(id) = super::identity::read(&dir) {
+            let _ = std::fs::remove_file(std::path::Path::new(super::identity::CLAIMS_DIR).join(id.uid.to_string()));
         }
     }
     let needle = pods_dir.display().to_string();
@@ -159,6 +165,9 @@ pub struct Launcher {
     pub seccomp: Arc<seccomp::Programs>,
     /// Cap of `sandbox.log` (and of its one rotated predecessor).
     pub log_cap: u64,
+    /// Pods get a network namespace of their own (`netns.rs`), redirected to these host ports, when they have a
+    /// network index.
+    pub network: Option<netns::Ports>,
 }
 
 /// A spawned sandbox: the child (for the reaper), its record, and the relay of its output into `sandbox.log`.
@@ -195,9 +204,28 @@ pub async fn spawn(
     let deny = seccomp::memfd("evershell-seccomp", &launcher.seccomp.deny)?;
     let guard = seccomp::memfd("evershell-seccomp-guard", &launcher.seccomp.guard)?;
     let fds = bwrap::SeccompFds { deny: deny.as_raw_fd(), guard: guard.as_raw_fd() };
+    // The pod's own network namespace, made (again, after a reboot) if it is missing, joined before the uid drop.
+    let net = match (run_as.and_then(|r| r.net_index), launcher.network) {
+        (Some(index), Some(ports)) => {
+            let id = pod_id.to_string();
+            tokio::task::spawn_blocking(move || netns::create(&id, index, ports)).await.context("netns task")??;
+            Some(netns::open(pod_id)?)
+        }
+        _ => None,
+    };
+    let net_fd = net.as_ref().map(|f| f.as_raw_fd());
 
     let mut cmd = tokio::process::Command::new(&launcher.bwrap);
-    cmd.args(bwrap::sandbox_args(dir, pod_id, &launcher.agent_binary, status_fd, fds, launcher.disable_userns))
+    let args = bwrap::sandbox_args(
+        dir,
+        pod_id,
+        &launcher.agent_binary,
+        status_fd,
+        fds,
+        launcher.disable_userns,
+        net_fd.is_some(),
+    );
+    cmd.args(args)
         .stdin(Stdio::null())
         .stdout(Stdio::from(log_write.try_clone().context("duplicating the log pipe")?))
         .stderr(Stdio::from(log_write))
@@ -206,11 +234,11 @@ pub async fn spawn(
     let inherit = [status_fd, fds.deny, fds.guard];
     // SAFETY: the closure only makes async-signal-safe system calls (fcntl, setgroups, setresgid, setresuid).
     unsafe {
-        cmd.pre_exec(move || bwrap::pre_exec(&inherit, run_as));
+        cmd.pre_exec(move || bwrap::pre_exec(&inherit, run_as, net_fd));
     }
     let spawned = cmd.spawn();
     // Our copies of what bwrap inherited: the pipe's write end now lives only in the sandbox.
-    drop((status, deny, guard));
+    drop((status, deny, guard, net));
     let mut child = spawned.with_context(|| format!("spawning {}", launcher.bwrap.display()))?;
     let log = tokio::spawn(logpipe::relay(log_read, sink));
     let pid = child.id().ok_or_else(|| anyhow!("bwrap exited before its pid could be read"))? as i32;

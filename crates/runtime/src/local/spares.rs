@@ -116,6 +116,9 @@ pub fn discard(dir: &Path, ids: Option<&Identities>) {
     if let Some(rec) = sandbox::read_pid_record(&pod) {
         rec.kill();
     }
+    if let Some(name) = dir.file_name().and_then(|n| n.to_str()) {
+        super::netns::remove(name);
+    }
     let id = identity::read(dir);
     match layout::remove_tree(dir) {
         Ok(()) => {
