@@ -450,5 +450,10 @@ async fn a_networked_pod_reaches_only_the_proxy_and_the_dns_responder() {
     let r = sh(&e.rt, pod, "bash -c 'exec 3<>/dev/tcp/192.0.2.1/80 && echo CONNECTED'; echo done").await;
     assert!(!r.stdout.contains("CONNECTED") && started.elapsed() < Duration::from_secs(5), "{r:?}");
     e.rt.remove(pod).await.unwrap();
-    assert!(!std::path::Path::new(&format!("/run/netns/evs-{pod}")).exists(), "the pod's namespace outlived it");
+    // The namespace goes with the pod's files, in the background, right after the removal.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::path::Path::new(&format!("/run/netns/evs-{pod}")).exists() {
+        assert!(Instant::now() < deadline, "the pod's namespace outlived it");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
 }

@@ -546,12 +546,6 @@ impl LocalRuntime {
             return Ok(());
         }
         let released = self.identities.clone().zip(identity::read(&dir.root));
-        let id = pod.to_string();
-        blocking(move || {
-            netns::remove(&id);
-            Ok(())
-        })
-        .await?;
         let trash = layout::trash_dir(&self.cfg.pods_dir, pod);
         let doomed = trash.clone();
         blocking(move || {
@@ -568,7 +562,10 @@ impl LocalRuntime {
         })
         .await
         .context("removing the pod directory")?;
+        let id = pod.to_string();
         tokio::task::spawn_blocking(move || {
+            // Its network goes once its files are out of the pods directory (no sandbox runs on it any more).
+            netns::remove(&id);
             if let Err(e) = layout::remove_tree(&trash) {
                 tracing::warn!(error = %e, path = %trash.display(), "deleting a removed pod's files failed");
             }
