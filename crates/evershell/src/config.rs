@@ -21,6 +21,7 @@ pub struct Config {
     pub runtime: RuntimeConfig,
     pub snapshots: SnapshotConfig,
     pub limits: LimitsConfig,
+    pub http: HttpConfig,
     pub sessions: SessionConfig,
     pub reconciler: ReconcilerSettings,
 }
@@ -56,6 +57,21 @@ pub struct LimitsConfig {
     pub max_wait_ms: u64,
 }
 
+/// Connection and request limits of the HTTP server.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HttpConfig {
+    /// A connection's request headers must arrive within this; a slower client is disconnected.
+    pub header_read_timeout_ms: u64,
+    /// A request must be answered (its response head sent) within this; `?wait=true` gets `limits.max_wait_ms` more,
+    /// file uploads get `upload_timeout_ms` instead.
+    pub request_timeout_ms: u64,
+    /// `PUT …/sandbox/files/{path}`: the whole upload must arrive within this.
+    pub upload_timeout_ms: u64,
+    /// Connections served at once; more wait in the listen backlog.
+    pub max_connections: usize,
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct SessionConfig {
@@ -80,6 +96,7 @@ impl Default for Config {
             runtime: RuntimeConfig::default(),
             snapshots: SnapshotConfig::default(),
             limits: LimitsConfig::default(),
+            http: HttpConfig::default(),
             sessions: SessionConfig::default(),
             reconciler: ReconcilerSettings::default(),
         }
@@ -96,6 +113,17 @@ impl Default for LimitsConfig {
     fn default() -> Self {
         let l = evershell_api::Limits::default();
         Self { max_body_bytes: l.max_body_bytes, max_upload_bytes: l.max_upload_bytes, max_wait_ms: l.max_wait_ms }
+    }
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        Self {
+            header_read_timeout_ms: 10_000,
+            request_timeout_ms: 60_000,
+            upload_timeout_ms: 3_600_000,
+            max_connections: 1024,
+        }
     }
 }
 
@@ -117,8 +145,18 @@ impl Default for ReconcilerSettings {
 }
 
 /// Top-level keys, for picking `EVERSHELL_*` variables that configure the server.
-const SECTIONS: &[&str] =
-    &["listen", "data_dir", "database_url", "log_format", "runtime", "snapshots", "limits", "sessions", "reconciler"];
+const SECTIONS: &[&str] = &[
+    "listen",
+    "data_dir",
+    "database_url",
+    "log_format",
+    "runtime",
+    "snapshots",
+    "limits",
+    "http",
+    "sessions",
+    "reconciler",
+];
 
 /// Flags that override the file and the environment.
 #[derive(Debug, Clone, Default)]

@@ -2,4 +2,5 @@
 //! server in-process on port 0.
 
 pub mod config;
+pub mod listener;
 pub mod server;

@@ -3,6 +3,7 @@
 
 use std::net::SocketAddr;
 use std::os::fd::AsRawFd;
+use std::sync::atomic::AtomicUsize;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
@@ -14,11 +15,14 @@ use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use tokio::sync::oneshot;
 
 use crate::config::Config;
+use crate::listener::{self, ListenerLimits};
 
 /// A running server.
 pub struct Server {
     pub addr: SocketAddr,
     pub app: Arc<App>,
+    /// Connections being served right now.
+    pub open_connections: Arc<AtomicUsize>,
     stop: Option<oneshot::Sender<()>>,
     done: tokio::task::JoinHandle<anyhow::Result<()>>,
     _lock: Option<std::fs::File>,
@@ -104,6 +108,21 @@ pub async fn start(cfg: Config) -> anyhow::Result<Server> {
         max_body_bytes: cfg.limits.max_body_bytes,
         max_upload_bytes: cfg.limits.max_upload_bytes,
         max_wait_ms: cfg.limits.max_wait_ms,
+        request_timeout_ms: cfg.http.request_timeout_ms,
+        upload_timeout_ms: cfg.http.upload_timeout_ms,
+    };
+    match listener::raise_nofile_limit() {
+        Ok((soft, _)) if (soft as usize) < cfg.http.max_connections + 256 => tracing::warn!(
+            nofile = soft,
+            max_connections = cfg.http.max_connections,
+            "RLIMIT_NOFILE leaves little room beside http.max_connections; raise the hard limit (LimitNOFILE=)"
+        ),
+        Ok((soft, _)) => tracing::debug!(nofile = soft, "RLIMIT_NOFILE raised to the hard limit"),
+        Err(e) => tracing::warn!(error = %e, "could not raise RLIMIT_NOFILE"),
+    }
+    let listener_limits = ListenerLimits {
+        header_read_timeout: Duration::from_millis(cfg.http.header_read_timeout_ms),
+        max_connections: cfg.http.max_connections,
     };
     let router = evershell_api::router(app.clone(), prometheus(), limits);
     let listener =
@@ -111,6 +130,8 @@ pub async fn start(cfg: Config) -> anyhow::Result<Server> {
     let addr = listener.local_addr()?;
     let (stop_tx, stop_rx) = oneshot::channel::<()>();
     let app2 = app.clone();
+    let open_connections = Arc::new(AtomicUsize::new(0));
+    let open = open_connections.clone();
     let done = tokio::spawn(async move {
         let shutdown = async move {
             tokio::select! {
@@ -118,12 +139,12 @@ pub async fn start(cfg: Config) -> anyhow::Result<Server> {
                 _ = signal() => tracing::info!("shutting down"),
             }
         };
-        axum::serve(listener, router).with_graceful_shutdown(shutdown).await?;
+        listener::serve(listener, router, listener_limits, open, shutdown).await?;
         app2.reconciler.shutdown().await;
         Ok(())
     });
     tracing::info!(%addr, "evershell listening");
-    Ok(Server { addr, app, stop: Some(stop_tx), done, _lock: lock })
+    Ok(Server { addr, app, open_connections, stop: Some(stop_tx), done, _lock: lock })
 }
 
 async fn signal() {

@@ -99,10 +99,27 @@ impl TestServer {
 
     /// A server over an existing data dir and database (for restarts).
     pub async fn start_at(dir: tempfile::TempDir, db_url: String, bootstrap: bool) -> Self {
+        Self::start_at_with(dir, db_url, bootstrap, |_| {}).await
+    }
+
+    /// A SQLite server whose configuration `tweak` adjusts first.
+    pub async fn start_with(tweak: impl FnOnce(&mut Config)) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let db_url = format!("sqlite://{}", dir.path().join("evershell.db").display());
+        Self::start_at_with(dir, db_url, true, tweak).await
+    }
+
+    pub async fn start_at_with(
+        dir: tempfile::TempDir,
+        db_url: String,
+        bootstrap: bool,
+        tweak: impl FnOnce(&mut Config),
+    ) -> Self {
         if let Ok(filter) = std::env::var("EVERSHELL_TEST_LOG") {
             let _ = tracing_subscriber::fmt().with_env_filter(filter).with_test_writer().try_init();
         }
-        let cfg = config(dir.path(), &db_url);
+        let mut cfg = config(dir.path(), &db_url);
+        tweak(&mut cfg);
         let server = evershell::server::start(cfg).await.expect("server starts");
         let url = format!("http://{}", server.addr);
         let app = server.app.clone();
@@ -136,6 +153,11 @@ impl TestServer {
         remove_pods(&self.app).await;
         let dir = std::mem::replace(&mut self.dir, tempfile::tempdir().unwrap());
         (dir, self.db_url.clone())
+    }
+
+    /// Connections the server is serving right now.
+    pub fn open_connections(&self) -> usize {
+        self.server.as_ref().map_or(0, |s| s.open_connections.load(std::sync::atomic::Ordering::Relaxed))
     }
 
     pub async fn call(&self, method: Method, path: &str, token: Option<&str>, body: Option<Value>) -> Resp {

@@ -1,6 +1,7 @@
 //! Integration tests: the real server on port 0 against a fresh database, real sandboxes, spoken to over HTTP.
 
 mod harness;
+mod http_limits;
 
 mod api_audit;
 mod api_config;
