@@ -3,6 +3,7 @@
 
 use std::net::SocketAddr;
 use std::os::fd::AsRawFd;
+use std::os::unix::fs::OpenOptionsExt;
 use std::sync::atomic::AtomicUsize;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
@@ -56,7 +57,7 @@ fn lock_data_dir(cfg: &Config) -> anyhow::Result<Option<std::fs::File>> {
         return Ok(None);
     }
     let path = cfg.data_dir.join("serve.lock");
-    let f = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(&path)?;
+    let f = std::fs::OpenOptions::new().create(true).truncate(false).write(true).mode(0o600).open(&path)?;
     // SAFETY: flock on a descriptor we own.
     let rc = unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
     anyhow::ensure!(
@@ -70,11 +71,10 @@ fn lock_data_dir(cfg: &Config) -> anyhow::Result<Option<std::fs::File>> {
 
 /// Start a server: returns once it listens.
 pub async fn start(cfg: Config) -> anyhow::Result<Server> {
-    std::fs::create_dir_all(&cfg.data_dir)
-        .with_context(|| format!("creating the data directory {}", cfg.data_dir.display()))?;
+    let snap_dir = cfg.snapshots.dir.clone().unwrap_or_else(|| cfg.data_dir.join("snapshots"));
+    crate::datadir::prepare(&cfg.data_dir, Some(&snap_dir))?;
     let lock = lock_data_dir(&cfg)?;
     let store = evershell_store::connect(&cfg.database_url()).await.context("opening the store")?;
-    let snap_dir = cfg.snapshots.dir.clone().unwrap_or_else(|| cfg.data_dir.join("snapshots"));
     let snapshots = SnapshotStore::local(&snap_dir).context("opening the snapshot directory")?;
     anyhow::ensure!(cfg.runtime.kind == "local", "unknown runtime kind `{}` (expected `local`)", cfg.runtime.kind);
     let agent_binary = match &cfg.runtime.agent_binary {

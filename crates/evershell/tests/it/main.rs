@@ -1,5 +1,6 @@
 //! Integration tests: the real server on port 0 against a fresh database, real sandboxes, spoken to over HTTP.
 
+mod data_perms;
 mod harness;
 mod http_limits;
 
