@@ -89,7 +89,7 @@ impl TestServer {
     }
 
     pub async fn start_on(db: Db) -> Self {
-        let dir = tempfile::tempdir().unwrap();
+        let dir = private_tempdir();
         let db_url = match db {
             Db::Sqlite => format!("sqlite://{}", dir.path().join("evershell.db").display()),
             Db::Postgres => evershell_store::testing::fresh_postgres_url().await,
@@ -104,7 +104,7 @@ impl TestServer {
 
     /// A SQLite server whose configuration `tweak` adjusts first.
     pub async fn start_with(tweak: impl FnOnce(&mut Config)) -> Self {
-        let dir = tempfile::tempdir().unwrap();
+        let dir = private_tempdir();
         let db_url = format!("sqlite://{}", dir.path().join("evershell.db").display());
         Self::start_at_with(dir, db_url, true, tweak).await
     }
@@ -295,6 +295,14 @@ pub async fn remove_pods(app: &App) {
         }
     }
     app.runtime.shutdown().await;
+}
+
+/// A temp dir the server accepts as its data dir (`tempfile` creates `0755`; the server refuses what others can read).
+pub fn private_tempdir() -> tempfile::TempDir {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o700)).unwrap();
+    dir
 }
 
 pub fn config(data_dir: &std::path::Path, db_url: &str) -> Config {

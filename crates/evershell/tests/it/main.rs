@@ -3,6 +3,7 @@
 mod data_perms;
 mod harness;
 mod http_limits;
+mod metrics_labels;
 
 mod api_audit;
 mod api_config;
