@@ -22,6 +22,7 @@ pub struct Config {
     pub snapshots: SnapshotConfig,
     pub limits: LimitsConfig,
     pub http: HttpConfig,
+    pub idempotency: IdempotencyConfig,
     pub sessions: SessionConfig,
     pub reconciler: ReconcilerSettings,
 }
@@ -72,6 +73,18 @@ pub struct HttpConfig {
     pub max_connections: usize,
 }
 
+/// `Idempotency-Key` bookkeeping.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct IdempotencyConfig {
+    /// How long a key is remembered (and its answer replayed).
+    pub ttl_ms: u64,
+    /// Lease on an in-flight key, renewed while its request runs; a dead server's claim is taken over after it.
+    pub lease_ms: u64,
+    /// How often expired keys are deleted.
+    pub sweep_interval_ms: u64,
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct SessionConfig {
@@ -97,6 +110,7 @@ impl Default for Config {
             snapshots: SnapshotConfig::default(),
             limits: LimitsConfig::default(),
             http: HttpConfig::default(),
+            idempotency: IdempotencyConfig::default(),
             sessions: SessionConfig::default(),
             reconciler: ReconcilerSettings::default(),
         }
@@ -123,6 +137,17 @@ impl Default for HttpConfig {
             request_timeout_ms: 60_000,
             upload_timeout_ms: 3_600_000,
             max_connections: 1024,
+        }
+    }
+}
+
+impl Default for IdempotencyConfig {
+    fn default() -> Self {
+        let a = evershell_app::AppConfig::default();
+        Self {
+            ttl_ms: a.idempotency_ttl_ms as u64,
+            lease_ms: a.idempotency_lease_ms as u64,
+            sweep_interval_ms: a.idempotency_sweep_interval_ms,
         }
     }
 }

@@ -100,10 +100,18 @@ pub async fn start(cfg: Config) -> anyhow::Result<Server> {
             single_server: cfg.is_sqlite(),
             ..Default::default()
         },
+        idempotency_ttl_ms: cfg.idempotency.ttl_ms as i64,
+        idempotency_lease_ms: cfg.idempotency.lease_ms as i64,
+        idempotency_sweep_interval_ms: cfg.idempotency.sweep_interval_ms,
         ..Default::default()
     };
     let app = Arc::new(App::new(store, runtime, snapshots, app_cfg));
     app.reconciler.start().await.context("starting the reconciler")?;
+    let housekeeping = tokio_util::sync::CancellationToken::new();
+    let sweeper = {
+        let (app, stop) = (app.clone(), housekeeping.clone());
+        tokio::spawn(async move { app.sweep_idempotency_keys_periodically(stop).await })
+    };
     let limits = evershell_api::Limits {
         max_body_bytes: cfg.limits.max_body_bytes,
         max_upload_bytes: cfg.limits.max_upload_bytes,
@@ -140,6 +148,8 @@ pub async fn start(cfg: Config) -> anyhow::Result<Server> {
             }
         };
         listener::serve(listener, router, listener_limits, open, shutdown).await?;
+        housekeeping.cancel();
+        let _ = sweeper.await;
         app2.reconciler.shutdown().await;
         Ok(())
     });

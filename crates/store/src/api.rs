@@ -44,6 +44,17 @@ pub enum IdempotencyBegin {
     InFlight,
 }
 
+/// A claim on an `Idempotency-Key`: the request it fingerprints, when the key expires, and which server process runs
+/// the request until when (it renews the lease while the request runs; a lapsed lease means the owner died).
+#[derive(Debug, Clone, Copy)]
+pub struct IdempotencyClaim<'a> {
+    pub fingerprint: &'a str,
+    pub now: Timestamp,
+    pub expires_at: Timestamp,
+    pub owner: &'a str,
+    pub lease_until: Timestamp,
+}
+
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
     fn backend(&self) -> Backend;
@@ -217,16 +228,15 @@ pub trait Store: Send + Sync + 'static {
     async fn query_audit(&self, q: &AuditQuery) -> Result<Vec<AuditEvent>>;
 
     // ---- idempotency -----------------------------------------------------------------------------------------------
-    /// Start a request under `key`. Keys expire at `expires_at`; an expired key counts as new.
-    async fn idempotency_begin(
-        &self,
-        org: OrgId,
-        key: &str,
-        fingerprint: &str,
-        now: Timestamp,
-        expires_at: Timestamp,
-    ) -> Result<IdempotencyBegin>;
-    async fn idempotency_complete(&self, org: OrgId, key: &str, status: u16, body: &str) -> Result<()>;
-    /// Forget an in-flight key whose request failed with a server error, so a retry runs again.
-    async fn idempotency_abandon(&self, org: OrgId, key: &str) -> Result<()>;
+    /// Start a request under `key`. An expired key counts as new, and so does an in-flight one whose owner's lease
+    /// lapsed (the process running it died).
+    async fn idempotency_begin(&self, org: OrgId, key: &str, claim: &IdempotencyClaim<'_>) -> Result<IdempotencyBegin>;
+    /// Extend `owner`'s lease on its in-flight key; `false` when the claim is no longer `owner`'s.
+    async fn idempotency_renew(&self, org: OrgId, key: &str, owner: &str, lease_until: Timestamp) -> Result<bool>;
+    /// Keep the answer for replay; `false` (nothing written) when the claim is no longer `owner`'s.
+    async fn idempotency_complete(&self, org: OrgId, key: &str, owner: &str, status: u16, body: &str) -> Result<bool>;
+    /// Forget `owner`'s in-flight key whose request failed with a server error, so a retry runs again.
+    async fn idempotency_abandon(&self, org: OrgId, key: &str, owner: &str) -> Result<()>;
+    /// Delete up to `limit` keys that expired by `now`; returns how many.
+    async fn idempotency_sweep(&self, now: Timestamp, limit: u32) -> Result<u64>;
 }

@@ -16,7 +16,7 @@ macro_rules! impl_store {
             };
             use evershell_core::scope::MemberRole;
 
-            use $crate::api::{IdempotencyBegin, WorkspaceFilter};
+            use $crate::api::{IdempotencyBegin, IdempotencyClaim, WorkspaceFilter};
 
             #[async_trait::async_trait]
             impl $crate::api::Store for $store {
@@ -288,17 +288,34 @@ macro_rules! impl_store {
                     &self,
                     org: OrgId,
                     key: &str,
-                    fingerprint: &str,
-                    now: Timestamp,
-                    expires_at: Timestamp,
+                    claim: &IdempotencyClaim<'_>,
                 ) -> Result<IdempotencyBegin> {
-                    ops::idempotency::idempotency_begin(self, org, key, fingerprint, now, expires_at).await
+                    ops::idempotency::idempotency_begin(self, org, key, claim).await
                 }
-                async fn idempotency_complete(&self, org: OrgId, key: &str, status: u16, body: &str) -> Result<()> {
-                    ops::idempotency::idempotency_complete(self, org, key, status, body).await
+                async fn idempotency_renew(
+                    &self,
+                    org: OrgId,
+                    key: &str,
+                    owner: &str,
+                    lease_until: Timestamp,
+                ) -> Result<bool> {
+                    ops::idempotency::idempotency_renew(self, org, key, owner, lease_until).await
                 }
-                async fn idempotency_abandon(&self, org: OrgId, key: &str) -> Result<()> {
-                    ops::idempotency::idempotency_abandon(self, org, key).await
+                async fn idempotency_complete(
+                    &self,
+                    org: OrgId,
+                    key: &str,
+                    owner: &str,
+                    status: u16,
+                    body: &str,
+                ) -> Result<bool> {
+                    ops::idempotency::idempotency_complete(self, org, key, owner, status, body).await
+                }
+                async fn idempotency_abandon(&self, org: OrgId, key: &str, owner: &str) -> Result<()> {
+                    ops::idempotency::idempotency_abandon(self, org, key, owner).await
+                }
+                async fn idempotency_sweep(&self, now: Timestamp, limit: u32) -> Result<u64> {
+                    ops::idempotency::idempotency_sweep(self, now, limit).await
                 }
             }
         };

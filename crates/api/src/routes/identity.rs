@@ -1,5 +1,6 @@
 //! Sign-in, the caller's identity, API keys and memberships.
 
+use axum::Extension;
 use axum::extract::{Path, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::IntoResponse;
@@ -17,6 +18,7 @@ use crate::access::{Auth, SESSION_COOKIE};
 use crate::envelope::RequestId;
 use crate::error::{ApiResult, ErrorBody};
 use crate::extract::Json;
+use crate::idempotency::SecretFields;
 use crate::state::AppState;
 
 pub fn router() -> OpenApiRouter<AppState> {
@@ -113,7 +115,8 @@ pub async fn create_api_key(
     Auth(c): Auth,
     Json(req): Json<CreateApiKeyRequest>,
 ) -> ApiResult<impl IntoResponse> {
-    Ok((StatusCode::CREATED, axum::Json(s.app.create_api_key(&c, req).await?)))
+    let key = s.app.create_api_key(&c, req).await?;
+    Ok((StatusCode::CREATED, Extension(SecretFields(&["value"])), axum::Json(key)))
 }
 
 /// The org's live API keys (values are never shown again).
@@ -162,7 +165,8 @@ pub async fn invite(
     Path(org): Path<String>,
     Json(req): Json<InviteRequest>,
 ) -> ApiResult<impl IntoResponse> {
-    Ok((StatusCode::CREATED, axum::Json(s.app.invite(&c, &org, req).await?)))
+    let invitation = s.app.invite(&c, &org, req).await?;
+    Ok((StatusCode::CREATED, Extension(SecretFields(&["invite_token"])), axum::Json(invitation)))
 }
 
 /// Change a member's role (Owners only). Refused for pending invitations and for the last Owner.

@@ -3,6 +3,7 @@
 mod data_perms;
 mod harness;
 mod http_limits;
+mod idempotency_secrets;
 mod metrics_labels;
 
 mod api_audit;
