@@ -39,7 +39,42 @@ pub struct AppConfig {
     pub idempotency_lease_ms: i64,
     /// How often expired idempotency keys are deleted.
     pub idempotency_sweep_interval_ms: u64,
+    pub quotas: Quotas,
     pub reconciler: ReconcilerConfig,
+}
+
+/// Workspace limits (0: unlimited), counted over non-archived workspaces; a create beyond one is
+/// `409 quota_exceeded`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Quotas {
+    /// Workspaces in one org.
+    pub workspaces_per_org: u64,
+    /// Workspaces of one agent role.
+    pub workspaces_per_agent_role: u64,
+    /// Workspaces one person may have created, by their member role (API keys are bounded by the org limit).
+    pub workspaces_per_user: PerMemberRole,
+}
+
+/// One limit per member role (0: unlimited).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PerMemberRole {
+    pub owner: u64,
+    pub operator: u64,
+    pub member: u64,
+}
+
+impl Default for Quotas {
+    fn default() -> Self {
+        Self { workspaces_per_org: 10_000, workspaces_per_agent_role: 0, workspaces_per_user: Default::default() }
+    }
+}
+
+impl Default for PerMemberRole {
+    fn default() -> Self {
+        Self { owner: 0, operator: 0, member: 100 }
+    }
 }
 
 impl Default for AppConfig {
@@ -49,6 +84,7 @@ impl Default for AppConfig {
             idempotency_ttl_ms: 24 * 3600 * 1000,
             idempotency_lease_ms: 30_000,
             idempotency_sweep_interval_ms: 600_000,
+            quotas: Quotas::default(),
             reconciler: Default::default(),
         }
     }

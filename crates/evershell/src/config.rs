@@ -23,6 +23,8 @@ pub struct Config {
     pub limits: LimitsConfig,
     pub http: HttpConfig,
     pub idempotency: IdempotencyConfig,
+    /// Workspace limits (0: unlimited).
+    pub quotas: evershell_app::Quotas,
     pub sessions: SessionConfig,
     pub reconciler: ReconcilerSettings,
 }
@@ -111,6 +113,7 @@ impl Default for Config {
             limits: LimitsConfig::default(),
             http: HttpConfig::default(),
             idempotency: IdempotencyConfig::default(),
+            quotas: Default::default(),
             sessions: SessionConfig::default(),
             reconciler: ReconcilerSettings::default(),
         }

@@ -101,6 +101,7 @@ pub async fn start(cfg: Config) -> anyhow::Result<Server> {
             ..Default::default()
         },
         idempotency_ttl_ms: cfg.idempotency.ttl_ms as i64,
+        quotas: cfg.quotas,
         idempotency_lease_ms: cfg.idempotency.lease_ms as i64,
         idempotency_sweep_interval_ms: cfg.idempotency.sweep_interval_ms,
         ..Default::default()

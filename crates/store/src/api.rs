@@ -29,6 +29,22 @@ pub struct WorkspaceFilter {
     pub include_archived: bool,
     /// Only workspaces created by this user (`workspace:read:own`).
     pub created_by: Option<UserId>,
+    /// A page: only ids below this one (the list is newest first)…
+    pub before: Option<WorkspaceId>,
+    /// …and at most this many.
+    pub limit: Option<u32>,
+}
+
+/// Limits a new workspace must stay within (`None`: unlimited). Counted over the org's non-archived workspaces, in
+/// the creating transaction, so concurrent creates cannot overshoot.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct WorkspaceQuota {
+    /// Workspaces in the org.
+    pub per_org: Option<u64>,
+    /// Workspaces of the new workspace's agent role.
+    pub per_role: Option<u64>,
+    /// Workspaces created by the new workspace's creator (only when it has one).
+    pub per_user: Option<u64>,
 }
 
 /// The result of starting an idempotent request.
@@ -176,7 +192,16 @@ pub trait Store: Send + Sync + 'static {
     // ---- workspaces ------------------------------------------------------------------------------------------------
     /// `RoleArchived` / `ProviderArchived` when a parent is archived (checked in the transaction, so an archive and
     /// a create cannot interleave).
-    async fn create_workspace(&self, ws: &WorkspaceRecord, audit: &[AuditEvent]) -> Result<()>;
+    async fn create_workspace(&self, ws: &WorkspaceRecord, audit: &[AuditEvent]) -> Result<()> {
+        self.create_workspace_within(ws, &WorkspaceQuota::default(), audit).await
+    }
+    /// Create a workspace unless it would exceed `quota` (`409 quota_exceeded` naming the quota).
+    async fn create_workspace_within(
+        &self,
+        ws: &WorkspaceRecord,
+        quota: &WorkspaceQuota,
+        audit: &[AuditEvent],
+    ) -> Result<()>;
     async fn get_workspace(&self, org: OrgId, id: WorkspaceId) -> Result<Option<WorkspaceRecord>>;
     /// For the reconciler, which works across orgs.
     async fn get_workspace_by_id(&self, id: WorkspaceId) -> Result<Option<WorkspaceRecord>>;
@@ -204,6 +229,8 @@ pub trait Store: Send + Sync + 'static {
     // ---- snapshots -------------------------------------------------------------------------------------------------
     async fn insert_snapshot(&self, s: &SnapshotRecord) -> Result<()>;
     async fn get_snapshot(&self, id: SnapshotId) -> Result<Option<SnapshotRecord>>;
+    /// The snapshots with these ids (those that exist), in one query.
+    async fn get_snapshots(&self, ids: &[SnapshotId]) -> Result<Vec<SnapshotRecord>>;
     /// A workspace's snapshots, oldest first.
     async fn list_snapshots(&self, ws: WorkspaceId) -> Result<Vec<SnapshotRecord>>;
     /// Snapshots still `pending` (their writer may have died), across all workspaces.

@@ -16,7 +16,7 @@ macro_rules! impl_store {
             };
             use evershell_core::scope::MemberRole;
 
-            use $crate::api::{IdempotencyBegin, IdempotencyClaim, WorkspaceFilter};
+            use $crate::api::{IdempotencyBegin, IdempotencyClaim, WorkspaceFilter, WorkspaceQuota};
 
             #[async_trait::async_trait]
             impl $crate::api::Store for $store {
@@ -207,8 +207,13 @@ macro_rules! impl_store {
                     ops::roles::unarchive_role(self, org, id, now, audit).await
                 }
 
-                async fn create_workspace(&self, ws: &WorkspaceRecord, audit: &[AuditEvent]) -> Result<()> {
-                    ops::workspaces::create_workspace(self, ws, audit).await
+                async fn create_workspace_within(
+                    &self,
+                    ws: &WorkspaceRecord,
+                    quota: &WorkspaceQuota,
+                    audit: &[AuditEvent],
+                ) -> Result<()> {
+                    ops::workspaces::create_workspace(self, ws, quota, audit).await
                 }
                 async fn get_workspace(&self, org: OrgId, id: WorkspaceId) -> Result<Option<WorkspaceRecord>> {
                     ops::workspaces::get_workspace(self, org, id).await
@@ -251,6 +256,9 @@ macro_rules! impl_store {
 
                 async fn insert_snapshot(&self, s: &SnapshotRecord) -> Result<()> {
                     ops::snapshots::insert_snapshot(self, s).await
+                }
+                async fn get_snapshots(&self, ids: &[SnapshotId]) -> Result<Vec<SnapshotRecord>> {
+                    ops::snapshots::get_snapshots(self, ids).await
                 }
                 async fn get_snapshot(&self, id: SnapshotId) -> Result<Option<SnapshotRecord>> {
                     ops::snapshots::get_snapshot(self, id).await

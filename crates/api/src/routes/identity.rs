@@ -2,8 +2,8 @@
 
 use axum::Extension;
 use axum::extract::{Path, State};
-use axum::http::{HeaderValue, StatusCode, header};
-use axum::response::IntoResponse;
+use axum::http::{HeaderValue, StatusCode, Uri, header};
+use axum::response::{IntoResponse, Response};
 use evershell_app::identity::{
     AcceptInviteRequest, CreateApiKeyRequest, CreatedApiKey, Invitation, InviteRequest, LoginRequest, MeSession,
     PatchMembershipRequest, SessionToken,
@@ -17,8 +17,9 @@ use utoipa_axum::routes;
 use crate::access::{Auth, SESSION_COOKIE};
 use crate::envelope::RequestId;
 use crate::error::{ApiResult, ErrorBody};
-use crate::extract::Json;
+use crate::extract::{Json, Params};
 use crate::idempotency::SecretFields;
+use crate::paging::{self, PageParams};
 use crate::state::AppState;
 
 pub fn router() -> OpenApiRouter<AppState> {
@@ -47,12 +48,18 @@ pub fn status(s: &str) -> axum::Json<Status> {
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct ApiKeyList {
     pub api_keys: Vec<ApiKey>,
+    /// Present when `limit` cut the list: pass it back as `cursor` for the next page.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_cursor: Option<String>,
 }
 
 /// `{"memberships": […]}`.
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct MembershipList {
     pub memberships: Vec<Membership>,
+    /// Present when `limit` cut the list: pass it back as `cursor` for the next page.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_cursor: Option<String>,
 }
 
 fn session_cookie(token: &SessionToken) -> HeaderValue {
@@ -121,9 +128,15 @@ pub async fn create_api_key(
 
 /// The org's live API keys (values are never shown again).
 #[utoipa::path(get, path = "/v1/api-keys", tag = "api-keys", security(("bearer" = ["apikeys:write"])),
-    responses((status = 200, body = ApiKeyList)))]
-pub async fn list_api_keys(State(s): State<AppState>, Auth(c): Auth) -> ApiResult<axum::Json<ApiKeyList>> {
-    Ok(axum::Json(ApiKeyList { api_keys: s.app.list_api_keys(&c).await? }))
+    params(("limit" = Option<u32>, Query, description = "Page size (1-1000); without it the whole list"),
+        ("cursor" = Option<String>, Query, description = "`next_cursor` of the previous page")),
+    responses((status = 200, body = ApiKeyList), (status = 400, description = "`validation_error` (limit), `invalid_cursor`", body = ErrorBody)))]
+pub async fn list_api_keys(State(s): State<AppState>, Auth(c): Auth, uri: Uri, p: Params) -> ApiResult<Response> {
+    let pp = PageParams::parse(&p, "api_keys")?;
+    let all = s.app.list_api_keys(&c).await?;
+    let (api_keys, next) =
+        paging::page(all, "api_keys", |k| format!("{:016}\u{1}{}", k.created_at.millis(), k.id), &pp);
+    Ok(paging::answer(&uri, ApiKeyList { api_keys, next_cursor: next.clone() }, next.as_deref()))
 }
 
 /// Revoke an API key: it gets 401 from the very next request. Works in any billing posture.
@@ -142,14 +155,22 @@ pub async fn revoke_api_key(
 /// Memberships of the caller's org (`members:read:own`: only the caller's own). Another org's id is 403.
 #[utoipa::path(get, path = "/v1/orgs/{id}/memberships", tag = "memberships",
     security(("bearer" = ["members:read"]), ("bearer" = ["members:read:own"])),
-    params(("id" = String, Path, description = "The caller's org id")),
-    responses((status = 200, body = MembershipList)))]
+    params(("id" = String, Path, description = "The caller's org id"),
+        ("limit" = Option<u32>, Query, description = "Page size (1-1000); without it the whole list"),
+        ("cursor" = Option<String>, Query, description = "`next_cursor` of the previous page")),
+    responses((status = 200, body = MembershipList), (status = 400, description = "`validation_error` (limit), `invalid_cursor`", body = ErrorBody)))]
 pub async fn list_memberships(
     State(s): State<AppState>,
     Auth(c): Auth,
     Path(org): Path<String>,
-) -> ApiResult<axum::Json<MembershipList>> {
-    Ok(axum::Json(MembershipList { memberships: s.app.list_memberships(&c, &org).await? }))
+    uri: Uri,
+    p: Params,
+) -> ApiResult<Response> {
+    let pp = PageParams::parse(&p, "memberships")?;
+    let all = s.app.list_memberships(&c, &org).await?;
+    let (memberships, next) =
+        paging::page(all, "memberships", |m| format!("{:016}\u{1}{}", m.created_at.millis(), m.user_id), &pp);
+    Ok(paging::answer(&uri, MembershipList { memberships, next_cursor: next.clone() }, next.as_deref()))
 }
 
 /// Invite a member: a pending membership plus a one-time `invite_token` for `POST /v1/auth/accept-invite`.

@@ -5,6 +5,7 @@ mod harness;
 mod http_limits;
 mod idempotency_secrets;
 mod metrics_labels;
+mod quotas_paging;
 
 mod api_audit;
 mod api_config;
