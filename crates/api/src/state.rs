@@ -18,6 +18,9 @@ pub struct Limits {
     pub request_timeout_ms: u64,
     /// Longest file upload (`PUT …/sandbox/files/{path}`).
     pub upload_timeout_ms: u64,
+    /// Always mark the session cookie `Secure` (the server is behind TLS); it is also marked so whenever a request
+    /// arrives with `X-Forwarded-Proto: https`.
+    pub secure_cookies: bool,
 }
 
 impl Default for Limits {
@@ -28,6 +31,7 @@ impl Default for Limits {
             max_wait_ms: 300_000,
             request_timeout_ms: 60_000,
             upload_timeout_ms: 3_600_000,
+            secure_cookies: false,
         }
     }
 }

@@ -40,6 +40,8 @@ pub struct AppConfig {
     /// How often expired idempotency keys are deleted.
     pub idempotency_sweep_interval_ms: u64,
     pub quotas: Quotas,
+    /// Most entries a file listing (live or snapshot) returns; beyond it the listing says `truncated`.
+    pub max_list_entries: usize,
     pub reconciler: ReconcilerConfig,
 }
 
@@ -85,6 +87,7 @@ impl Default for AppConfig {
             idempotency_lease_ms: 30_000,
             idempotency_sweep_interval_ms: 600_000,
             quotas: Quotas::default(),
+            max_list_entries: evershell_snapshot::MAX_LIST_ENTRIES,
             reconciler: Default::default(),
         }
     }

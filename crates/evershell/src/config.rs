@@ -58,6 +58,8 @@ pub struct LimitsConfig {
     pub max_body_bytes: usize,
     pub max_upload_bytes: u64,
     pub max_wait_ms: u64,
+    /// Most entries a file listing returns.
+    pub max_list_entries: usize,
 }
 
 /// Connection and request limits of the HTTP server.
@@ -73,6 +75,9 @@ pub struct HttpConfig {
     pub upload_timeout_ms: u64,
     /// Connections served at once; more wait in the listen backlog.
     pub max_connections: usize,
+    /// Mark the session cookie `Secure` always (set it when TLS terminates in front of the server without
+    /// `X-Forwarded-Proto`); it is `Secure` anyway on requests with `X-Forwarded-Proto: https`.
+    pub secure_cookies: bool,
 }
 
 /// `Idempotency-Key` bookkeeping.
@@ -129,7 +134,12 @@ impl Default for RuntimeConfig {
 impl Default for LimitsConfig {
     fn default() -> Self {
         let l = evershell_api::Limits::default();
-        Self { max_body_bytes: l.max_body_bytes, max_upload_bytes: l.max_upload_bytes, max_wait_ms: l.max_wait_ms }
+        Self {
+            max_body_bytes: l.max_body_bytes,
+            max_upload_bytes: l.max_upload_bytes,
+            max_wait_ms: l.max_wait_ms,
+            max_list_entries: evershell_snapshot::MAX_LIST_ENTRIES,
+        }
     }
 }
 
@@ -140,6 +150,7 @@ impl Default for HttpConfig {
             request_timeout_ms: 60_000,
             upload_timeout_ms: 3_600_000,
             max_connections: 1024,
+            secure_cookies: false,
         }
     }
 }

@@ -102,6 +102,7 @@ pub async fn start(cfg: Config) -> anyhow::Result<Server> {
         },
         idempotency_ttl_ms: cfg.idempotency.ttl_ms as i64,
         quotas: cfg.quotas,
+        max_list_entries: cfg.limits.max_list_entries,
         idempotency_lease_ms: cfg.idempotency.lease_ms as i64,
         idempotency_sweep_interval_ms: cfg.idempotency.sweep_interval_ms,
         ..Default::default()
@@ -119,6 +120,7 @@ pub async fn start(cfg: Config) -> anyhow::Result<Server> {
         max_wait_ms: cfg.limits.max_wait_ms,
         request_timeout_ms: cfg.http.request_timeout_ms,
         upload_timeout_ms: cfg.http.upload_timeout_ms,
+        secure_cookies: cfg.http.secure_cookies,
     };
     match listener::raise_nofile_limit() {
         Ok((soft, _)) if (soft as usize) < cfg.http.max_connections + 256 => tracing::warn!(

@@ -21,6 +21,7 @@ mod tarmeta;
 mod verify;
 mod writeback;
 
+pub use browse::{Listing, MAX_LIST_ENTRIES};
 pub use keys::SnapshotKeys;
 pub use manifest::{FORMAT_VERSION, Manifest};
 pub use store::{ByteStream, FileRead, SnapshotStore};

@@ -96,7 +96,16 @@ impl SnapshotStore {
 
     /// Every entry of the archive, read from the stream without unpacking to disk.
     pub async fn list_files(&self, keys: &SnapshotKeys) -> Result<Vec<FileEntry>, SnapshotError> {
-        browse::list_files(&self.store, keys).await
+        Ok(browse::list_files(&self.store, keys, usize::MAX).await?.entries)
+    }
+
+    /// At most `max_entries` entries of the archive, and whether there are more.
+    pub async fn list_files_capped(
+        &self,
+        keys: &SnapshotKeys,
+        max_entries: usize,
+    ) -> Result<browse::Listing, SnapshotError> {
+        browse::list_files(&self.store, keys, max_entries).await
     }
 
     /// One regular file's first `max_bytes` bytes. `FileNotFound` when absent (or not a regular file).

@@ -2,7 +2,7 @@
 
 use axum::Extension;
 use axum::extract::{Path, State};
-use axum::http::{HeaderValue, StatusCode, Uri, header};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use evershell_app::identity::{
     AcceptInviteRequest, CreateApiKeyRequest, CreatedApiKey, Invitation, InviteRequest, LoginRequest, MeSession,
@@ -62,13 +62,29 @@ pub struct MembershipList {
     pub next_cursor: Option<String>,
 }
 
-fn session_cookie(token: &SessionToken) -> HeaderValue {
-    let max_age = ((token.expires_at.millis() - evershell_core::Timestamp::now().millis()) / 1000).max(0);
+/// Whether the client reached us over TLS: configured so, or a proxy says so (`X-Forwarded-Proto: https`, or
+/// `Forwarded: proto=https`). Only ever adds `Secure`, so trusting the header costs nothing.
+fn over_tls(s: &AppState, headers: &HeaderMap) -> bool {
+    let first = |name: header::HeaderName| {
+        headers.get(name).and_then(|v| v.to_str().ok()).map(|v| v.split(',').next().unwrap_or("").trim().to_string())
+    };
+    s.limits.secure_cookies
+        || first(header::HeaderName::from_static("x-forwarded-proto")).is_some_and(|p| p.eq_ignore_ascii_case("https"))
+        || first(header::FORWARDED)
+            .is_some_and(|f| f.split(';').any(|kv| kv.trim().eq_ignore_ascii_case("proto=https")))
+}
+
+fn cookie(value: &str, max_age: i64, secure: bool) -> HeaderValue {
+    let secure = if secure { "; Secure" } else { "" };
     HeaderValue::from_str(&format!(
-        "{SESSION_COOKIE}={}; HttpOnly; SameSite=Strict; Path=/; Max-Age={max_age}",
-        token.token
+        "{SESSION_COOKIE}={value}; HttpOnly; SameSite=Strict; Path=/; Max-Age={max_age}{secure}"
     ))
     .unwrap_or(HeaderValue::from_static(""))
+}
+
+fn session_cookie(token: &SessionToken, secure: bool) -> HeaderValue {
+    let max_age = ((token.expires_at.millis() - evershell_core::Timestamp::now().millis()) / 1000).max(0);
+    cookie(&token.token, max_age, secure)
 }
 
 /// Sign in with email and password. Returns a session JWT (also set as an HttpOnly cookie for the console).
@@ -77,21 +93,20 @@ fn session_cookie(token: &SessionToken) -> HeaderValue {
         (status = 401, description = "Wrong email or password", body = ErrorBody)))]
 pub async fn login(
     State(s): State<AppState>,
+    headers: HeaderMap,
     rid: Option<axum::Extension<RequestId>>,
     Json(req): Json<LoginRequest>,
 ) -> ApiResult<impl IntoResponse> {
     let t = s.app.login(req, rid.as_ref().map(|r| r.0.0.as_str())).await?;
-    Ok(([(header::SET_COOKIE, session_cookie(&t))], axum::Json(t)))
+    Ok(([(header::SET_COOKIE, session_cookie(&t, over_tls(&s, &headers)))], axum::Json(t)))
 }
 
 /// End the caller's session; its token is refused from the next request.
 #[utoipa::path(post, path = "/v1/auth/logout", tag = "identity", security(("bearer" = [])),
     responses((status = 200, body = Status, example = json!({"status": "logged_out"}))))]
-pub async fn logout(State(s): State<AppState>, Auth(c): Auth) -> ApiResult<impl IntoResponse> {
+pub async fn logout(State(s): State<AppState>, headers: HeaderMap, Auth(c): Auth) -> ApiResult<impl IntoResponse> {
     s.app.logout(&c).await?;
-    let clear = HeaderValue::from_str(&format!("{SESSION_COOKIE}=; HttpOnly; SameSite=Strict; Path=/; Max-Age=0"))
-        .unwrap_or(HeaderValue::from_static(""));
-    Ok(([(header::SET_COOKIE, clear)], status("logged_out")))
+    Ok(([(header::SET_COOKIE, cookie("", 0, over_tls(&s, &headers)))], status("logged_out")))
 }
 
 /// Accept an invitation: set the password (or confirm an existing one), activate the membership, sign in.
@@ -99,11 +114,12 @@ pub async fn logout(State(s): State<AppState>, Auth(c): Auth) -> ApiResult<impl 
     responses((status = 200, body = SessionToken), (status = 400, body = ErrorBody)))]
 pub async fn accept_invite(
     State(s): State<AppState>,
+    headers: HeaderMap,
     rid: Option<axum::Extension<RequestId>>,
     Json(req): Json<AcceptInviteRequest>,
 ) -> ApiResult<impl IntoResponse> {
     let t = s.app.accept_invite(req, rid.as_ref().map(|r| r.0.0.as_str())).await?;
-    Ok(([(header::SET_COOKIE, session_cookie(&t))], axum::Json(t)))
+    Ok(([(header::SET_COOKIE, session_cookie(&t, over_tls(&s, &headers)))], axum::Json(t)))
 }
 
 /// The resolved caller and the orgs it belongs to.

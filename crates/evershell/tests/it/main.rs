@@ -6,6 +6,7 @@ mod http_limits;
 mod idempotency_secrets;
 mod metrics_labels;
 mod quotas_paging;
+mod smaller_hardening;
 
 mod api_audit;
 mod api_config;
