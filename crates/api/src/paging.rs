@@ -79,6 +79,16 @@ pub fn link(uri: &Uri, next: &str) -> Option<HeaderValue> {
     HeaderValue::from_str(&format!("<{}?{}>; rel=\"next\"", uri.path(), q.finish())).ok()
 }
 
+/// The JSON answer of a list page, with the `Link` header when a next page exists.
+pub fn answer<T: serde::Serialize>(uri: &Uri, body: T, next: Option<&str>) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let mut res = axum::Json(body).into_response();
+    if let Some(v) = next.and_then(|n| link(uri, n)) {
+        res.headers_mut().insert(axum::http::header::LINK, v);
+    }
+    res
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -108,14 +118,4 @@ mod tests {
             "</v1/providers?include_archived=true&limit=2&cursor=xyz>; rel=\"next\""
         );
     }
-}
-
-/// The JSON answer of a list page, with the `Link` header when a next page exists.
-pub fn answer<T: serde::Serialize>(uri: &Uri, body: T, next: Option<&str>) -> axum::response::Response {
-    use axum::response::IntoResponse;
-    let mut res = axum::Json(body).into_response();
-    if let Some(v) = next.and_then(|n| link(uri, n)) {
-        res.headers_mut().insert(axum::http::header::LINK, v);
-    }
-    res
 }

@@ -37,7 +37,7 @@ pub fn raise_nofile_limit() -> std::io::Result<(u64, u64)> {
         }
         lim = raised;
     }
-    Ok((lim.rlim_cur as u64, lim.rlim_max as u64))
+    Ok((lim.rlim_cur, lim.rlim_max))
 }
 
 /// Serve `router` on `listener` until `shutdown` resolves, then let open connections finish their requests.

@@ -105,7 +105,6 @@ pub async fn start(cfg: Config) -> anyhow::Result<Server> {
         max_list_entries: cfg.limits.max_list_entries,
         idempotency_lease_ms: cfg.idempotency.lease_ms as i64,
         idempotency_sweep_interval_ms: cfg.idempotency.sweep_interval_ms,
-        ..Default::default()
     };
     let app = Arc::new(App::new(store, runtime, snapshots, app_cfg));
     app.reconciler.start().await.context("starting the reconciler")?;
