@@ -309,9 +309,16 @@ impl App {
         };
         let now = Timestamp::now();
         let mut next = ws.clone();
+        let mut quota = WorkspaceQuota::default();
         match decide(call, facts) {
             Decision::Refuse(code, msg) => return Err(Error::conflict(code, msg)),
-            Decision::SetArchived(on) => next.archived_at = on.then_some(now),
+            Decision::SetArchived(on) => {
+                next.archived_at = on.then_some(now);
+                if !on {
+                    // Back among the live workspaces: the org and role limits apply as to a create.
+                    quota = WorkspaceQuota { per_user: None, ..self.quota_for(caller) };
+                }
+            }
             Decision::Begin { status, desired, reason } => {
                 next.status = status;
                 next.desired = desired;
@@ -327,7 +334,7 @@ impl App {
         }));
         audit.agent_role = role.as_ref().map(|r| r.name.clone());
         audit.agent_provider = provider.map(|p| p.name);
-        if !self.store.update_workspace(&next, ws.generation, &[audit]).await? {
+        if !self.store.update_workspace_within(&next, ws.generation, &quota, &[audit]).await? {
             return Ok(None);
         }
         next.generation = ws.generation + 1;

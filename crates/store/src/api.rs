@@ -214,6 +214,17 @@ pub trait Store: Send + Sync + 'static {
         ws: &WorkspaceRecord,
         expected_generation: i64,
         audit: &[AuditEvent],
+    ) -> Result<bool> {
+        self.update_workspace_within(ws, expected_generation, &WorkspaceQuota::default(), audit).await
+    }
+    /// `update_workspace`, refused with `409 quota_exceeded` when `ws` would exceed `quota` (for an unarchive: the
+    /// stored row is still archived, so it is not counted yet).
+    async fn update_workspace_within(
+        &self,
+        ws: &WorkspaceRecord,
+        expected_generation: i64,
+        quota: &WorkspaceQuota,
+        audit: &[AuditEvent],
     ) -> Result<bool>;
     /// Workspaces the reconciler must look at: transitional ones and every one that owns a pod.
     async fn workspaces_to_reconcile(&self) -> Result<Vec<WorkspaceId>>;

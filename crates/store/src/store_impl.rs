@@ -224,13 +224,14 @@ macro_rules! impl_store {
                 async fn list_workspaces(&self, org: OrgId, filter: &WorkspaceFilter) -> Result<Vec<WorkspaceRecord>> {
                     ops::workspaces::list_workspaces(self, org, filter).await
                 }
-                async fn update_workspace(
+                async fn update_workspace_within(
                     &self,
                     ws: &WorkspaceRecord,
                     expected_generation: i64,
+                    quota: &WorkspaceQuota,
                     audit: &[AuditEvent],
                 ) -> Result<bool> {
-                    ops::workspaces::update_workspace(self, ws, expected_generation, audit).await
+                    ops::workspaces::update_workspace(self, ws, expected_generation, quota, audit).await
                 }
                 async fn workspaces_to_reconcile(&self) -> Result<Vec<WorkspaceId>> {
                     ops::workspaces::workspaces_to_reconcile(self).await

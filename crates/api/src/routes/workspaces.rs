@@ -248,7 +248,7 @@ pub async fn archive_workspace(
     security(("bearer" = ["workspace:write"]), ("bearer" = ["workspace:write:own"])),
     params(("id" = String, Path, description = "Workspace id (`ws_…`)")),
     responses((status = 200, body = StatusAnswer, example = json!({"status": "unarchived"})), (status = 404, body = ErrorBody),
-        (status = 409, description = "`not_archived`", body = ErrorBody), (status = 423, body = ErrorBody)))]
+        (status = 409, description = "`not_archived`, `quota_exceeded`", body = ErrorBody), (status = 423, body = ErrorBody)))]
 pub async fn unarchive_workspace(
     State(s): State<AppState>,
     Auth(c): Auth,

@@ -125,3 +125,21 @@ async fn every_list_pages_with_a_cursor_and_is_whole_without_limit() {
     assert_eq!(listed, made, "newest first, each once");
     ts.stop().await;
 }
+
+#[tokio::test]
+async fn unarchive_counts_against_the_org_quota() {
+    let ts = TestServer::start_with(|c| c.quotas.workspaces_per_org = 1).await;
+    ts.role("coder").await;
+    let first = ts.idle_workspace("coder", &ts.key).await;
+    let r = ts.post_empty(&format!("/v1/workspaces/{first}/stop?wait=true&timeout_ms=60000")).await;
+    assert_eq!(r.ok()["status"], "stopped");
+    create(&ts, &ts.key, "coder").await.expect(409, "quota_exceeded");
+    assert_eq!(ts.post_empty(&format!("/v1/workspaces/{first}/archive")).await.status, 200);
+    // Archived workspaces do not count, so there is room for a new one…
+    assert_eq!(create(&ts, &ts.key, "coder").await.status, 201);
+    // …and bringing the archived one back would exceed the limit.
+    let r = ts.post_empty(&format!("/v1/workspaces/{first}/unarchive")).await;
+    r.expect(409, "quota_exceeded");
+    assert!(ts.get(&format!("/v1/workspaces/{first}")).await.ok()["archived_at"].is_string(), "still archived");
+    ts.stop().await;
+}

@@ -186,10 +186,12 @@ macro_rules! ops {
             s: &S,
             ws: &WorkspaceRecord,
             expected_generation: i64,
+            quota: &WorkspaceQuota,
             audit: &[AuditEvent],
         ) -> Result<bool> {
             run("update_workspace", move || async move {
                 let mut tx = s.begin().await?;
+                check_quota(&mut tx, ws, quota).await?;
                 if !update_guarded(&mut tx, ws, expected_generation).await? {
                     return Ok(false);
                 }

@@ -89,6 +89,14 @@ async fn quotas_count_live_workspaces_in_the_create(ctx: Ctx) {
     assert_eq!(ok, 2, "3 live allowed, 1 existed");
     let live = ctx.store.list_workspaces(w.org.id, &WorkspaceFilter::default()).await.unwrap();
     assert_eq!(live.len(), 3);
+    // Unarchiving counts like a create; the refused write changes nothing.
+    let mut back = archived.clone();
+    back.archived_at = None;
+    let e = ctx.store.update_workspace_within(&back, archived.generation, &quota, &[]).await.unwrap_err();
+    assert_eq!(e.code, ErrorCode::QuotaExceeded);
+    assert!(ctx.store.get_workspace(w.org.id, archived.id).await.unwrap().unwrap().archived_at.is_some());
+    let roomy = WorkspaceQuota { per_org: Some(4), ..quota };
+    assert!(ctx.store.update_workspace_within(&back, archived.generation, &roomy, &[]).await.unwrap());
 }
 
 async fn workspace_round_trip(ctx: Ctx) {
