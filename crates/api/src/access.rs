@@ -98,6 +98,11 @@ fn credential(headers: &HeaderMap) -> Option<String> {
         let (scheme, token) = v.split_once(' ')?;
         return scheme.eq_ignore_ascii_case("bearer").then(|| token.trim().to_string());
     }
+    cookie_credential(headers)
+}
+
+/// The session JWT of the `evershell_session` cookie (never an API key).
+fn cookie_credential(headers: &HeaderMap) -> Option<String> {
     headers
         .get_all(header::COOKIE)
         .iter()
@@ -135,6 +140,9 @@ async fn check(app: &App, table: &AccessTable, req: &mut Request) -> Result<()> 
     let token = credential(req.headers()).ok_or_else(Error::unauthenticated)?;
     let request_id = req.extensions().get::<RequestId>().map(|r| r.0.clone());
     let caller = app.authenticate(&token, request_id).await?;
+    if !req.headers().contains_key(header::AUTHORIZATION) {
+        check_cookie_write(req.method(), req.headers())?;
+    }
     if !caller.scopes.satisfies(alternatives) {
         let wanted: Vec<String> =
             alternatives.iter().map(|a| a.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(" + ")).collect();
@@ -142,6 +150,26 @@ async fn check(app: &App, table: &AccessTable, req: &mut Request) -> Result<()> 
     }
     req.extensions_mut().insert(caller);
     Ok(())
+}
+
+/// A state change authenticated by the session cookie alone must show it comes from script, not a cross-site form
+/// or a bare request: `Content-Type: application/json` or an `X-Requested-With` header (neither can be sent
+/// cross-site without a CORS preflight, which this server never grants). `SameSite=Strict` is the first line.
+fn check_cookie_write(method: &Method, headers: &HeaderMap) -> Result<()> {
+    if matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS) {
+        return Ok(());
+    }
+    let json = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.split(';').next().is_some_and(|m| m.trim().eq_ignore_ascii_case("application/json")));
+    if json || headers.contains_key("x-requested-with") {
+        return Ok(());
+    }
+    Err(Error::permission_denied(
+        "a change authenticated by the session cookie needs `Content-Type: application/json` or an \
+         `X-Requested-With` header",
+    ))
 }
 
 /// The authenticated caller, for handlers of non-public routes.

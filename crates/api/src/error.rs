@@ -32,6 +32,7 @@ pub fn status_of(code: ErrorCode) -> StatusCode {
         | LastOwner
         | AlreadyExists
         | SnapshotMissing
+        | QuotaExceeded
         | IdempotencyKeyInFlight => StatusCode::CONFLICT,
         PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
         IdempotencyKeyReused => StatusCode::UNPROCESSABLE_ENTITY,

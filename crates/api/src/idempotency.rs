@@ -3,6 +3,11 @@
 //! same key with a different request is `422 idempotency_key_reused`; while the first is still running, `409
 //! idempotency_key_in_flight`. Server errors (5xx) are not stored, so a retry runs again. Keys are scoped to the
 //! caller (org and principal).
+//!
+//! Secrets shown once are never stored: a route marks the top-level JSON fields of its answer that hold one
+//! ([`SecretFields`]); they are kept as `null` and a replay says so in `Idempotent-Redacted`. A key in flight is
+//! claimed by this server process under a lease renewed while the request runs, so a claim left by a process that
+//! died mid-request is taken over once the lease lapses instead of answering 409 for a day.
 
 use std::sync::Arc;
 
@@ -13,21 +18,38 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use evershell_app::{App, Caller, Principal};
 use evershell_core::{Error, ErrorCode, Timestamp};
-use evershell_store::IdempotencyBegin;
+use evershell_store::{IdempotencyBegin, IdempotencyClaim};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::error::{ApiError, PendingError};
 
 pub const HEADER: &str = "idempotency-key";
+/// On a replay: the comma-separated fields whose secret was not kept (they are `null`).
+pub const REDACTED_HEADER: &str = "idempotent-redacted";
+
+/// Response extension: top-level JSON fields of this answer that hold a secret shown once (an API key's `value`,
+/// an `invite_token`). The idempotency record keeps them as `null`.
+#[derive(Debug, Clone, Copy)]
+pub struct SecretFields(pub &'static [&'static str]);
 /// Largest response kept for replay.
 const MAX_STORED: usize = 1 << 20;
 
 #[derive(Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 enum Stored {
-    Ok { content_type: Option<String>, body: String },
-    Error { code: ErrorCode, message: String, details: Option<serde_json::Value> },
+    Ok {
+        content_type: Option<String>,
+        body: String,
+        /// Fields set to `null` because they held a secret.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        redacted: Vec<String>,
+    },
+    Error {
+        code: ErrorCode,
+        message: String,
+        details: Option<serde_json::Value>,
+    },
 }
 
 fn principal(c: &Caller) -> String {
@@ -76,8 +98,16 @@ async fn run(
     let fingerprint = hex::encode(h.finalize());
     let scoped = format!("{}:{key}", principal(&caller));
     let now = Timestamp::now();
-    let expires = now.plus_millis(app.config.idempotency_ttl_ms);
-    match app.store.idempotency_begin(caller.org_id, &scoped, &fingerprint, now, expires).await? {
+    let owner = app.instance_id.as_str();
+    let lease_ms = app.config.idempotency_lease_ms.max(3);
+    let claim = IdempotencyClaim {
+        fingerprint: &fingerprint,
+        now,
+        expires_at: now.plus_millis(app.config.idempotency_ttl_ms),
+        owner,
+        lease_until: now.plus_millis(lease_ms),
+    };
+    match app.store.idempotency_begin(caller.org_id, &scoped, &claim).await? {
         IdempotencyBegin::Replay { status, body } => return Ok(replay(status, &body)),
         IdempotencyBegin::Mismatch => {
             return Err(Error::new(
@@ -93,10 +123,29 @@ async fn run(
         }
         IdempotencyBegin::New => {}
     }
-    let res = next.run(Request::from_parts(parts, Body::from(bytes))).await;
+    let res = {
+        // Renew the lease while the request runs: the claim stays ours exactly as long as we are alive.
+        let run = next.run(Request::from_parts(parts, Body::from(bytes)));
+        tokio::pin!(run);
+        let mut beat = tokio::time::interval(std::time::Duration::from_millis(lease_ms as u64 / 3));
+        beat.tick().await;
+        loop {
+            tokio::select! {
+                r = &mut run => break r,
+                _ = beat.tick() => {
+                    let until = Timestamp::now().plus_millis(lease_ms);
+                    match app.store.idempotency_renew(caller.org_id, &scoped, owner, until).await {
+                        Ok(true) => {}
+                        Ok(false) => tracing::warn!("idempotency claim taken over while its request ran"),
+                        Err(e) => tracing::warn!(error = ?e, "renewing an idempotency lease failed"),
+                    }
+                }
+            }
+        }
+    };
     let status = res.status();
     if status.is_server_error() {
-        app.store.idempotency_abandon(caller.org_id, &scoped).await?;
+        app.store.idempotency_abandon(caller.org_id, &scoped, owner).await?;
         return Ok(res);
     }
     let (mut parts, body) = res.into_parts();
@@ -106,31 +155,64 @@ async fn run(
             let bytes = match to_bytes(body, MAX_STORED).await {
                 Ok(b) => b,
                 Err(_) => {
-                    app.store.idempotency_abandon(caller.org_id, &scoped).await?;
+                    app.store.idempotency_abandon(caller.org_id, &scoped, owner).await?;
                     return Err(Error::internal(anyhow::anyhow!("response too large to keep for idempotent replay")));
                 }
             };
             let content_type =
                 parts.headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).map(str::to_string);
-            let s = Stored::Ok { content_type, body: String::from_utf8_lossy(&bytes).into_owned() };
+            let (body, redacted) = match parts.extensions.get::<SecretFields>() {
+                Some(secrets) => redact(&bytes, secrets.0)?,
+                None => (String::from_utf8_lossy(&bytes).into_owned(), Vec::new()),
+            };
+            let s = Stored::Ok { content_type, body, redacted };
             parts.headers.remove(header::CONTENT_LENGTH);
             let json = serde_json::to_string(&s).map_err(|e| Error::internal(anyhow::anyhow!(e)))?;
-            app.store.idempotency_complete(caller.org_id, &scoped, status.as_u16(), &json).await?;
+            complete(app, &caller, &scoped, owner, status.as_u16(), &json).await?;
             return Ok(Response::from_parts(parts, Body::from(bytes)));
         }
     };
     let json = serde_json::to_string(&stored).map_err(|e| Error::internal(anyhow::anyhow!(e)))?;
-    app.store.idempotency_complete(caller.org_id, &scoped, status.as_u16(), &json).await?;
+    complete(app, &caller, &scoped, owner, status.as_u16(), &json).await?;
     Ok(Response::from_parts(parts, body))
+}
+
+async fn complete(app: &App, caller: &Caller, key: &str, owner: &str, status: u16, json: &str) -> Result<(), Error> {
+    if !app.store.idempotency_complete(caller.org_id, key, owner, status, json).await? {
+        // Our lease lapsed and another request took the key over; its answer is the one kept.
+        tracing::warn!("idempotency claim taken over before its answer was kept");
+    }
+    Ok(())
+}
+
+/// The body with every field of `secrets` present at the top level set to `null`, and those fields' names.
+fn redact(bytes: &[u8], secrets: &[&str]) -> Result<(String, Vec<String>), Error> {
+    let mut v: serde_json::Value = serde_json::from_slice(bytes)
+        .map_err(|e| Error::internal(anyhow::anyhow!("a secret-bearing answer is not JSON: {e}")))?;
+    let mut redacted = Vec::new();
+    if let Some(obj) = v.as_object_mut() {
+        for f in secrets {
+            if let Some(slot) = obj.get_mut(*f) {
+                *slot = serde_json::Value::Null;
+                redacted.push((*f).to_string());
+            }
+        }
+    }
+    Ok((v.to_string(), redacted))
 }
 
 fn replay(status: u16, stored: &str) -> Response {
     let status = StatusCode::from_u16(status).unwrap_or(StatusCode::OK);
     let mut res = match serde_json::from_str::<Stored>(stored) {
-        Ok(Stored::Ok { content_type, body }) => {
+        Ok(Stored::Ok { content_type, body, redacted }) => {
             let mut r = (status, body).into_response();
             if let Some(ct) = content_type.and_then(|c| HeaderValue::from_str(&c).ok()) {
                 r.headers_mut().insert(header::CONTENT_TYPE, ct);
+            }
+            if let Ok(v) = HeaderValue::from_str(&redacted.join(","))
+                && !redacted.is_empty()
+            {
+                r.headers_mut().insert(REDACTED_HEADER, v);
             }
             r
         }

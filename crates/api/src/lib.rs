@@ -9,8 +9,10 @@ pub mod extract;
 pub mod idempotency;
 pub mod metrics;
 pub mod openapi;
+pub mod paging;
 pub mod routes;
 pub mod state;
+pub mod timeout;
 
 use std::sync::{Arc, OnceLock};
 
@@ -51,5 +53,6 @@ pub fn router(app: Arc<App>, metrics: Option<PrometheusHandle>, limits: Limits) 
         .with_state(state)
         .layer(DefaultBodyLimit::max(limits.max_body_bytes))
         .layer(CatchPanicLayer::new())
+        .layer(middleware::from_fn_with_state(limits, timeout::enforce))
         .layer(middleware::from_fn(envelope::finish))
 }

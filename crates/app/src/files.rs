@@ -29,6 +29,9 @@ pub struct FileContent {
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
 pub struct FileList {
     pub entries: Vec<FileEntry>,
+    /// `true` when the listing was cut at `limits.max_list_entries` (100,000 by default).
+    #[serde(default)]
+    pub truncated: bool,
 }
 
 /// Parse a path from a file route: 400 naming `path` for anything that could escape the root.
@@ -78,7 +81,12 @@ impl App {
     pub async fn sandbox_list(&self, caller: &Caller, id: &str) -> Result<FileList> {
         let ws = self.readable_workspace(caller, id).await?;
         let agent = self.live_agent(&ws).await?;
-        Ok(FileList { entries: agent.list_files().await.map_err(agent_error)? })
+        let mut entries = agent.list_files().await.map_err(agent_error)?;
+        // The agent stops at its own cap (100,000); a full answer means there may be more.
+        let max = self.config.max_list_entries;
+        let truncated = entries.len() > max || entries.len() >= evershell_snapshot::MAX_LIST_ENTRIES;
+        entries.truncate(max);
+        Ok(FileList { entries, truncated })
     }
 
     pub async fn sandbox_download(&self, caller: &Caller, id: &str, path: &str) -> Result<Download> {
@@ -166,7 +174,11 @@ impl App {
     pub async fn snapshot_list(&self, caller: &Caller, id: &str) -> Result<FileList> {
         let ws = self.readable_workspace(caller, id).await?;
         let keys = self.snapshot_keys(&ws).await?;
-        Ok(FileList { entries: self.snapshots.list_files(&keys).await.map_err(snapshot_error)? })
+        let l = self.snapshots.list_files_capped(&keys, self.config.max_list_entries).await.map_err(snapshot_error)?;
+        if l.truncated {
+            tracing::warn!(workspace_id = %ws.id, entries = l.entries.len(), "snapshot file listing truncated");
+        }
+        Ok(FileList { entries: l.entries, truncated: l.truncated })
     }
 
     pub async fn snapshot_read(&self, caller: &Caller, id: &str, path: &str, max_bytes: u64) -> Result<FileContent> {

@@ -34,12 +34,62 @@ pub struct AppConfig {
     pub session_ttl_ms: i64,
     /// How long an `Idempotency-Key` is remembered.
     pub idempotency_ttl_ms: i64,
+    /// The lease on an in-flight key, renewed while its request runs; a server that dies mid-request leaves a
+    /// claim another request may take over once this passes.
+    pub idempotency_lease_ms: i64,
+    /// How often expired idempotency keys are deleted.
+    pub idempotency_sweep_interval_ms: u64,
+    pub quotas: Quotas,
+    /// Most entries a file listing (live or snapshot) returns; beyond it the listing says `truncated`.
+    pub max_list_entries: usize,
     pub reconciler: ReconcilerConfig,
+}
+
+/// Workspace limits (0: unlimited), counted over non-archived workspaces; a create beyond one is
+/// `409 quota_exceeded`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Quotas {
+    /// Workspaces in one org.
+    pub workspaces_per_org: u64,
+    /// Workspaces of one agent role.
+    pub workspaces_per_agent_role: u64,
+    /// Workspaces one person may have created, by their member role (API keys are bounded by the org limit).
+    pub workspaces_per_user: PerMemberRole,
+}
+
+/// One limit per member role (0: unlimited).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PerMemberRole {
+    pub owner: u64,
+    pub operator: u64,
+    pub member: u64,
+}
+
+impl Default for Quotas {
+    fn default() -> Self {
+        Self { workspaces_per_org: 10_000, workspaces_per_agent_role: 0, workspaces_per_user: Default::default() }
+    }
+}
+
+impl Default for PerMemberRole {
+    fn default() -> Self {
+        Self { owner: 0, operator: 0, member: 100 }
+    }
 }
 
 impl Default for AppConfig {
     fn default() -> Self {
-        Self { session_ttl_ms: 12 * 3600 * 1000, idempotency_ttl_ms: 24 * 3600 * 1000, reconciler: Default::default() }
+        Self {
+            session_ttl_ms: 12 * 3600 * 1000,
+            idempotency_ttl_ms: 24 * 3600 * 1000,
+            idempotency_lease_ms: 30_000,
+            idempotency_sweep_interval_ms: 600_000,
+            quotas: Quotas::default(),
+            max_list_entries: evershell_snapshot::MAX_LIST_ENTRIES,
+            reconciler: Default::default(),
+        }
     }
 }
 
@@ -50,11 +100,47 @@ pub struct App {
     pub snapshots: SnapshotStore,
     pub reconciler: Reconciler,
     pub config: AppConfig,
+    /// This server process, as the owner of the idempotency keys it is running requests for.
+    pub instance_id: String,
     session_key: authn::SessionKey,
     key_cache: key_cache::KeyCache,
 }
 
 impl App {
+    /// Delete every expired idempotency key (in batches); returns how many.
+    pub async fn sweep_idempotency_keys(&self) -> evershell_core::Result<u64> {
+        const BATCH: u32 = 1000;
+        let now = evershell_core::Timestamp::now();
+        let mut total = 0;
+        loop {
+            let n = self.store.idempotency_sweep(now, BATCH).await?;
+            total += n;
+            if n < u64::from(BATCH) {
+                return Ok(total);
+            }
+        }
+    }
+
+    /// Sweep expired idempotency keys every `idempotency_sweep_interval_ms` until `stop` is cancelled.
+    pub async fn sweep_idempotency_keys_periodically(&self, stop: tokio_util::sync::CancellationToken) {
+        let mut tick =
+            tokio::time::interval(std::time::Duration::from_millis(self.config.idempotency_sweep_interval_ms));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tick.tick() => match self.sweep_idempotency_keys().await {
+                    Ok(0) => {}
+                    Ok(n) => {
+                        metrics::counter!("evershell_idempotency_keys_swept_total").increment(n);
+                        tracing::debug!(deleted = n, "expired idempotency keys swept");
+                    }
+                    Err(e) => tracing::warn!(error = ?e, "sweeping expired idempotency keys failed"),
+                },
+            }
+        }
+    }
+
     pub fn new(
         store: Arc<dyn Store>,
         runtime: Arc<dyn PodRuntime>,
@@ -64,6 +150,7 @@ impl App {
         let reconciler = Reconciler::new(store.clone(), runtime.clone(), snapshots.clone(), config.reconciler.clone());
         // Only a single server can know every revocation as it happens (see `key_cache`).
         let key_cache = key_cache::KeyCache::new(config.reconciler.single_server);
-        Self { store, runtime, snapshots, reconciler, config, session_key: Default::default(), key_cache }
+        let instance_id = uuid::Uuid::now_v7().simple().to_string();
+        Self { store, runtime, snapshots, reconciler, config, instance_id, session_key: Default::default(), key_cache }
     }
 }

@@ -6,18 +6,18 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use evershell_core::audit::EventType;
-use evershell_core::ids::{RoleId, WorkspaceId};
+use evershell_core::ids::{RoleId, SnapshotId, WorkspaceId};
 use evershell_core::lifecycle::{Call, Decision, Desired, Facts, StatusReason, WorkspaceStatus, decide};
-use evershell_core::model::{AgentRole, PackStatus, SnapshotSummary, Workspace, WorkspaceRecord};
+use evershell_core::model::{AgentRole, PackStatus, SnapshotRecord, SnapshotSummary, Workspace, WorkspaceRecord};
 use evershell_core::names;
-use evershell_core::scope::{Reach, Scope};
+use evershell_core::scope::{MemberRole, Reach, Scope};
 use evershell_core::{Error, ErrorCode, FieldErrors, Result, Timestamp};
-use evershell_store::WorkspaceFilter;
+use evershell_store::{WorkspaceFilter, WorkspaceQuota};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use crate::App;
-use crate::caller::Caller;
+use crate::caller::{Caller, Principal};
 
 /// `POST /v1/workspaces`: one of `role_id` or `role_name`.
 #[derive(Debug, Clone, Deserialize, ToSchema)]
@@ -35,6 +35,10 @@ pub struct ListWorkspaces {
     pub role_name: Option<String>,
     pub status: Option<String>,
     pub include_archived: bool,
+    /// A page: only workspaces older than this one (the list is newest first)…
+    pub before: Option<WorkspaceId>,
+    /// …and at most this many.
+    pub limit: Option<u32>,
 }
 
 /// `{"status": …}` answers of lifecycle calls.
@@ -115,6 +119,19 @@ impl LifecycleCall {
 }
 
 impl App {
+    /// The limits a new workspace of `caller` must stay within.
+    fn quota_for(&self, caller: &Caller) -> WorkspaceQuota {
+        let q = &self.config.quotas;
+        let limit = |n: u64| (n > 0).then_some(n);
+        let per_user = match &caller.principal {
+            Principal::User { role: MemberRole::Owner, .. } => limit(q.workspaces_per_user.owner),
+            Principal::User { role: MemberRole::Operator, .. } => limit(q.workspaces_per_user.operator),
+            Principal::User { role: MemberRole::Member, .. } => limit(q.workspaces_per_user.member),
+            Principal::ApiKey { .. } => None,
+        };
+        WorkspaceQuota { per_org: limit(q.workspaces_per_org), per_role: limit(q.workspaces_per_agent_role), per_user }
+    }
+
     pub async fn create_workspace(&self, caller: &Caller, req: CreateWorkspace) -> Result<Workspace> {
         let mut errs = FieldErrors::default();
         names::check_opt_text(&mut errs, "environment", req.environment.as_deref(), names::MAX_LABEL);
@@ -164,7 +181,7 @@ impl App {
             .target("workspace", ws.id)
             .details(serde_json::json!({ "role_id": role.id }));
         let audit = self.with_names(audit, &role).await;
-        self.store.create_workspace(&ws, &[audit]).await?;
+        self.store.create_workspace_within(&ws, &self.quota_for(caller), &[audit]).await?;
         self.reconciler.wake(ws.id);
         self.view(&ws, Some(&role)).await
     }
@@ -184,21 +201,25 @@ impl App {
         if caller.reach(Scope::WorkspaceRead)? == Reach::Own {
             filter.created_by = Some(caller.user_id().unwrap_or_default());
         }
+        filter.before = q.before;
+        filter.limit = q.limit;
+        // Three queries whatever the page size: the workspaces, the org's roles, and their snapshots in one batch.
         let records = self.store.list_workspaces(caller.org_id, &filter).await?;
-        let mut roles: HashMap<RoleId, Option<AgentRole>> = HashMap::new();
-        let mut out = Vec::with_capacity(records.len());
-        for ws in &records {
-            let role = match roles.get(&ws.role_id) {
-                Some(r) => r.clone(),
-                None => {
-                    let r = self.store.get_role(ws.org_id, ws.role_id).await?;
-                    roles.insert(ws.role_id, r.clone());
-                    r
-                }
-            };
-            out.push(self.view(ws, role.as_ref()).await?);
-        }
-        Ok(out)
+        let roles: HashMap<RoleId, AgentRole> =
+            self.store.list_roles(caller.org_id, true).await?.into_iter().map(|r| (r.id, r)).collect();
+        let snapshot_ids: Vec<SnapshotId> = records.iter().filter_map(|w| w.snapshot_id).collect();
+        let mut snapshots: HashMap<SnapshotId, SnapshotRecord> = if snapshot_ids.is_empty() {
+            HashMap::new()
+        } else {
+            self.store.get_snapshots(&snapshot_ids).await?.into_iter().map(|s| (s.id, s)).collect()
+        };
+        Ok(records
+            .iter()
+            .map(|ws| {
+                let snap = ws.snapshot_id.and_then(|id| snapshots.remove(&id));
+                view_of(ws, roles.get(&ws.role_id), snap)
+            })
+            .collect())
     }
 
     /// Load a workspace the caller may read: 404 for unknown or another org's, 403 `workspace_not_visible` for a
@@ -288,9 +309,16 @@ impl App {
         };
         let now = Timestamp::now();
         let mut next = ws.clone();
+        let mut quota = WorkspaceQuota::default();
         match decide(call, facts) {
             Decision::Refuse(code, msg) => return Err(Error::conflict(code, msg)),
-            Decision::SetArchived(on) => next.archived_at = on.then_some(now),
+            Decision::SetArchived(on) => {
+                next.archived_at = on.then_some(now);
+                if !on {
+                    // Back among the live workspaces: the org and role limits apply as to a create.
+                    quota = WorkspaceQuota { per_user: None, ..self.quota_for(caller) };
+                }
+            }
             Decision::Begin { status, desired, reason } => {
                 next.status = status;
                 next.desired = desired;
@@ -306,7 +334,7 @@ impl App {
         }));
         audit.agent_role = role.as_ref().map(|r| r.name.clone());
         audit.agent_provider = provider.map(|p| p.name);
-        if !self.store.update_workspace(&next, ws.generation, &[audit]).await? {
+        if !self.store.update_workspace_within(&next, ws.generation, &quota, &[audit]).await? {
             return Ok(None);
         }
         next.generation = ws.generation + 1;
@@ -376,15 +404,7 @@ impl App {
     /// The API view of a workspace: its snapshot's manifest and `pack_status` (computed when read).
     pub async fn view(&self, ws: &WorkspaceRecord, role: Option<&AgentRole>) -> Result<Workspace> {
         let snapshot = match ws.snapshot_id {
-            Some(id) => self.store.get_snapshot(id).await?.and_then(|s| {
-                Some(SnapshotSummary {
-                    reference: s.id,
-                    size_bytes: s.size_bytes?,
-                    file_count: s.file_count?,
-                    sha256: s.sha256?,
-                    created_at: s.created_at,
-                })
-            }),
+            Some(id) => self.store.get_snapshot(id).await?,
             None => None,
         };
         let fetched;
@@ -395,12 +415,28 @@ impl App {
                 fetched.as_ref()
             }
         };
+        Ok(view_of(ws, role, snapshot))
+    }
+}
+
+/// The API view of a workspace, given its role and its snapshot row.
+fn view_of(ws: &WorkspaceRecord, role: Option<&AgentRole>, snapshot: Option<SnapshotRecord>) -> Workspace {
+    {
+        let snapshot = snapshot.and_then(|s| {
+            Some(SnapshotSummary {
+                reference: s.id,
+                size_bytes: s.size_bytes?,
+                file_count: s.file_count?,
+                sha256: s.sha256?,
+                created_at: s.created_at,
+            })
+        });
         let pack_status = match (&ws.pod_pack_ids, role, ws.status.is_running()) {
             (Some(pod), Some(r), true) if *pod == r.pack_ids => PackStatus::Current,
             (Some(_), Some(_), true) => PackStatus::Stale,
             _ => PackStatus::Unknown,
         };
-        Ok(Workspace {
+        Workspace {
             id: ws.id,
             org_id: ws.org_id,
             role_id: ws.role_id,
@@ -419,6 +455,6 @@ impl App {
             created_at: ws.created_at,
             updated_at: ws.updated_at,
             archived_at: ws.archived_at,
-        })
+        }
     }
 }

@@ -297,9 +297,24 @@ pub struct AuditQuery {
     pub after: Option<Cursor>,
 }
 
+/// Most `filter=` conditions one query takes (each is an SQL expression; thousands overflow the database's
+/// expression limits).
+pub const MAX_FILTERS: usize = 50;
+/// Most values across all conditions of one query (each is a bound parameter).
+pub const MAX_FILTER_VALUES: usize = 1000;
+
 /// Parse the `filter=` values of a request.
 pub fn parse_filters(raw: &[String]) -> Result<Vec<Condition>> {
     let mut errs = FieldErrors::default();
+    if raw.len() > MAX_FILTERS {
+        errs.add("filter", format!("at most {MAX_FILTERS} conditions (got {})", raw.len()));
+        return Err(Error::validation(errs));
+    }
+    let values: usize = raw.iter().map(|f| f.matches(',').count() + 1).sum();
+    if values > MAX_FILTER_VALUES {
+        errs.add("filter", format!("at most {MAX_FILTER_VALUES} values across all conditions (got {values})"));
+        return Err(Error::validation(errs));
+    }
     let mut out = Vec::new();
     for (i, f) in raw.iter().enumerate() {
         let field = format!("filter[{i}]");

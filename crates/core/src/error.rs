@@ -66,6 +66,9 @@ pub enum ErrorCode {
     AlreadyExists,
     /// Resume of a workspace that has no snapshot; pass `allow_empty=true` to start empty.
     SnapshotMissing,
+    /// A configured limit (workspaces per org, per agent role, per member) would be exceeded; `details` names the
+    /// quota and its limit.
+    QuotaExceeded,
     /// The same `Idempotency-Key` was used with a different request.
     IdempotencyKeyReused,
     /// A request with this `Idempotency-Key` is still being processed.
@@ -116,6 +119,7 @@ impl ErrorCode {
         ErrorCode::LastOwner,
         ErrorCode::AlreadyExists,
         ErrorCode::SnapshotMissing,
+        ErrorCode::QuotaExceeded,
         ErrorCode::IdempotencyKeyReused,
         ErrorCode::IdempotencyKeyInFlight,
         ErrorCode::PayloadTooLarge,
@@ -159,6 +163,7 @@ impl ErrorCode {
             ErrorCode::LastOwner => "last_owner",
             ErrorCode::AlreadyExists => "already_exists",
             ErrorCode::SnapshotMissing => "snapshot_missing",
+            ErrorCode::QuotaExceeded => "quota_exceeded",
             ErrorCode::IdempotencyKeyReused => "idempotency_key_reused",
             ErrorCode::IdempotencyKeyInFlight => "idempotency_key_in_flight",
             ErrorCode::PayloadTooLarge => "payload_too_large",

@@ -21,6 +21,10 @@ pub struct Config {
     pub runtime: RuntimeConfig,
     pub snapshots: SnapshotConfig,
     pub limits: LimitsConfig,
+    pub http: HttpConfig,
+    pub idempotency: IdempotencyConfig,
+    /// Workspace limits (0: unlimited).
+    pub quotas: evershell_app::Quotas,
     pub sessions: SessionConfig,
     pub reconciler: ReconcilerSettings,
 }
@@ -68,6 +72,38 @@ pub struct LimitsConfig {
     pub max_body_bytes: usize,
     pub max_upload_bytes: u64,
     pub max_wait_ms: u64,
+    /// Most entries a file listing returns.
+    pub max_list_entries: usize,
+}
+
+/// Connection and request limits of the HTTP server.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HttpConfig {
+    /// A connection's request headers must arrive within this; a slower client is disconnected.
+    pub header_read_timeout_ms: u64,
+    /// A request must be answered (its response head sent) within this; `?wait=true` gets `limits.max_wait_ms` more,
+    /// file uploads get `upload_timeout_ms` instead.
+    pub request_timeout_ms: u64,
+    /// `PUT …/sandbox/files/{path}`: the whole upload must arrive within this.
+    pub upload_timeout_ms: u64,
+    /// Connections served at once; more wait in the listen backlog.
+    pub max_connections: usize,
+    /// Mark the session cookie `Secure` always (set it when TLS terminates in front of the server without
+    /// `X-Forwarded-Proto`); it is `Secure` anyway on requests with `X-Forwarded-Proto: https`.
+    pub secure_cookies: bool,
+}
+
+/// `Idempotency-Key` bookkeeping.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct IdempotencyConfig {
+    /// How long a key is remembered (and its answer replayed).
+    pub ttl_ms: u64,
+    /// Lease on an in-flight key, renewed while its request runs; a dead server's claim is taken over after it.
+    pub lease_ms: u64,
+    /// How often expired keys are deleted.
+    pub sweep_interval_ms: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -94,6 +130,9 @@ impl Default for Config {
             runtime: RuntimeConfig::default(),
             snapshots: SnapshotConfig::default(),
             limits: LimitsConfig::default(),
+            http: HttpConfig::default(),
+            idempotency: IdempotencyConfig::default(),
+            quotas: Default::default(),
             sessions: SessionConfig::default(),
             reconciler: ReconcilerSettings::default(),
         }
@@ -122,7 +161,35 @@ impl Default for RuntimeConfig {
 impl Default for LimitsConfig {
     fn default() -> Self {
         let l = evershell_api::Limits::default();
-        Self { max_body_bytes: l.max_body_bytes, max_upload_bytes: l.max_upload_bytes, max_wait_ms: l.max_wait_ms }
+        Self {
+            max_body_bytes: l.max_body_bytes,
+            max_upload_bytes: l.max_upload_bytes,
+            max_wait_ms: l.max_wait_ms,
+            max_list_entries: evershell_snapshot::MAX_LIST_ENTRIES,
+        }
+    }
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        Self {
+            header_read_timeout_ms: 10_000,
+            request_timeout_ms: 60_000,
+            upload_timeout_ms: 3_600_000,
+            max_connections: 1024,
+            secure_cookies: false,
+        }
+    }
+}
+
+impl Default for IdempotencyConfig {
+    fn default() -> Self {
+        let a = evershell_app::AppConfig::default();
+        Self {
+            ttl_ms: a.idempotency_ttl_ms as u64,
+            lease_ms: a.idempotency_lease_ms as u64,
+            sweep_interval_ms: a.idempotency_sweep_interval_ms,
+        }
     }
 }
 
@@ -144,8 +211,18 @@ impl Default for ReconcilerSettings {
 }
 
 /// Top-level keys, for picking `EVERSHELL_*` variables that configure the server.
-const SECTIONS: &[&str] =
-    &["listen", "data_dir", "database_url", "log_format", "runtime", "snapshots", "limits", "sessions", "reconciler"];
+const SECTIONS: &[&str] = &[
+    "listen",
+    "data_dir",
+    "database_url",
+    "log_format",
+    "runtime",
+    "snapshots",
+    "limits",
+    "http",
+    "sessions",
+    "reconciler",
+];
 
 /// Flags that override the file and the environment.
 #[derive(Debug, Clone, Default)]

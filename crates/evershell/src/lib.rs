@@ -2,4 +2,6 @@
 //! server in-process on port 0.
 
 pub mod config;
+pub mod datadir;
+pub mod listener;
 pub mod server;

@@ -122,7 +122,7 @@ fn main() -> anyhow::Result<()> {
             let cfg = load(&store, None)?;
             tokio::runtime::Runtime::new()?.block_on(async {
                 if cfg.database_url.is_none() {
-                    std::fs::create_dir_all(&cfg.data_dir)?;
+                    evershell::datadir::prepare(&cfg.data_dir, None)?;
                 }
                 let s = evershell_store::connect(&cfg.database_url()).await?;
                 evershell_cli::admin::run(s, command).await

@@ -3,6 +3,8 @@
 
 use std::net::SocketAddr;
 use std::os::fd::AsRawFd;
+use std::os::unix::fs::OpenOptionsExt;
+use std::sync::atomic::AtomicUsize;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
@@ -14,11 +16,14 @@ use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use tokio::sync::oneshot;
 
 use crate::config::Config;
+use crate::listener::{self, ListenerLimits};
 
 /// A running server.
 pub struct Server {
     pub addr: SocketAddr,
     pub app: Arc<App>,
+    /// Connections being served right now.
+    pub open_connections: Arc<AtomicUsize>,
     stop: Option<oneshot::Sender<()>>,
     done: tokio::task::JoinHandle<anyhow::Result<()>>,
     _lock: Option<std::fs::File>,
@@ -52,7 +57,7 @@ fn lock_data_dir(cfg: &Config) -> anyhow::Result<Option<std::fs::File>> {
         return Ok(None);
     }
     let path = cfg.data_dir.join("serve.lock");
-    let f = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(&path)?;
+    let f = std::fs::OpenOptions::new().create(true).truncate(false).write(true).mode(0o600).open(&path)?;
     // SAFETY: flock on a descriptor we own.
     let rc = unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
     anyhow::ensure!(
@@ -66,11 +71,10 @@ fn lock_data_dir(cfg: &Config) -> anyhow::Result<Option<std::fs::File>> {
 
 /// Start a server: returns once it listens.
 pub async fn start(cfg: Config) -> anyhow::Result<Server> {
-    std::fs::create_dir_all(&cfg.data_dir)
-        .with_context(|| format!("creating the data directory {}", cfg.data_dir.display()))?;
+    let snap_dir = cfg.snapshots.dir.clone().unwrap_or_else(|| cfg.data_dir.join("snapshots"));
+    crate::datadir::prepare(&cfg.data_dir, Some(&snap_dir))?;
     let lock = lock_data_dir(&cfg)?;
     let store = evershell_store::connect(&cfg.database_url()).await.context("opening the store")?;
-    let snap_dir = cfg.snapshots.dir.clone().unwrap_or_else(|| cfg.data_dir.join("snapshots"));
     let snapshots = SnapshotStore::local(&snap_dir).context("opening the snapshot directory")?;
     anyhow::ensure!(cfg.runtime.kind == "local", "unknown runtime kind `{}` (expected `local`)", cfg.runtime.kind);
     let agent_binary = match &cfg.runtime.agent_binary {
@@ -104,14 +108,39 @@ pub async fn start(cfg: Config) -> anyhow::Result<Server> {
             single_server: cfg.is_sqlite(),
             ..Default::default()
         },
-        ..Default::default()
+        idempotency_ttl_ms: cfg.idempotency.ttl_ms as i64,
+        quotas: cfg.quotas,
+        max_list_entries: cfg.limits.max_list_entries,
+        idempotency_lease_ms: cfg.idempotency.lease_ms as i64,
+        idempotency_sweep_interval_ms: cfg.idempotency.sweep_interval_ms,
     };
     let app = Arc::new(App::new(store, runtime, snapshots, app_cfg));
     app.reconciler.start().await.context("starting the reconciler")?;
+    let housekeeping = tokio_util::sync::CancellationToken::new();
+    let sweeper = {
+        let (app, stop) = (app.clone(), housekeeping.clone());
+        tokio::spawn(async move { app.sweep_idempotency_keys_periodically(stop).await })
+    };
     let limits = evershell_api::Limits {
         max_body_bytes: cfg.limits.max_body_bytes,
         max_upload_bytes: cfg.limits.max_upload_bytes,
         max_wait_ms: cfg.limits.max_wait_ms,
+        request_timeout_ms: cfg.http.request_timeout_ms,
+        upload_timeout_ms: cfg.http.upload_timeout_ms,
+        secure_cookies: cfg.http.secure_cookies,
+    };
+    match listener::raise_nofile_limit() {
+        Ok((soft, _)) if (soft as usize) < cfg.http.max_connections + 256 => tracing::warn!(
+            nofile = soft,
+            max_connections = cfg.http.max_connections,
+            "RLIMIT_NOFILE leaves little room beside http.max_connections; raise the hard limit (LimitNOFILE=)"
+        ),
+        Ok((soft, _)) => tracing::debug!(nofile = soft, "RLIMIT_NOFILE raised to the hard limit"),
+        Err(e) => tracing::warn!(error = %e, "could not raise RLIMIT_NOFILE"),
+    }
+    let listener_limits = ListenerLimits {
+        header_read_timeout: Duration::from_millis(cfg.http.header_read_timeout_ms),
+        max_connections: cfg.http.max_connections,
     };
     let router = evershell_api::router(app.clone(), prometheus(), limits);
     let listener =
@@ -119,6 +148,8 @@ pub async fn start(cfg: Config) -> anyhow::Result<Server> {
     let addr = listener.local_addr()?;
     let (stop_tx, stop_rx) = oneshot::channel::<()>();
     let app2 = app.clone();
+    let open_connections = Arc::new(AtomicUsize::new(0));
+    let open = open_connections.clone();
     let done = tokio::spawn(async move {
         let shutdown = async move {
             tokio::select! {
@@ -126,12 +157,14 @@ pub async fn start(cfg: Config) -> anyhow::Result<Server> {
                 _ = signal() => tracing::info!("shutting down"),
             }
         };
-        axum::serve(listener, router).with_graceful_shutdown(shutdown).await?;
+        listener::serve(listener, router, listener_limits, open, shutdown).await?;
+        housekeeping.cancel();
+        let _ = sweeper.await;
         app2.reconciler.shutdown().await;
         Ok(())
     });
     tracing::info!(%addr, "evershell listening");
-    Ok(Server { addr, app, stop: Some(stop_tx), done, _lock: lock })
+    Ok(Server { addr, app, open_connections, stop: Some(stop_tx), done, _lock: lock })
 }
 
 async fn signal() {

@@ -31,32 +31,47 @@ fn open_tar(source: SourceReader) -> Result<TarStream, SnapshotError> {
     Ok(tar::Archive::new(decoder))
 }
 
+/// Most entries a listing returns by default (the live listing's cap).
+pub const MAX_LIST_ENTRIES: usize = 100_000;
+
+/// A snapshot listing, cut at its cap.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Listing {
+    pub entries: Vec<FileEntry>,
+    /// The archive holds more entries than were listed.
+    pub truncated: bool,
+}
+
 pub(crate) async fn list_files(
     store: &Arc<dyn ObjectStore>,
     keys: &SnapshotKeys,
-) -> Result<Vec<FileEntry>, SnapshotError> {
+    max_entries: usize,
+) -> Result<Listing, SnapshotError> {
     let source = open_object(store, &keys.archive, "archive").await?;
     run_cancellable(move |cancelled| {
         let health = source.health();
         let mut archive = open_tar(source)?;
-        list(&mut archive, cancelled).map_err(|e| classify(e, &health))
+        list(&mut archive, cancelled, max_entries).map_err(|e| classify(e, &health))
     })
     .await
 }
 
-fn list(archive: &mut TarStream, cancelled: &Cancelled) -> Result<Vec<FileEntry>, SnapshotError> {
+/// Walk the headers until `max_entries` are listed; one more listable entry means `truncated` (and reading stops
+/// there, so a huge archive costs no more than its first entries).
+fn list(archive: &mut TarStream, cancelled: &Cancelled, max_entries: usize) -> Result<Listing, SnapshotError> {
     let mut out = Vec::new();
     for entry in archive.entries().map_err(|e| corrupt("reading the archive", e))? {
         cancelled.check()?;
         let mut entry = entry.map_err(|e| corrupt("reading the archive", e))?;
         match file_entry(&mut entry) {
+            Ok(Some(_)) if out.len() == max_entries => return Ok(Listing { entries: out, truncated: true }),
             Ok(Some(found)) => out.push(found),
             Ok(None) => {}
             Err(SnapshotError::Unsafe(why)) => tracing::warn!(%why, "unsafe entry left out of a snapshot listing"),
             Err(e) => return Err(e),
         }
     }
-    Ok(out)
+    Ok(Listing { entries: out, truncated: false })
 }
 
 /// Run `f` on the first regular-file entry at `rel`; `FileNotFound` if there is none or it is not a regular file.

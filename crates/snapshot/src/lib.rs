@@ -26,6 +26,7 @@ mod tarmeta;
 mod verify;
 mod writeback;
 
+pub use browse::{Listing, MAX_LIST_ENTRIES};
 pub use keys::SnapshotKeys;
 pub use manifest::{FORMAT_VERSION, Manifest, OLDEST_FORMAT_VERSION};
 pub use options::{CaptureOptions, RestoreOptions};

@@ -41,7 +41,10 @@ impl SnapshotStore {
     /// Snapshots under a local directory (created if missing). Writes are fsynced (file and directory) before they
     /// count, so a verified snapshot survives a power loss; emptied directories are removed on delete.
     pub fn local(root: &Path) -> anyhow::Result<Self> {
-        std::fs::create_dir_all(root).with_context(|| format!("creating snapshot directory `{}`", root.display()))?;
+        // Private: archives hold whole workspaces (the data dir check refuses a wider mode at start-up).
+        std::os::unix::fs::DirBuilderExt::mode(std::fs::DirBuilder::new().recursive(true), 0o700)
+            .create(root)
+            .with_context(|| format!("creating snapshot directory `{}`", root.display()))?;
         let fs = LocalFileSystem::new_with_prefix(root)
             .with_context(|| format!("opening snapshot directory `{}`", root.display()))?
             .with_fsync(true)
@@ -79,7 +82,21 @@ impl SnapshotStore {
         ids: (OrgId, WorkspaceId, SnapshotId),
         opts: &CaptureOptions,
     ) -> Result<Manifest, SnapshotError> {
-        capture::capture(&self.store, self.local_root.as_deref(), src_dir, keys, ids, opts).await
+        let manifest = capture::capture(&self.store, self.local_root.as_deref(), src_dir, keys, ids, opts).await?;
+        self.make_private(keys)?;
+        Ok(manifest)
+    }
+
+    /// A local store's archive and manifest files are `0600` (`LocalFileSystem` creates them with the umask).
+    fn make_private(&self, keys: &SnapshotKeys) -> Result<(), SnapshotError> {
+        use std::os::unix::fs::PermissionsExt;
+        let Some(root) = &self.local_root else { return Ok(()) };
+        for key in [&keys.archive, &keys.manifest] {
+            let file = root.join(key.as_ref());
+            std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600))
+                .with_context(|| format!("making `{}` private", file.display()))?;
+        }
+        Ok(())
     }
 
     /// Read the manifest and check the archive against it (size and sha256) without extracting.
@@ -109,7 +126,16 @@ impl SnapshotStore {
 
     /// Every entry of the archive, read from the stream without unpacking to disk.
     pub async fn list_files(&self, keys: &SnapshotKeys) -> Result<Vec<FileEntry>, SnapshotError> {
-        browse::list_files(&self.store, keys).await
+        Ok(browse::list_files(&self.store, keys, usize::MAX).await?.entries)
+    }
+
+    /// At most `max_entries` entries of the archive, and whether there are more.
+    pub async fn list_files_capped(
+        &self,
+        keys: &SnapshotKeys,
+        max_entries: usize,
+    ) -> Result<browse::Listing, SnapshotError> {
+        browse::list_files(&self.store, keys, max_entries).await
     }
 
     /// One regular file's first `max_bytes` bytes. `FileNotFound` when absent (or not a regular file).

@@ -29,6 +29,22 @@ pub struct WorkspaceFilter {
     pub include_archived: bool,
     /// Only workspaces created by this user (`workspace:read:own`).
     pub created_by: Option<UserId>,
+    /// A page: only ids below this one (the list is newest first)…
+    pub before: Option<WorkspaceId>,
+    /// …and at most this many.
+    pub limit: Option<u32>,
+}
+
+/// Limits a new workspace must stay within (`None`: unlimited). Counted over the org's non-archived workspaces, in
+/// the creating transaction, so concurrent creates cannot overshoot.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct WorkspaceQuota {
+    /// Workspaces in the org.
+    pub per_org: Option<u64>,
+    /// Workspaces of the new workspace's agent role.
+    pub per_role: Option<u64>,
+    /// Workspaces created by the new workspace's creator (only when it has one).
+    pub per_user: Option<u64>,
 }
 
 /// The result of starting an idempotent request.
@@ -42,6 +58,17 @@ pub enum IdempotencyBegin {
     Mismatch,
     /// The first request with this key is still being processed.
     InFlight,
+}
+
+/// A claim on an `Idempotency-Key`: the request it fingerprints, when the key expires, and which server process runs
+/// the request until when (it renews the lease while the request runs; a lapsed lease means the owner died).
+#[derive(Debug, Clone, Copy)]
+pub struct IdempotencyClaim<'a> {
+    pub fingerprint: &'a str,
+    pub now: Timestamp,
+    pub expires_at: Timestamp,
+    pub owner: &'a str,
+    pub lease_until: Timestamp,
 }
 
 #[async_trait]
@@ -165,7 +192,16 @@ pub trait Store: Send + Sync + 'static {
     // ---- workspaces ------------------------------------------------------------------------------------------------
     /// `RoleArchived` / `ProviderArchived` when a parent is archived (checked in the transaction, so an archive and
     /// a create cannot interleave).
-    async fn create_workspace(&self, ws: &WorkspaceRecord, audit: &[AuditEvent]) -> Result<()>;
+    async fn create_workspace(&self, ws: &WorkspaceRecord, audit: &[AuditEvent]) -> Result<()> {
+        self.create_workspace_within(ws, &WorkspaceQuota::default(), audit).await
+    }
+    /// Create a workspace unless it would exceed `quota` (`409 quota_exceeded` naming the quota).
+    async fn create_workspace_within(
+        &self,
+        ws: &WorkspaceRecord,
+        quota: &WorkspaceQuota,
+        audit: &[AuditEvent],
+    ) -> Result<()>;
     async fn get_workspace(&self, org: OrgId, id: WorkspaceId) -> Result<Option<WorkspaceRecord>>;
     /// For the reconciler, which works across orgs.
     async fn get_workspace_by_id(&self, id: WorkspaceId) -> Result<Option<WorkspaceRecord>>;
@@ -177,6 +213,17 @@ pub trait Store: Send + Sync + 'static {
         &self,
         ws: &WorkspaceRecord,
         expected_generation: i64,
+        audit: &[AuditEvent],
+    ) -> Result<bool> {
+        self.update_workspace_within(ws, expected_generation, &WorkspaceQuota::default(), audit).await
+    }
+    /// `update_workspace`, refused with `409 quota_exceeded` when `ws` would exceed `quota` (for an unarchive: the
+    /// stored row is still archived, so it is not counted yet).
+    async fn update_workspace_within(
+        &self,
+        ws: &WorkspaceRecord,
+        expected_generation: i64,
+        quota: &WorkspaceQuota,
         audit: &[AuditEvent],
     ) -> Result<bool>;
     /// Workspaces the reconciler must look at: transitional ones and every one that owns a pod.
@@ -193,6 +240,8 @@ pub trait Store: Send + Sync + 'static {
     // ---- snapshots -------------------------------------------------------------------------------------------------
     async fn insert_snapshot(&self, s: &SnapshotRecord) -> Result<()>;
     async fn get_snapshot(&self, id: SnapshotId) -> Result<Option<SnapshotRecord>>;
+    /// The snapshots with these ids (those that exist), in one query.
+    async fn get_snapshots(&self, ids: &[SnapshotId]) -> Result<Vec<SnapshotRecord>>;
     /// A workspace's snapshots, oldest first.
     async fn list_snapshots(&self, ws: WorkspaceId) -> Result<Vec<SnapshotRecord>>;
     /// Snapshots still `pending` (their writer may have died), across all workspaces.
@@ -217,16 +266,15 @@ pub trait Store: Send + Sync + 'static {
     async fn query_audit(&self, q: &AuditQuery) -> Result<Vec<AuditEvent>>;
 
     // ---- idempotency -----------------------------------------------------------------------------------------------
-    /// Start a request under `key`. Keys expire at `expires_at`; an expired key counts as new.
-    async fn idempotency_begin(
-        &self,
-        org: OrgId,
-        key: &str,
-        fingerprint: &str,
-        now: Timestamp,
-        expires_at: Timestamp,
-    ) -> Result<IdempotencyBegin>;
-    async fn idempotency_complete(&self, org: OrgId, key: &str, status: u16, body: &str) -> Result<()>;
-    /// Forget an in-flight key whose request failed with a server error, so a retry runs again.
-    async fn idempotency_abandon(&self, org: OrgId, key: &str) -> Result<()>;
+    /// Start a request under `key`. An expired key counts as new, and so does an in-flight one whose owner's lease
+    /// lapsed (the process running it died).
+    async fn idempotency_begin(&self, org: OrgId, key: &str, claim: &IdempotencyClaim<'_>) -> Result<IdempotencyBegin>;
+    /// Extend `owner`'s lease on its in-flight key; `false` when the claim is no longer `owner`'s.
+    async fn idempotency_renew(&self, org: OrgId, key: &str, owner: &str, lease_until: Timestamp) -> Result<bool>;
+    /// Keep the answer for replay; `false` (nothing written) when the claim is no longer `owner`'s.
+    async fn idempotency_complete(&self, org: OrgId, key: &str, owner: &str, status: u16, body: &str) -> Result<bool>;
+    /// Forget `owner`'s in-flight key whose request failed with a server error, so a retry runs again.
+    async fn idempotency_abandon(&self, org: OrgId, key: &str, owner: &str) -> Result<()>;
+    /// Delete up to `limit` keys that expired by `now`; returns how many.
+    async fn idempotency_sweep(&self, now: Timestamp, limit: u32) -> Result<u64>;
 }

@@ -464,4 +464,5 @@ pub(crate) struct IdempotencyRow {
     pub status_code: Option<i64>,
     pub response_body: Option<String>,
     pub expires_at: i64,
+    pub lease_expires_at: Option<i64>,
 }

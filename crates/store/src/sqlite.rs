@@ -51,6 +51,7 @@ impl SqliteStore {
             .foreign_keys(true)
             .busy_timeout(Duration::from_secs(5));
         let file = opts.get_filename().display().to_string();
+        create_private(opts.get_filename()).with_context(|| format!("creating SQLite database {file}"))?;
         let write = SqlitePoolOptions::new()
             .max_connections(1)
             .connect_with(opts.clone())
@@ -95,3 +96,14 @@ mod ops {
 }
 
 crate::store_impl::impl_store!(SqliteStore, Backend::Sqlite);
+
+/// Create the database file `0600` before SQLite does (it would use the umask, typically `0644`); SQLite gives the
+/// `-wal` and `-shm` files the database file's permissions.
+fn create_private(path: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    match std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path) {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(e),
+    }
+}

@@ -16,7 +16,7 @@ macro_rules! impl_store {
             };
             use evershell_core::scope::MemberRole;
 
-            use $crate::api::{IdempotencyBegin, WorkspaceFilter};
+            use $crate::api::{IdempotencyBegin, IdempotencyClaim, WorkspaceFilter, WorkspaceQuota};
 
             #[async_trait::async_trait]
             impl $crate::api::Store for $store {
@@ -207,8 +207,13 @@ macro_rules! impl_store {
                     ops::roles::unarchive_role(self, org, id, now, audit).await
                 }
 
-                async fn create_workspace(&self, ws: &WorkspaceRecord, audit: &[AuditEvent]) -> Result<()> {
-                    ops::workspaces::create_workspace(self, ws, audit).await
+                async fn create_workspace_within(
+                    &self,
+                    ws: &WorkspaceRecord,
+                    quota: &WorkspaceQuota,
+                    audit: &[AuditEvent],
+                ) -> Result<()> {
+                    ops::workspaces::create_workspace(self, ws, quota, audit).await
                 }
                 async fn get_workspace(&self, org: OrgId, id: WorkspaceId) -> Result<Option<WorkspaceRecord>> {
                     ops::workspaces::get_workspace(self, org, id).await
@@ -219,13 +224,14 @@ macro_rules! impl_store {
                 async fn list_workspaces(&self, org: OrgId, filter: &WorkspaceFilter) -> Result<Vec<WorkspaceRecord>> {
                     ops::workspaces::list_workspaces(self, org, filter).await
                 }
-                async fn update_workspace(
+                async fn update_workspace_within(
                     &self,
                     ws: &WorkspaceRecord,
                     expected_generation: i64,
+                    quota: &WorkspaceQuota,
                     audit: &[AuditEvent],
                 ) -> Result<bool> {
-                    ops::workspaces::update_workspace(self, ws, expected_generation, audit).await
+                    ops::workspaces::update_workspace(self, ws, expected_generation, quota, audit).await
                 }
                 async fn workspaces_to_reconcile(&self) -> Result<Vec<WorkspaceId>> {
                     ops::workspaces::workspaces_to_reconcile(self).await
@@ -251,6 +257,9 @@ macro_rules! impl_store {
 
                 async fn insert_snapshot(&self, s: &SnapshotRecord) -> Result<()> {
                     ops::snapshots::insert_snapshot(self, s).await
+                }
+                async fn get_snapshots(&self, ids: &[SnapshotId]) -> Result<Vec<SnapshotRecord>> {
+                    ops::snapshots::get_snapshots(self, ids).await
                 }
                 async fn get_snapshot(&self, id: SnapshotId) -> Result<Option<SnapshotRecord>> {
                     ops::snapshots::get_snapshot(self, id).await
@@ -288,17 +297,34 @@ macro_rules! impl_store {
                     &self,
                     org: OrgId,
                     key: &str,
-                    fingerprint: &str,
-                    now: Timestamp,
-                    expires_at: Timestamp,
+                    claim: &IdempotencyClaim<'_>,
                 ) -> Result<IdempotencyBegin> {
-                    ops::idempotency::idempotency_begin(self, org, key, fingerprint, now, expires_at).await
+                    ops::idempotency::idempotency_begin(self, org, key, claim).await
                 }
-                async fn idempotency_complete(&self, org: OrgId, key: &str, status: u16, body: &str) -> Result<()> {
-                    ops::idempotency::idempotency_complete(self, org, key, status, body).await
+                async fn idempotency_renew(
+                    &self,
+                    org: OrgId,
+                    key: &str,
+                    owner: &str,
+                    lease_until: Timestamp,
+                ) -> Result<bool> {
+                    ops::idempotency::idempotency_renew(self, org, key, owner, lease_until).await
                 }
-                async fn idempotency_abandon(&self, org: OrgId, key: &str) -> Result<()> {
-                    ops::idempotency::idempotency_abandon(self, org, key).await
+                async fn idempotency_complete(
+                    &self,
+                    org: OrgId,
+                    key: &str,
+                    owner: &str,
+                    status: u16,
+                    body: &str,
+                ) -> Result<bool> {
+                    ops::idempotency::idempotency_complete(self, org, key, owner, status, body).await
+                }
+                async fn idempotency_abandon(&self, org: OrgId, key: &str, owner: &str) -> Result<()> {
+                    ops::idempotency::idempotency_abandon(self, org, key, owner).await
+                }
+                async fn idempotency_sweep(&self, now: Timestamp, limit: u32) -> Result<u64> {
+                    ops::idempotency::idempotency_sweep(self, now, limit).await
                 }
             }
         };

@@ -1,8 +1,9 @@
 //! Sign-in, the caller's identity, API keys and memberships.
 
+use axum::Extension;
 use axum::extract::{Path, State};
-use axum::http::{HeaderValue, StatusCode, header};
-use axum::response::IntoResponse;
+use axum::http::{HeaderMap, HeaderValue, StatusCode, Uri, header};
+use axum::response::{IntoResponse, Response};
 use evershell_app::identity::{
     AcceptInviteRequest, CreateApiKeyRequest, CreatedApiKey, Invitation, InviteRequest, LoginRequest, MeSession,
     PatchMembershipRequest, SessionToken,
@@ -16,7 +17,9 @@ use utoipa_axum::routes;
 use crate::access::{Auth, SESSION_COOKIE};
 use crate::envelope::RequestId;
 use crate::error::{ApiResult, ErrorBody};
-use crate::extract::Json;
+use crate::extract::{Json, Params};
+use crate::idempotency::SecretFields;
+use crate::paging::{self, PageParams};
 use crate::state::AppState;
 
 pub fn router() -> OpenApiRouter<AppState> {
@@ -45,21 +48,43 @@ pub fn status(s: &str) -> axum::Json<Status> {
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct ApiKeyList {
     pub api_keys: Vec<ApiKey>,
+    /// Present when `limit` cut the list: pass it back as `cursor` for the next page.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_cursor: Option<String>,
 }
 
 /// `{"memberships": […]}`.
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct MembershipList {
     pub memberships: Vec<Membership>,
+    /// Present when `limit` cut the list: pass it back as `cursor` for the next page.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_cursor: Option<String>,
 }
 
-fn session_cookie(token: &SessionToken) -> HeaderValue {
-    let max_age = ((token.expires_at.millis() - evershell_core::Timestamp::now().millis()) / 1000).max(0);
+/// Whether the client reached us over TLS: configured so, or a proxy says so (`X-Forwarded-Proto: https`, or
+/// `Forwarded: proto=https`). Only ever adds `Secure`, so trusting the header costs nothing.
+fn over_tls(s: &AppState, headers: &HeaderMap) -> bool {
+    let first = |name: header::HeaderName| {
+        headers.get(name).and_then(|v| v.to_str().ok()).map(|v| v.split(',').next().unwrap_or("").trim().to_string())
+    };
+    s.limits.secure_cookies
+        || first(header::HeaderName::from_static("x-forwarded-proto")).is_some_and(|p| p.eq_ignore_ascii_case("https"))
+        || first(header::FORWARDED)
+            .is_some_and(|f| f.split(';').any(|kv| kv.trim().eq_ignore_ascii_case("proto=https")))
+}
+
+fn cookie(value: &str, max_age: i64, secure: bool) -> HeaderValue {
+    let secure = if secure { "; Secure" } else { "" };
     HeaderValue::from_str(&format!(
-        "{SESSION_COOKIE}={}; HttpOnly; SameSite=Strict; Path=/; Max-Age={max_age}",
-        token.token
+        "{SESSION_COOKIE}={value}; HttpOnly; SameSite=Strict; Path=/; Max-Age={max_age}{secure}"
     ))
     .unwrap_or(HeaderValue::from_static(""))
+}
+
+fn session_cookie(token: &SessionToken, secure: bool) -> HeaderValue {
+    let max_age = ((token.expires_at.millis() - evershell_core::Timestamp::now().millis()) / 1000).max(0);
+    cookie(&token.token, max_age, secure)
 }
 
 /// Sign in with email and password. Returns a session JWT (also set as an HttpOnly cookie for the console).
@@ -68,21 +93,20 @@ fn session_cookie(token: &SessionToken) -> HeaderValue {
         (status = 401, description = "Wrong email or password", body = ErrorBody)))]
 pub async fn login(
     State(s): State<AppState>,
+    headers: HeaderMap,
     rid: Option<axum::Extension<RequestId>>,
     Json(req): Json<LoginRequest>,
 ) -> ApiResult<impl IntoResponse> {
     let t = s.app.login(req, rid.as_ref().map(|r| r.0.0.as_str())).await?;
-    Ok(([(header::SET_COOKIE, session_cookie(&t))], axum::Json(t)))
+    Ok(([(header::SET_COOKIE, session_cookie(&t, over_tls(&s, &headers)))], axum::Json(t)))
 }
 
 /// End the caller's session; its token is refused from the next request.
 #[utoipa::path(post, path = "/v1/auth/logout", tag = "identity", security(("bearer" = [])),
     responses((status = 200, body = Status, example = json!({"status": "logged_out"}))))]
-pub async fn logout(State(s): State<AppState>, Auth(c): Auth) -> ApiResult<impl IntoResponse> {
+pub async fn logout(State(s): State<AppState>, headers: HeaderMap, Auth(c): Auth) -> ApiResult<impl IntoResponse> {
     s.app.logout(&c).await?;
-    let clear = HeaderValue::from_str(&format!("{SESSION_COOKIE}=; HttpOnly; SameSite=Strict; Path=/; Max-Age=0"))
-        .unwrap_or(HeaderValue::from_static(""));
-    Ok(([(header::SET_COOKIE, clear)], status("logged_out")))
+    Ok(([(header::SET_COOKIE, cookie("", 0, over_tls(&s, &headers)))], status("logged_out")))
 }
 
 /// Accept an invitation: set the password (or confirm an existing one), activate the membership, sign in.
@@ -90,11 +114,12 @@ pub async fn logout(State(s): State<AppState>, Auth(c): Auth) -> ApiResult<impl 
     responses((status = 200, body = SessionToken), (status = 400, body = ErrorBody)))]
 pub async fn accept_invite(
     State(s): State<AppState>,
+    headers: HeaderMap,
     rid: Option<axum::Extension<RequestId>>,
     Json(req): Json<AcceptInviteRequest>,
 ) -> ApiResult<impl IntoResponse> {
     let t = s.app.accept_invite(req, rid.as_ref().map(|r| r.0.0.as_str())).await?;
-    Ok(([(header::SET_COOKIE, session_cookie(&t))], axum::Json(t)))
+    Ok(([(header::SET_COOKIE, session_cookie(&t, over_tls(&s, &headers)))], axum::Json(t)))
 }
 
 /// The resolved caller and the orgs it belongs to.
@@ -113,14 +138,21 @@ pub async fn create_api_key(
     Auth(c): Auth,
     Json(req): Json<CreateApiKeyRequest>,
 ) -> ApiResult<impl IntoResponse> {
-    Ok((StatusCode::CREATED, axum::Json(s.app.create_api_key(&c, req).await?)))
+    let key = s.app.create_api_key(&c, req).await?;
+    Ok((StatusCode::CREATED, Extension(SecretFields(&["value"])), axum::Json(key)))
 }
 
 /// The org's live API keys (values are never shown again).
 #[utoipa::path(get, path = "/v1/api-keys", tag = "api-keys", security(("bearer" = ["apikeys:write"])),
-    responses((status = 200, body = ApiKeyList)))]
-pub async fn list_api_keys(State(s): State<AppState>, Auth(c): Auth) -> ApiResult<axum::Json<ApiKeyList>> {
-    Ok(axum::Json(ApiKeyList { api_keys: s.app.list_api_keys(&c).await? }))
+    params(("limit" = Option<u32>, Query, description = "Page size (1-1000); without it the whole list"),
+        ("cursor" = Option<String>, Query, description = "`next_cursor` of the previous page")),
+    responses((status = 200, body = ApiKeyList), (status = 400, description = "`validation_error` (limit), `invalid_cursor`", body = ErrorBody)))]
+pub async fn list_api_keys(State(s): State<AppState>, Auth(c): Auth, uri: Uri, p: Params) -> ApiResult<Response> {
+    let pp = PageParams::parse(&p, "api_keys")?;
+    let all = s.app.list_api_keys(&c).await?;
+    let (api_keys, next) =
+        paging::page(all, "api_keys", |k| format!("{:016}\u{1}{}", k.created_at.millis(), k.id), &pp);
+    Ok(paging::answer(&uri, ApiKeyList { api_keys, next_cursor: next.clone() }, next.as_deref()))
 }
 
 /// Revoke an API key: it gets 401 from the very next request. Works in any billing posture.
@@ -139,14 +171,22 @@ pub async fn revoke_api_key(
 /// Memberships of the caller's org (`members:read:own`: only the caller's own). Another org's id is 403.
 #[utoipa::path(get, path = "/v1/orgs/{id}/memberships", tag = "memberships",
     security(("bearer" = ["members:read"]), ("bearer" = ["members:read:own"])),
-    params(("id" = String, Path, description = "The caller's org id")),
-    responses((status = 200, body = MembershipList)))]
+    params(("id" = String, Path, description = "The caller's org id"),
+        ("limit" = Option<u32>, Query, description = "Page size (1-1000); without it the whole list"),
+        ("cursor" = Option<String>, Query, description = "`next_cursor` of the previous page")),
+    responses((status = 200, body = MembershipList), (status = 400, description = "`validation_error` (limit), `invalid_cursor`", body = ErrorBody)))]
 pub async fn list_memberships(
     State(s): State<AppState>,
     Auth(c): Auth,
     Path(org): Path<String>,
-) -> ApiResult<axum::Json<MembershipList>> {
-    Ok(axum::Json(MembershipList { memberships: s.app.list_memberships(&c, &org).await? }))
+    uri: Uri,
+    p: Params,
+) -> ApiResult<Response> {
+    let pp = PageParams::parse(&p, "memberships")?;
+    let all = s.app.list_memberships(&c, &org).await?;
+    let (memberships, next) =
+        paging::page(all, "memberships", |m| format!("{:016}\u{1}{}", m.created_at.millis(), m.user_id), &pp);
+    Ok(paging::answer(&uri, MembershipList { memberships, next_cursor: next.clone() }, next.as_deref()))
 }
 
 /// Invite a member: a pending membership plus a one-time `invite_token` for `POST /v1/auth/accept-invite`.
@@ -162,7 +202,8 @@ pub async fn invite(
     Path(org): Path<String>,
     Json(req): Json<InviteRequest>,
 ) -> ApiResult<impl IntoResponse> {
-    Ok((StatusCode::CREATED, axum::Json(s.app.invite(&c, &org, req).await?)))
+    let invitation = s.app.invite(&c, &org, req).await?;
+    Ok((StatusCode::CREATED, Extension(SecretFields(&["invite_token"])), axum::Json(invitation)))
 }
 
 /// Change a member's role (Owners only). Refused for pending invitations and for the last Owner.

@@ -1,8 +1,8 @@
 //! Providers (LLM backends).
 
 use axum::extract::{Path, State};
-use axum::http::StatusCode;
-use axum::response::IntoResponse;
+use axum::http::{StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
 use evershell_app::providers::{CreateProvider, PatchProvider, ProviderArchived};
 use evershell_core::FieldErrors;
 use evershell_core::model::Provider;
@@ -15,6 +15,7 @@ use super::identity::{Status, status};
 use crate::access::Auth;
 use crate::error::{ApiResult, ErrorBody};
 use crate::extract::{Json, Params};
+use crate::paging::{self, PageParams};
 use crate::state::AppState;
 
 pub fn router() -> OpenApiRouter<AppState> {
@@ -29,6 +30,9 @@ pub fn router() -> OpenApiRouter<AppState> {
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct ProviderList {
     pub providers: Vec<Provider>,
+    /// Present when `limit` cut the list: pass it back as `cursor` for the next page.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_cursor: Option<String>,
 }
 
 /// Read `include_archived`.
@@ -53,14 +57,15 @@ pub async fn create_provider(
 
 /// List providers; archived ones only with `include_archived=true`.
 #[utoipa::path(get, path = "/v1/providers", tag = "providers", security(("bearer" = [])),
-    params(("include_archived" = Option<bool>, Query, description = "Also list archived providers")),
-    responses((status = 200, body = ProviderList)))]
-pub async fn list_providers(
-    State(s): State<AppState>,
-    Auth(c): Auth,
-    p: Params,
-) -> ApiResult<axum::Json<ProviderList>> {
-    Ok(axum::Json(ProviderList { providers: s.app.list_providers(&c, include_archived(&p)?).await? }))
+    params(("include_archived" = Option<bool>, Query, description = "Also list archived providers"),
+        ("limit" = Option<u32>, Query, description = "Page size (1-1000); without it the whole list"),
+        ("cursor" = Option<String>, Query, description = "`next_cursor` of the previous page")),
+    responses((status = 200, body = ProviderList), (status = 400, description = "`validation_error` (limit), `invalid_cursor`", body = ErrorBody)))]
+pub async fn list_providers(State(s): State<AppState>, Auth(c): Auth, uri: Uri, p: Params) -> ApiResult<Response> {
+    let pp = PageParams::parse(&p, "providers")?;
+    let all = s.app.list_providers(&c, include_archived(&p)?).await?;
+    let (providers, next) = paging::page(all, "providers", |p| format!("{}\u{1}{}", p.name, p.id), &pp);
+    Ok(paging::answer(&uri, ProviderList { providers, next_cursor: next.clone() }, next.as_deref()))
 }
 
 #[utoipa::path(get, path = "/v1/providers/{id}", tag = "providers", security(("bearer" = [])),

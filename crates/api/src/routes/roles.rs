@@ -1,8 +1,8 @@
 //! Agent roles, including the role-wide stop.
 
 use axum::extract::{Path, State};
-use axum::http::StatusCode;
-use axum::response::IntoResponse;
+use axum::http::{StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
 use evershell_app::roles::{CreateRole, PatchRole};
 use evershell_app::workspaces::StoppingAnswer;
 use evershell_core::model::AgentRole;
@@ -16,6 +16,7 @@ use super::providers::include_archived;
 use crate::access::Auth;
 use crate::error::{ApiResult, ErrorBody};
 use crate::extract::{Json, Params};
+use crate::paging::{self, PageParams};
 use crate::state::AppState;
 
 pub fn router() -> OpenApiRouter<AppState> {
@@ -31,6 +32,9 @@ pub fn router() -> OpenApiRouter<AppState> {
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct RoleList {
     pub agent_roles: Vec<AgentRole>,
+    /// Present when `limit` cut the list: pass it back as `cursor` for the next page.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_cursor: Option<String>,
 }
 
 /// Create an agent role. `capabilities` is caps.yaml, validated on write and stored as given.
@@ -49,10 +53,15 @@ pub async fn create_role(
 
 /// List agent roles; archived ones only with `include_archived=true`.
 #[utoipa::path(get, path = "/v1/agent-roles", tag = "agent-roles", security(("bearer" = [])),
-    params(("include_archived" = Option<bool>, Query, description = "Also list archived roles")),
-    responses((status = 200, body = RoleList)))]
-pub async fn list_roles(State(s): State<AppState>, Auth(c): Auth, p: Params) -> ApiResult<axum::Json<RoleList>> {
-    Ok(axum::Json(RoleList { agent_roles: s.app.list_roles(&c, include_archived(&p)?).await? }))
+    params(("include_archived" = Option<bool>, Query, description = "Also list archived roles"),
+        ("limit" = Option<u32>, Query, description = "Page size (1-1000); without it the whole list"),
+        ("cursor" = Option<String>, Query, description = "`next_cursor` of the previous page")),
+    responses((status = 200, body = RoleList), (status = 400, description = "`validation_error` (limit), `invalid_cursor`", body = ErrorBody)))]
+pub async fn list_roles(State(s): State<AppState>, Auth(c): Auth, uri: Uri, p: Params) -> ApiResult<Response> {
+    let pp = PageParams::parse(&p, "agent_roles")?;
+    let all = s.app.list_roles(&c, include_archived(&p)?).await?;
+    let (agent_roles, next) = paging::page(all, "agent_roles", |r| format!("{}\u{1}{}", r.name, r.id), &pp);
+    Ok(paging::answer(&uri, RoleList { agent_roles, next_cursor: next.clone() }, next.as_deref()))
 }
 
 #[utoipa::path(get, path = "/v1/agent-roles/{id}", tag = "agent-roles", security(("bearer" = [])),

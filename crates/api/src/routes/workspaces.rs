@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use axum::extract::{Path, State};
-use axum::http::StatusCode;
+use axum::http::{StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use evershell_app::workspaces::{CreateWorkspace, LifecycleCall, ListWorkspaces, StatusAnswer, StoppingAnswer};
 use evershell_core::FieldErrors;
@@ -18,6 +18,7 @@ use utoipa_axum::routes;
 use crate::access::Auth;
 use crate::error::{ApiResult, ErrorBody};
 use crate::extract::{Json, Params};
+use crate::paging::{self, PageParams};
 use crate::state::AppState;
 
 pub fn router() -> OpenApiRouter<AppState> {
@@ -36,6 +37,9 @@ pub fn router() -> OpenApiRouter<AppState> {
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct WorkspaceList {
     pub workspaces: Vec<Workspace>,
+    /// Present when `limit` cut the list: pass it back as `cursor` for the next page.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_cursor: Option<String>,
 }
 
 /// Default `timeout_ms` of `?wait=true`.
@@ -80,7 +84,7 @@ async fn lifecycle(
     request_body = CreateWorkspace,
     responses((status = 201, body = Workspace), (status = 400, body = ErrorBody),
         (status = 404, description = "`role_not_found`", body = ErrorBody),
-        (status = 409, description = "`role_archived`, `provider_archived`", body = ErrorBody), (status = 423, body = ErrorBody)))]
+        (status = 409, description = "`role_archived`, `provider_archived`, `quota_exceeded`", body = ErrorBody), (status = 423, body = ErrorBody)))]
 pub async fn create_workspace(
     State(s): State<AppState>,
     Auth(c): Auth,
@@ -102,22 +106,39 @@ pub async fn create_workspace(
     security(("bearer" = ["workspace:read"]), ("bearer" = ["workspace:read:own"])),
     params(("role_name" = Option<String>, Query, description = "Only this role's workspaces"),
         ("status" = Option<String>, Query, description = "Only workspaces in this status"),
-        ("include_archived" = Option<bool>, Query, description = "Also list archived workspaces")),
-    responses((status = 200, body = WorkspaceList), (status = 404, description = "`role_not_found`", body = ErrorBody)))]
-pub async fn list_workspaces(
-    State(s): State<AppState>,
-    Auth(c): Auth,
-    p: Params,
-) -> ApiResult<axum::Json<WorkspaceList>> {
+        ("include_archived" = Option<bool>, Query, description = "Also list archived workspaces"),
+        ("limit" = Option<u32>, Query, description = "Page size (1-1000); without it the whole list"),
+        ("cursor" = Option<String>, Query, description = "`next_cursor` of the previous page")),
+    responses((status = 200, body = WorkspaceList), (status = 400, description = "`validation_error` (limit), `invalid_cursor`", body = ErrorBody),
+        (status = 404, description = "`role_not_found`", body = ErrorBody)))]
+pub async fn list_workspaces(State(s): State<AppState>, Auth(c): Auth, uri: Uri, p: Params) -> ApiResult<Response> {
     let mut errs = FieldErrors::default();
     let include_archived = p.flag(&mut errs, "include_archived", false);
     errs.into_result()?;
+    let pp = PageParams::parse(&p, "workspaces")?;
+    let before = match &pp.after {
+        Some(id) => Some(id.parse().map_err(|_| {
+            evershell_core::Error::new(evershell_core::ErrorCode::InvalidCursor, "the cursor is malformed")
+        })?),
+        None => None,
+    };
     let q = ListWorkspaces {
         role_name: p.get("role_name").map(str::to_string),
         status: p.get("status").map(str::to_string),
         include_archived,
+        before,
+        // One more than asked, to know whether a next page exists.
+        limit: pp.limit.map(|l| l + 1),
     };
-    Ok(axum::Json(WorkspaceList { workspaces: s.app.list_workspaces(&c, q).await? }))
+    let mut workspaces = s.app.list_workspaces(&c, q).await?;
+    let next = match pp.limit {
+        Some(l) if workspaces.len() > l as usize => {
+            workspaces.truncate(l as usize);
+            workspaces.last().map(|w| paging::encode("workspaces", &w.id.to_string()))
+        }
+        _ => None,
+    };
+    Ok(paging::answer(&uri, WorkspaceList { workspaces, next_cursor: next.clone() }, next.as_deref()))
 }
 
 /// Get a workspace; with `wait=true`, once it has settled.
@@ -227,7 +248,7 @@ pub async fn archive_workspace(
     security(("bearer" = ["workspace:write"]), ("bearer" = ["workspace:write:own"])),
     params(("id" = String, Path, description = "Workspace id (`ws_…`)")),
     responses((status = 200, body = StatusAnswer, example = json!({"status": "unarchived"})), (status = 404, body = ErrorBody),
-        (status = 409, description = "`not_archived`", body = ErrorBody), (status = 423, body = ErrorBody)))]
+        (status = 409, description = "`not_archived`, `quota_exceeded`", body = ErrorBody), (status = 423, body = ErrorBody)))]
 pub async fn unarchive_workspace(
     State(s): State<AppState>,
     Auth(c): Auth,

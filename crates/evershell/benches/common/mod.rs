@@ -39,7 +39,8 @@ pub fn bin() -> &'static str {
 /// is set.
 pub fn start(root: &Path, extra_env: &[(&str, &str)]) -> Server {
     let data = root.join("data");
-    std::fs::create_dir_all(&data).unwrap();
+    // Private, as `serve` requires (the admin CLI creates it 0700).
+    std::os::unix::fs::DirBuilderExt::mode(std::fs::DirBuilder::new().recursive(true), 0o700).create(&data).unwrap();
     let out = Command::new(bin())
         .args(["admin", "--data-dir"])
         .arg(&data)

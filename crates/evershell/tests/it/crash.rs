@@ -195,7 +195,7 @@ async fn wait_settled(api: &Api, ws: &str) -> Value {
 
 #[tokio::test]
 async fn sigkill_mid_stop_and_mid_resume_then_restart_settles_everything() {
-    let tmp = tempfile::tempdir().unwrap();
+    let tmp = crate::harness::private_tempdir();
     let data = tmp.path().to_path_buf();
     let _sandboxes = SandboxGuard(data.join("pods"));
     let key = bootstrap(&data);

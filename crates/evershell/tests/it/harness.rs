@@ -89,7 +89,7 @@ impl TestServer {
     }
 
     pub async fn start_on(db: Db) -> Self {
-        let dir = tempfile::tempdir().unwrap();
+        let dir = private_tempdir();
         let db_url = match db {
             Db::Sqlite => format!("sqlite://{}", dir.path().join("evershell.db").display()),
             Db::Postgres => evershell_store::testing::fresh_postgres_url().await,
@@ -99,27 +99,27 @@ impl TestServer {
 
     /// A server over an existing data dir and database (for restarts).
     pub async fn start_at(dir: tempfile::TempDir, db_url: String, bootstrap: bool) -> Self {
-        Self::start_configured(dir, db_url, bootstrap, |_| {}).await
+        Self::start_at_with(dir, db_url, bootstrap, |_| {}).await
     }
 
-    /// A fresh SQLite server with its configuration adjusted by `adjust`.
-    pub async fn start_with(adjust: impl FnOnce(&mut Config)) -> Self {
-        let dir = tempfile::tempdir().unwrap();
+    /// A SQLite server whose configuration `tweak` adjusts first.
+    pub async fn start_with(tweak: impl FnOnce(&mut Config)) -> Self {
+        let dir = private_tempdir();
         let db_url = format!("sqlite://{}", dir.path().join("evershell.db").display());
-        Self::start_configured(dir, db_url, true, adjust).await
+        Self::start_at_with(dir, db_url, true, tweak).await
     }
 
-    async fn start_configured(
+    pub async fn start_at_with(
         dir: tempfile::TempDir,
         db_url: String,
         bootstrap: bool,
-        adjust: impl FnOnce(&mut Config),
+        tweak: impl FnOnce(&mut Config),
     ) -> Self {
         if let Ok(filter) = std::env::var("EVERSHELL_TEST_LOG") {
             let _ = tracing_subscriber::fmt().with_env_filter(filter).with_test_writer().try_init();
         }
         let mut cfg = config(dir.path(), &db_url);
-        adjust(&mut cfg);
+        tweak(&mut cfg);
         let server = evershell::server::start(cfg).await.expect("server starts");
         let url = format!("http://{}", server.addr);
         let app = server.app.clone();
@@ -153,6 +153,11 @@ impl TestServer {
         remove_pods(&self.app).await;
         let dir = std::mem::replace(&mut self.dir, tempfile::tempdir().unwrap());
         (dir, self.db_url.clone())
+    }
+
+    /// Connections the server is serving right now.
+    pub fn open_connections(&self) -> usize {
+        self.server.as_ref().map_or(0, |s| s.open_connections.load(std::sync::atomic::Ordering::Relaxed))
     }
 
     pub async fn call(&self, method: Method, path: &str, token: Option<&str>, body: Option<Value>) -> Resp {
@@ -290,6 +295,14 @@ pub async fn remove_pods(app: &App) {
         }
     }
     app.runtime.shutdown().await;
+}
+
+/// A temp dir the server accepts as its data dir (`tempfile` creates `0755`; the server refuses what others can read).
+pub fn private_tempdir() -> tempfile::TempDir {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o700)).unwrap();
+    dir
 }
 
 pub fn config(data_dir: &std::path::Path, db_url: &str) -> Config {

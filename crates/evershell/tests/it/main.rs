@@ -1,6 +1,12 @@
 //! Integration tests: the real server on port 0 against a fresh database, real sandboxes, spoken to over HTTP.
 
+mod data_perms;
 mod harness;
+mod http_limits;
+mod idempotency_secrets;
+mod metrics_labels;
+mod quotas_paging;
+mod smaller_hardening;
 
 mod api_audit;
 mod api_config;

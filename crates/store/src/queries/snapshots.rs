@@ -57,6 +57,24 @@ macro_rules! ops {
             .await
         }
 
+        pub async fn get_snapshots(s: &S, ids: &[SnapshotId]) -> Result<Vec<SnapshotRecord>> {
+            let mut out = Vec::with_capacity(ids.len());
+            // Bounded statements (SQLite allows 32766 parameters); one per 500 ids.
+            for chunk in ids.chunks(500) {
+                let marks: Vec<String> = (1..=chunk.len()).map(|i| format!("${i}")).collect();
+                let sql = format!(concat!(snap_select!(), "WHERE id IN ({})"), marks.join(", "));
+                let mut q = sqlx::query_as::<_, SnapshotRow>(sqlx::AssertSqlSafe(sql));
+                for id in chunk {
+                    q = q.bind(id.to_string());
+                }
+                let rows = q.fetch_all(&s.read).await.map_err(db)?;
+                for r in rows {
+                    out.push(SnapshotRecord::try_from(r)?);
+                }
+            }
+            Ok(out)
+        }
+
         pub async fn get_snapshot(s: &S, id: SnapshotId) -> Result<Option<SnapshotRecord>> {
             let row: Option<SnapshotRow> = sqlx::query_as(concat!(snap_select!(), "WHERE id = $1"))
                 .bind(id.to_string())

@@ -8,7 +8,7 @@ macro_rules! ops {
         use evershell_core::model::WorkspaceRecord;
         use evershell_core::{Error, ErrorCode, Result, Timestamp};
 
-        use $crate::api::WorkspaceFilter;
+        use $crate::api::{WorkspaceFilter, WorkspaceQuota};
         use $crate::errors::db;
         use $crate::rows::{WorkspaceRow, millis, text, to_json};
         use $crate::tx::{TxResult, run};
@@ -25,7 +25,52 @@ macro_rules! ops {
             ws.pod_pack_ids.as_ref().map(to_json).transpose()
         }
 
-        pub async fn create_workspace(s: &S, ws: &WorkspaceRecord, audit: &[AuditEvent]) -> Result<()> {
+        /// Refuse the new workspace when it would exceed a limit of `quota`. Takes the org row's lock first, so
+        /// concurrent creates in the org count one after another.
+        async fn check_quota(c: &mut Conn, ws: &WorkspaceRecord, quota: &WorkspaceQuota) -> TxResult<()> {
+            if *quota == WorkspaceQuota::default() {
+                return Ok(());
+            }
+            sqlx::query(concat!("SELECT id FROM orgs WHERE id = $1", for_update!()))
+                .bind(ws.org_id.to_string())
+                .execute(&mut *c)
+                .await?;
+            let checks = [
+                (quota.per_org, "workspaces_per_org", "", String::new()),
+                (quota.per_role, "workspaces_per_agent_role", " AND role_id = $2", ws.role_id.to_string()),
+                (
+                    quota.per_user.filter(|_| ws.created_by_user_id.is_some()),
+                    "workspaces_per_user",
+                    " AND created_by_user_id = $2",
+                    ws.created_by_user_id.map(|u| u.to_string()).unwrap_or_default(),
+                ),
+            ];
+            for (limit, name, and, arg) in checks {
+                let Some(limit) = limit else { continue };
+                let sql = format!("SELECT COUNT(*) FROM workspaces WHERE org_id = $1 AND archived_at IS NULL{and}");
+                let mut q = sqlx::query_scalar::<_, i64>(sqlx::AssertSqlSafe(sql)).bind(ws.org_id.to_string());
+                if !and.is_empty() {
+                    q = q.bind(arg);
+                }
+                let n = q.fetch_one(&mut *c).await?.max(0) as u64;
+                if n >= limit {
+                    return Err(Error::new(
+                        ErrorCode::QuotaExceeded,
+                        format!("the {name} quota ({limit}) is reached; archive workspaces or raise the limit"),
+                    )
+                    .with_details(serde_json::json!({ "quota": name, "limit": limit, "current": n }))
+                    .into());
+                }
+            }
+            Ok(())
+        }
+
+        pub async fn create_workspace(
+            s: &S,
+            ws: &WorkspaceRecord,
+            quota: &WorkspaceQuota,
+            audit: &[AuditEvent],
+        ) -> Result<()> {
             let packs = pod_pack_ids(ws)?;
             let packs = packs.as_deref();
             run("create_workspace", move || async move {
@@ -37,6 +82,7 @@ macro_rules! ops {
                 if provider.archived_at.is_some() {
                     return Err(super::roles::provider_archived().into());
                 }
+                check_quota(&mut tx, ws, quota).await?;
                 sqlx::query(
                     "INSERT INTO workspaces (id, org_id, role_id, environment, created_by_user_id, status, \
                      status_reason, last_error, desired, generation, pod_id, pod_pack_ids, snapshot_id, \
@@ -93,13 +139,15 @@ macro_rules! ops {
                 ws_select!(),
                 "WHERE org_id = $1 AND ($2 IS NULL OR role_id = $2) AND ($3 IS NULL OR status = $3) ",
                 "AND ($4 = 1 OR archived_at IS NULL) AND ($5 IS NULL OR created_by_user_id = $5) ",
-                "ORDER BY id DESC"
+                "AND ($6 IS NULL OR id < $6) ORDER BY id DESC LIMIT $7"
             ))
             .bind(org.to_string())
             .bind(text(f.role_id.as_ref()))
             .bind(f.status.map(|st| st.as_str()))
             .bind(i64::from(f.include_archived))
             .bind(text(f.created_by.as_ref()))
+            .bind(text(f.before.as_ref()))
+            .bind(f.limit.map_or(i64::MAX, i64::from))
             .fetch_all(&s.read)
             .await
             .map_err(db)?;
@@ -138,10 +186,12 @@ macro_rules! ops {
             s: &S,
             ws: &WorkspaceRecord,
             expected_generation: i64,
+            quota: &WorkspaceQuota,
             audit: &[AuditEvent],
         ) -> Result<bool> {
             run("update_workspace", move || async move {
                 let mut tx = s.begin().await?;
+                check_quota(&mut tx, ws, quota).await?;
                 if !update_guarded(&mut tx, ws, expected_generation).await? {
                     return Ok(false);
                 }

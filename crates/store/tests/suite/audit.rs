@@ -4,7 +4,7 @@ use std::collections::HashSet;
 
 use evershell_core::audit::{Actor, Category, Cursor};
 use evershell_core::ids::TaskId;
-use evershell_store::IdempotencyBegin;
+use evershell_store::{IdempotencyBegin, IdempotencyClaim, Store};
 
 use crate::*;
 
@@ -15,7 +15,29 @@ store_tests!(
     audit_cursor_pages_cover_every_row_once,
     idempotency_outcomes,
     idempotency_expired_key_is_new,
+    idempotency_claim_of_a_dead_owner_is_taken_over,
+    idempotency_sweep_deletes_only_expired_keys,
 );
+
+/// Begin as owner `A` with a lease far beyond `now` (the key's own expiry is `exp`).
+async fn begin(s: &dyn Store, o: OrgId, key: &str, fp: &str, now: Timestamp, exp: Timestamp) -> IdempotencyBegin {
+    begin_as(s, o, key, fp, now, exp, "A", now.plus_millis(1_000_000)).await
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn begin_as(
+    s: &dyn Store,
+    o: OrgId,
+    key: &str,
+    fingerprint: &str,
+    now: Timestamp,
+    expires_at: Timestamp,
+    owner: &str,
+    lease_until: Timestamp,
+) -> IdempotencyBegin {
+    let claim = IdempotencyClaim { fingerprint, now, expires_at, owner, lease_until };
+    s.idempotency_begin(o, key, &claim).await.unwrap()
+}
 
 async fn audit_round_trips_every_field(ctx: Ctx) {
     let o = OrgId::new();
@@ -181,30 +203,30 @@ async fn idempotency_outcomes(ctx: Ctx) {
     let (o, other) = (OrgId::new(), OrgId::new());
     let s = &ctx.store;
     let (now, exp) = (ts(1_000), ts(100_000));
-    assert_eq!(s.idempotency_begin(o, "k", "fp", now, exp).await.unwrap(), IdempotencyBegin::New);
-    assert_eq!(s.idempotency_begin(o, "k", "fp", now, exp).await.unwrap(), IdempotencyBegin::InFlight);
-    assert_eq!(s.idempotency_begin(o, "k", "other", now, exp).await.unwrap(), IdempotencyBegin::Mismatch);
+    assert_eq!(begin(s.as_ref(), o, "k", "fp", now, exp).await, IdempotencyBegin::New);
+    assert_eq!(begin(s.as_ref(), o, "k", "fp", now, exp).await, IdempotencyBegin::InFlight);
+    assert_eq!(begin(s.as_ref(), o, "k", "other", now, exp).await, IdempotencyBegin::Mismatch);
     // Keys are per org.
-    assert_eq!(s.idempotency_begin(other, "k", "other", now, exp).await.unwrap(), IdempotencyBegin::New);
+    assert_eq!(begin(s.as_ref(), other, "k", "other", now, exp).await, IdempotencyBegin::New);
 
-    s.idempotency_complete(o, "k", 201, "{\"id\":1}").await.unwrap();
+    s.idempotency_complete(o, "k", "A", 201, "{\"id\":1}").await.unwrap();
     let replay = IdempotencyBegin::Replay { status: 201, body: "{\"id\":1}".into() };
-    assert_eq!(s.idempotency_begin(o, "k", "fp", now, exp).await.unwrap(), replay);
-    assert_eq!(s.idempotency_begin(o, "k", "other", now, exp).await.unwrap(), IdempotencyBegin::Mismatch);
+    assert_eq!(begin(s.as_ref(), o, "k", "fp", now, exp).await, replay);
+    assert_eq!(begin(s.as_ref(), o, "k", "other", now, exp).await, IdempotencyBegin::Mismatch);
     // A completed key cannot be abandoned.
-    s.idempotency_abandon(o, "k").await.unwrap();
-    assert_eq!(s.idempotency_begin(o, "k", "fp", now, exp).await.unwrap(), replay);
+    s.idempotency_abandon(o, "k", "A").await.unwrap();
+    assert_eq!(begin(s.as_ref(), o, "k", "fp", now, exp).await, replay);
 
     // An abandoned in-flight key runs again.
-    assert_eq!(s.idempotency_begin(o, "retry", "fp", now, exp).await.unwrap(), IdempotencyBegin::New);
-    s.idempotency_abandon(o, "retry").await.unwrap();
-    assert_eq!(s.idempotency_begin(o, "retry", "fp2", now, exp).await.unwrap(), IdempotencyBegin::New);
+    assert_eq!(begin(s.as_ref(), o, "retry", "fp", now, exp).await, IdempotencyBegin::New);
+    s.idempotency_abandon(o, "retry", "A").await.unwrap();
+    assert_eq!(begin(s.as_ref(), o, "retry", "fp2", now, exp).await, IdempotencyBegin::New);
 
     // Racing first uses: exactly one is new.
     let tasks: Vec<_> = (0..6)
         .map(|_| {
             let store = ctx.store.clone();
-            tokio::spawn(async move { store.idempotency_begin(o, "race", "fp", now, exp).await.unwrap() })
+            tokio::spawn(async move { begin(store.as_ref(), o, "race", "fp", now, exp).await })
         })
         .collect();
     let mut outcomes = Vec::new();
@@ -218,10 +240,52 @@ async fn idempotency_outcomes(ctx: Ctx) {
 async fn idempotency_expired_key_is_new(ctx: Ctx) {
     let o = OrgId::new();
     let s = &ctx.store;
-    assert_eq!(s.idempotency_begin(o, "k", "fp", ts(1_000), ts(2_000)).await.unwrap(), IdempotencyBegin::New);
-    s.idempotency_complete(o, "k", 200, "old").await.unwrap();
+    assert_eq!(begin(s.as_ref(), o, "k", "fp", ts(1_000), ts(2_000)).await, IdempotencyBegin::New);
+    s.idempotency_complete(o, "k", "A", 200, "old").await.unwrap();
     // Expired (at or after expires_at): the key starts over, even with another fingerprint.
-    assert_eq!(s.idempotency_begin(o, "k", "fp2", ts(2_000), ts(3_000)).await.unwrap(), IdempotencyBegin::New);
-    assert_eq!(s.idempotency_begin(o, "k", "fp2", ts(2_500), ts(4_000)).await.unwrap(), IdempotencyBegin::InFlight);
-    assert_eq!(s.idempotency_begin(o, "k", "fp", ts(2_500), ts(4_000)).await.unwrap(), IdempotencyBegin::Mismatch);
+    assert_eq!(begin(s.as_ref(), o, "k", "fp2", ts(2_000), ts(3_000)).await, IdempotencyBegin::New);
+    assert_eq!(begin(s.as_ref(), o, "k", "fp2", ts(2_500), ts(4_000)).await, IdempotencyBegin::InFlight);
+    assert_eq!(begin(s.as_ref(), o, "k", "fp", ts(2_500), ts(4_000)).await, IdempotencyBegin::Mismatch);
+}
+
+async fn idempotency_claim_of_a_dead_owner_is_taken_over(ctx: Ctx) {
+    let o = OrgId::new();
+    let s = ctx.store.as_ref();
+    let exp = ts(1_000_000);
+    // A claims with a lease to 2_000 and renews it to 5_000 while its request runs.
+    assert_eq!(begin_as(s, o, "k", "fp", ts(1_000), exp, "A", ts(2_000)).await, IdempotencyBegin::New);
+    assert!(s.idempotency_renew(o, "k", "A", ts(5_000)).await.unwrap());
+    assert!(!s.idempotency_renew(o, "k", "B", ts(9_000)).await.unwrap(), "only the owner renews");
+    // Inside the lease: still in flight for everyone.
+    assert_eq!(begin_as(s, o, "k", "fp", ts(4_999), exp, "B", ts(9_000)).await, IdempotencyBegin::InFlight);
+    // A died: once its lease lapses, B takes the key over and runs the request.
+    assert_eq!(begin_as(s, o, "k", "fp", ts(5_000), exp, "B", ts(9_000)).await, IdempotencyBegin::New);
+    // A late answer from A is not kept, and A can neither renew nor abandon B's claim.
+    assert!(!s.idempotency_complete(o, "k", "A", 201, "from A").await.unwrap());
+    assert!(!s.idempotency_renew(o, "k", "A", ts(20_000)).await.unwrap());
+    s.idempotency_abandon(o, "k", "A").await.unwrap();
+    assert_eq!(begin_as(s, o, "k", "fp", ts(6_000), exp, "C", ts(9_000)).await, IdempotencyBegin::InFlight);
+    assert!(s.idempotency_complete(o, "k", "B", 201, "from B").await.unwrap());
+    let replay = IdempotencyBegin::Replay { status: 201, body: "from B".into() };
+    // A completed key is replayed however old its lease is.
+    assert_eq!(begin_as(s, o, "k", "fp", ts(50_000), exp, "C", ts(60_000)).await, replay);
+}
+
+async fn idempotency_sweep_deletes_only_expired_keys(ctx: Ctx) {
+    let o = OrgId::new();
+    let s = ctx.store.as_ref();
+    for i in 0..5 {
+        assert_eq!(begin(s, o, &format!("old{i}"), "fp", ts(1_000), ts(2_000 + i)).await, IdempotencyBegin::New);
+    }
+    assert!(s.idempotency_complete(o, "old0", "A", 200, "x").await.unwrap());
+    assert_eq!(begin(s, o, "live", "fp", ts(1_000), ts(10_000)).await, IdempotencyBegin::New);
+    assert!(s.idempotency_complete(o, "live", "A", 200, "kept").await.unwrap());
+    // In batches: 5 expired by 3_000 (done and in flight alike), the live one stays.
+    assert_eq!(s.idempotency_sweep(ts(3_000), 3).await.unwrap(), 3);
+    assert_eq!(s.idempotency_sweep(ts(3_000), 3).await.unwrap(), 2);
+    assert_eq!(s.idempotency_sweep(ts(3_000), 3).await.unwrap(), 0);
+    let replay = IdempotencyBegin::Replay { status: 200, body: "kept".into() };
+    assert_eq!(begin(s, o, "live", "fp", ts(3_000), ts(10_000)).await, replay);
+    // Only the live row is left for a later sweep.
+    assert_eq!(s.idempotency_sweep(ts(10_000), 100).await.unwrap(), 1);
 }

@@ -2,7 +2,7 @@
 
 use evershell_core::ids::{PackId, SnapshotId};
 use evershell_core::model::{SnapshotRecord, SnapshotState};
-use evershell_store::WorkspaceFilter;
+use evershell_store::{WorkspaceFilter, WorkspaceQuota};
 
 use crate::*;
 
@@ -16,7 +16,88 @@ store_tests!(
     snapshots_pending_and_listed,
     commit_snapshot_is_all_or_nothing,
     superseded_snapshots_are_the_verified_ones_nothing_points_at,
+    list_workspaces_pages_by_id_and_snapshots_come_in_one_batch,
+    quotas_count_live_workspaces_in_the_create,
 );
+
+async fn list_workspaces_pages_by_id_and_snapshots_come_in_one_batch(ctx: Ctx) {
+    let w = world(&ctx, "acme").await;
+    let mut made = Vec::new();
+    for _ in 0..5 {
+        let ws = workspace(w.org.id, w.role.id, WorkspaceStatus::Stopped);
+        ctx.store.create_workspace(&ws, &[]).await.unwrap();
+        made.push(ws.id);
+    }
+    made.reverse(); // newest first
+    let mut seen = Vec::new();
+    let mut f = WorkspaceFilter { limit: Some(2), ..Default::default() };
+    loop {
+        let page = ctx.store.list_workspaces(w.org.id, &f).await.unwrap();
+        if page.is_empty() {
+            break;
+        }
+        assert!(page.len() <= 2);
+        f.before = page.last().map(|ws| ws.id);
+        seen.extend(page.into_iter().map(|ws| ws.id));
+    }
+    assert_eq!(seen, made);
+    // Snapshots by id in one call; unknown ids are skipped.
+    let a = ctx.store.get_workspace(w.org.id, made[0]).await.unwrap().unwrap();
+    let snaps: Vec<SnapshotRecord> = (0..3).map(|i| snapshot(&a, SnapshotState::Verified, 1_000 + i)).collect();
+    for sn in &snaps {
+        ctx.store.insert_snapshot(sn).await.unwrap();
+    }
+    let mut ids: Vec<SnapshotId> = snaps.iter().map(|s| s.id).collect();
+    ids.push(SnapshotId::new());
+    let mut got = ctx.store.get_snapshots(&ids).await.unwrap();
+    got.sort_by_key(|s| s.id);
+    let mut want = snaps.clone();
+    want.sort_by_key(|s| s.id);
+    assert_eq!(got, want);
+    assert!(ctx.store.get_snapshots(&[]).await.unwrap().is_empty());
+}
+
+async fn quotas_count_live_workspaces_in_the_create(ctx: Ctx) {
+    let w = world(&ctx, "acme").await;
+    let quota = WorkspaceQuota { per_org: Some(3), per_role: None, per_user: Some(1) };
+    let user = UserId::new();
+    let mut mine = workspace(w.org.id, w.role.id, WorkspaceStatus::Provisioning);
+    mine.created_by_user_id = Some(user);
+    ctx.store.create_workspace_within(&mine, &quota, &[]).await.unwrap();
+    let mut again = workspace(w.org.id, w.role.id, WorkspaceStatus::Provisioning);
+    again.created_by_user_id = Some(user);
+    let e = ctx.store.create_workspace_within(&again, &quota, &[]).await.unwrap_err();
+    assert_eq!(
+        (e.code, e.details.clone().unwrap()["quota"].clone()),
+        (ErrorCode::QuotaExceeded, "workspaces_per_user".into())
+    );
+    // Archived workspaces do not count; concurrent creates cannot overshoot the org limit.
+    let mut archived = workspace(w.org.id, w.role.id, WorkspaceStatus::Stopped);
+    archived.archived_at = Some(ts(5));
+    ctx.store.create_workspace(&archived, &[]).await.unwrap();
+    let tasks: Vec<_> = (0..6)
+        .map(|_| {
+            let store = ctx.store.clone();
+            let ws = workspace(w.org.id, w.role.id, WorkspaceStatus::Provisioning);
+            tokio::spawn(async move { store.create_workspace_within(&ws, &quota, &[]).await.is_ok() })
+        })
+        .collect();
+    let mut ok = 0;
+    for t in tasks {
+        ok += usize::from(t.await.unwrap());
+    }
+    assert_eq!(ok, 2, "3 live allowed, 1 existed");
+    let live = ctx.store.list_workspaces(w.org.id, &WorkspaceFilter::default()).await.unwrap();
+    assert_eq!(live.len(), 3);
+    // Unarchiving counts like a create; the refused write changes nothing.
+    let mut back = archived.clone();
+    back.archived_at = None;
+    let e = ctx.store.update_workspace_within(&back, archived.generation, &quota, &[]).await.unwrap_err();
+    assert_eq!(e.code, ErrorCode::QuotaExceeded);
+    assert!(ctx.store.get_workspace(w.org.id, archived.id).await.unwrap().unwrap().archived_at.is_some());
+    let roomy = WorkspaceQuota { per_org: Some(4), ..quota };
+    assert!(ctx.store.update_workspace_within(&back, archived.generation, &roomy, &[]).await.unwrap());
+}
 
 async fn workspace_round_trip(ctx: Ctx) {
     let w = world(&ctx, "acme").await;
