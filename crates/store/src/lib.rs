@@ -19,7 +19,7 @@ pub mod testing;
 
 use std::sync::Arc;
 
-pub use api::{Backend, IdempotencyBegin, Store, WorkspaceFilter};
+pub use api::{Backend, IdempotencyBegin, LoginClaim, LoginCounter, Store, WorkspaceFilter};
 pub use postgres::PgStore;
 pub use sqlite::SqliteStore;
 
