@@ -12,10 +12,13 @@ pub mod files;
 pub mod identity;
 pub mod input;
 pub mod key_cache;
+pub mod passwords;
 pub mod providers;
 pub mod reconciler;
 pub mod roles;
 pub mod secrets;
+pub mod signin;
+pub mod throttle;
 pub mod workspaces;
 
 use std::sync::Arc;
@@ -35,11 +38,21 @@ pub struct AppConfig {
     /// How long an `Idempotency-Key` is remembered.
     pub idempotency_ttl_ms: i64,
     pub reconciler: ReconcilerConfig,
+    /// Sign-in throttling.
+    pub login: throttle::LoginPolicy,
+    /// argon2 computations at once (0: one per core).
+    pub password_hash_concurrency: usize,
 }
 
 impl Default for AppConfig {
     fn default() -> Self {
-        Self { session_ttl_ms: 12 * 3600 * 1000, idempotency_ttl_ms: 24 * 3600 * 1000, reconciler: Default::default() }
+        Self {
+            session_ttl_ms: 12 * 3600 * 1000,
+            idempotency_ttl_ms: 24 * 3600 * 1000,
+            reconciler: Default::default(),
+            login: Default::default(),
+            password_hash_concurrency: 0,
+        }
     }
 }
 
@@ -52,6 +65,8 @@ pub struct App {
     pub config: AppConfig,
     session_key: authn::SessionKey,
     key_cache: key_cache::KeyCache,
+    /// Where every argon2 computation of the server runs.
+    pub passwords: passwords::PasswordPool,
 }
 
 impl App {
@@ -64,6 +79,7 @@ impl App {
         let reconciler = Reconciler::new(store.clone(), runtime.clone(), snapshots.clone(), config.reconciler.clone());
         // Only a single server can know every revocation as it happens (see `key_cache`).
         let key_cache = key_cache::KeyCache::new(config.reconciler.single_server);
-        Self { store, runtime, snapshots, reconciler, config, session_key: Default::default(), key_cache }
+        let passwords = passwords::PasswordPool::new(config.password_hash_concurrency);
+        Self { store, runtime, snapshots, reconciler, config, session_key: Default::default(), key_cache, passwords }
     }
 }

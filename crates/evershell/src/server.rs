@@ -66,6 +66,7 @@ fn lock_data_dir(cfg: &Config) -> anyhow::Result<Option<std::fs::File>> {
 
 /// Start a server: returns once it listens.
 pub async fn start(cfg: Config) -> anyhow::Result<Server> {
+    cfg.login.policy().validate().map_err(|e| anyhow::anyhow!("invalid configuration: {e}"))?;
     std::fs::create_dir_all(&cfg.data_dir)
         .with_context(|| format!("creating the data directory {}", cfg.data_dir.display()))?;
     let lock = lock_data_dir(&cfg)?;
@@ -96,6 +97,8 @@ pub async fn start(cfg: Config) -> anyhow::Result<Server> {
             single_server: cfg.is_sqlite(),
             ..Default::default()
         },
+        login: cfg.login.policy(),
+        password_hash_concurrency: cfg.login.hash_concurrency,
         ..Default::default()
     };
     let app = Arc::new(App::new(store, runtime, snapshots, app_cfg));
@@ -118,7 +121,10 @@ pub async fn start(cfg: Config) -> anyhow::Result<Server> {
                 _ = signal() => tracing::info!("shutting down"),
             }
         };
-        axum::serve(listener, router).with_graceful_shutdown(shutdown).await?;
+        // The peer address reaches handlers as `ConnectInfo` (sign-in throttling counts per client address).
+        axum::serve(listener, router.into_make_service_with_connect_info::<SocketAddr>())
+            .with_graceful_shutdown(shutdown)
+            .await?;
         app2.reconciler.shutdown().await;
         Ok(())
     });

@@ -164,8 +164,13 @@ pub trait Store: Send + Sync + 'static {
     async fn note_login_throttled(&self, key: &str, last_failure_at: Timestamp, audit: &[AuditEvent]) -> Result<bool>;
     /// Replace a user's password hash and revoke every live session of theirs, in every org. Returns how many
     /// sessions were revoked.
-    async fn reset_password(&self, user: UserId, password_hash: &str, now: Timestamp, audit: &[AuditEvent])
-    -> Result<u64>;
+    async fn reset_password(
+        &self,
+        user: UserId,
+        password_hash: &str,
+        now: Timestamp,
+        audit: &[AuditEvent],
+    ) -> Result<u64>;
 
     // ---- providers -------------------------------------------------------------------------------------------------
     /// `AlreadyExists` (field `name`) when the name is taken in the org.

@@ -88,7 +88,10 @@ macro_rules! ops {
             run("settle_login_attempt", move || async move {
                 let mut tx = s.begin().await?;
                 for key in clear {
-                    sqlx::query("DELETE FROM login_throttle WHERE key = $1").bind(key.as_str()).execute(&mut *tx).await?;
+                    sqlx::query("DELETE FROM login_throttle WHERE key = $1")
+                        .bind(key.as_str())
+                        .execute(&mut *tx)
+                        .await?;
                 }
                 for key in forgive {
                     sqlx::query("UPDATE login_throttle SET failures = failures - 1 WHERE key = $1 AND failures > 0")
