@@ -12,6 +12,8 @@ use crate::secrets;
 pub struct PasswordPool {
     permits: Arc<Semaphore>,
     size: usize,
+    /// argon2 computations started by this pool (the metric is process-wide; this is per server).
+    started: std::sync::atomic::AtomicU64,
 }
 
 impl PasswordPool {
@@ -21,7 +23,12 @@ impl PasswordPool {
             0 => std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
             n => n,
         };
-        Self { permits: Arc::new(Semaphore::new(size)), size }
+        Self { permits: Arc::new(Semaphore::new(size)), size, started: Default::default() }
+    }
+
+    /// How many argon2 computations this pool has started.
+    pub fn started(&self) -> u64 {
+        self.started.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     pub fn size(&self) -> usize {
@@ -41,6 +48,7 @@ impl PasswordPool {
     async fn run<T: Send + 'static>(&self, op: &'static str, f: impl FnOnce() -> T + Send + 'static) -> Result<T> {
         let permit = self.permits.clone().acquire_owned().await.map_err(Error::internal)?;
         metrics::counter!("evershell_password_hashes_total", "op" => op).increment(1);
+        self.started.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         // The permit moves into the blocking task: a caller that goes away does not free a slot still hashing.
         tokio::task::spawn_blocking(move || {
             let out = f();
