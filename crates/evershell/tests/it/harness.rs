@@ -97,12 +97,29 @@ impl TestServer {
         Self::start_at(dir, db_url, true).await
     }
 
+    /// A server whose configuration `tweak` adjusts first (on SQLite).
+    pub async fn start_configured(tweak: impl FnOnce(&mut Config)) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let db_url = format!("sqlite://{}", dir.path().join("evershell.db").display());
+        Self::start_with(dir, db_url, true, tweak).await
+    }
+
     /// A server over an existing data dir and database (for restarts).
     pub async fn start_at(dir: tempfile::TempDir, db_url: String, bootstrap: bool) -> Self {
+        Self::start_with(dir, db_url, bootstrap, |_| {}).await
+    }
+
+    async fn start_with(
+        dir: tempfile::TempDir,
+        db_url: String,
+        bootstrap: bool,
+        tweak: impl FnOnce(&mut Config),
+    ) -> Self {
         if let Ok(filter) = std::env::var("EVERSHELL_TEST_LOG") {
             let _ = tracing_subscriber::fmt().with_env_filter(filter).with_test_writer().try_init();
         }
-        let cfg = config(dir.path(), &db_url);
+        let mut cfg = config(dir.path(), &db_url);
+        tweak(&mut cfg);
         let server = evershell::server::start(cfg).await.expect("server starts");
         let url = format!("http://{}", server.addr);
         let app = server.app.clone();

@@ -6,6 +6,7 @@ mod api_audit;
 mod api_config;
 mod api_errors;
 mod api_identity;
+mod api_login_throttle;
 mod authz_walk;
 mod cli;
 mod crash;
