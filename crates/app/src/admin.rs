@@ -180,6 +180,13 @@ pub async fn add_member(
         store.create_membership(&membership(MembershipStatus::Active), Some(&user), None, &audit).await?;
         return Ok(out);
     };
+    if existing_account == ExistingAccount::Invite && password.is_some() {
+        return Err(Error::invalid_field(
+            "password",
+            "the account already exists (accounts are shared by every org): omit --password to invite it \
+             (it accepts with its own password), or add --reset-password to replace its password",
+        ));
+    }
     if store.get_membership(org.id, user.id).await?.is_some() {
         return Err(Error::new(
             ErrorCode::AlreadyExists,
@@ -191,13 +198,6 @@ pub async fn add_member(
     out.other_orgs = others.iter().map(|(_, o)| o.slug.clone()).collect();
     match existing_account {
         ExistingAccount::Invite => {
-            if password.is_some() {
-                return Err(Error::invalid_field(
-                    "password",
-                    "the account already exists (accounts are shared by every org): omit --password to invite it \
-                     (it accepts with its own password), or add --reset-password to replace its password",
-                ));
-            }
             let (token, hash) = secrets::new_invite_token();
             out.status = MembershipStatus::Pending;
             out.invite_token = Some(token);

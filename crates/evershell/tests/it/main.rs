@@ -2,6 +2,7 @@
 
 mod harness;
 
+mod api_account_takeover;
 mod api_audit;
 mod api_config;
 mod api_errors;
