@@ -47,15 +47,20 @@ impl App {
     pub async fn login(&self, req: LoginRequest, at: Attempt<'_>) -> Result<SessionToken> {
         let email = names::normalize_email(&req.email);
         let keys = throttle::keys(Some(&email), at.client);
-        let user = self.store.get_user_by_email(&email).await?;
         if let Err(t) = self.begin_attempt(&keys).await? {
-            let orgs = match &user {
-                Some(u) => self.audit_orgs(u, req.org.as_deref()).await?,
-                None => vec![],
-            };
-            self.report_throttled(&t, user.as_ref(), &orgs, at).await;
+            // The account is looked up only when the refusal opens a back-off period (and is audited): a flood of
+            // refused attempts costs one read each.
+            if t.counter.noted_at.is_none()
+                && let Some(u) = self.store.get_user_by_email(&email).await?
+            {
+                let orgs = self.audit_orgs(&u, req.org.as_deref()).await?;
+                self.report_throttled(&t, Some(&u), &orgs, at).await;
+            } else {
+                self.report_throttled(&t, None, &[], at).await;
+            }
             return Err(t.error());
         }
+        let user = self.store.get_user_by_email(&email).await?;
         let hash = user.as_ref().and_then(|u| u.password_hash.clone());
         let verified = self.passwords.verify(hash, req.password).await?;
         let user = match user {

@@ -149,7 +149,7 @@ pub trait Store: Send + Sync + 'static {
     async fn server_key(&self, name: &str, candidate: &[u8]) -> Result<Vec<u8>>;
 
     // ---- sign-in throttle and password resets -----------------------------------------------------------------
-    /// The counters stored under `keys`; absent keys are left out.
+    /// The counters stored under `keys`, in their order; absent keys are left out.
     async fn login_counters(&self, keys: &[String]) -> Result<Vec<LoginCounter>>;
     /// Count one sign-in attempt: set each claimed counter to its `failures` with `last_failure_at = now` (and no
     /// `noted_at`), all or nothing, and only if each still reads as it was `seen` (compare-and-set). `false`, with

@@ -13,24 +13,45 @@ macro_rules! ops {
         use $crate::tx::run;
 
         pub async fn login_counters(s: &S, keys: &[String]) -> Result<Vec<LoginCounter>> {
-            let mut out = Vec::with_capacity(keys.len());
-            for key in keys {
-                let row: Option<(String, i64, i64, Option<i64>)> = sqlx::query_as(
-                    "SELECT key, failures, last_failure_at, noted_at FROM login_throttle WHERE key = $1",
-                )
-                .bind(key.as_str())
-                .fetch_optional(&s.read)
-                .await
-                .map_err(db)?;
-                if let Some((key, failures, last, noted)) = row {
-                    out.push(LoginCounter {
-                        key,
-                        failures,
-                        last_failure_at: Timestamp::from_millis(last),
-                        noted_at: noted.map(Timestamp::from_millis),
-                    });
+            // One round trip for an attempt's (at most two) keys: the throttled path is this read alone.
+            let rows: Vec<(String, i64, i64, Option<i64>)> = match keys {
+                [] => vec![],
+                [a] => {
+                    sqlx::query_as("SELECT key, failures, last_failure_at, noted_at FROM login_throttle WHERE key = $1")
+                        .bind(a.as_str())
+                        .fetch_all(&s.read)
+                        .await
+                        .map_err(db)?
                 }
-            }
+                [a, b] => sqlx::query_as(
+                    "SELECT key, failures, last_failure_at, noted_at FROM login_throttle WHERE key IN ($1, $2)",
+                )
+                .bind(a.as_str())
+                .bind(b.as_str())
+                .fetch_all(&s.read)
+                .await
+                .map_err(db)?,
+                more => {
+                    let mut all = vec![];
+                    for k in more.chunks(2) {
+                        all.extend(Box::pin(login_counters(s, k)).await?.into_iter().map(|c| {
+                            (c.key, c.failures, c.last_failure_at.millis(), c.noted_at.map(Timestamp::millis))
+                        }));
+                    }
+                    all
+                }
+            };
+            let mut out: Vec<LoginCounter> = rows
+                .into_iter()
+                .map(|(key, failures, last, noted)| LoginCounter {
+                    key,
+                    failures,
+                    last_failure_at: Timestamp::from_millis(last),
+                    noted_at: noted.map(Timestamp::from_millis),
+                })
+                .collect();
+            // In the order the keys were asked for.
+            out.sort_by_key(|c| keys.iter().position(|k| *k == c.key));
             Ok(out)
         }
 
