@@ -35,6 +35,7 @@ pub fn status_of(code: ErrorCode) -> StatusCode {
         | QuotaExceeded
         | IdempotencyKeyInFlight => StatusCode::CONFLICT,
         PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+        TooManyAttempts => StatusCode::TOO_MANY_REQUESTS,
         IdempotencyKeyReused => StatusCode::UNPROCESSABLE_ENTITY,
         BillingInactive => StatusCode::LOCKED,
         AgentUnreachable => StatusCode::BAD_GATEWAY,
@@ -89,8 +90,15 @@ impl IntoResponse for ApiError {
             // Logged once here with the whole cause chain; the caller only sees the code and the request id.
             tracing::error!(code = e.code.as_str(), error = ?e, "request failed");
         }
+        // A throttled sign-in says when to retry in the header as well as in the envelope's details.
+        let retry_after = (e.code == ErrorCode::TooManyAttempts)
+            .then(|| e.details.as_ref().and_then(|d| d["retry_after_seconds"].as_u64()))
+            .flatten();
         let pending = PendingError { code: e.code, message: e.message, details: e.details };
         let mut res = status_of(pending.code).into_response();
+        if let Some(secs) = retry_after {
+            res.headers_mut().insert(axum::http::header::RETRY_AFTER, axum::http::HeaderValue::from(secs));
+        }
         res.extensions_mut().insert(pending);
         res
     }

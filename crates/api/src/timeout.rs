@@ -1,6 +1,7 @@
 //! The per-request time limit: a request whose response head is not ready within `limits.request_timeout_ms` is
 //! dropped and answered `503 unavailable`. A `?wait=true` request may hold `limits.max_wait_ms` longer (its own
-//! limit); a file upload gets `limits.upload_timeout_ms` instead. Response bodies (downloads) stream past the limit.
+//! limit); a file upload gets `limits.upload_timeout_ms` instead, and a command run in a sandbox (`sandbox/exec`)
+//! the longest deadline a command may have plus the base limit. Response bodies (downloads) stream past the limit.
 
 use std::time::Duration;
 
@@ -18,6 +19,10 @@ pub fn limit_of(limits: &Limits, method: &Method, path: &str, query: Option<&str
     let base = Duration::from_millis(limits.request_timeout_ms);
     if method == Method::PUT && path.contains("/sandbox/files/") {
         return Duration::from_millis(limits.upload_timeout_ms);
+    }
+    if method == Method::POST && path.ends_with("/sandbox/exec") {
+        // The command's own deadline (at most `MAX_TIMEOUT_MS`) bounds it; the agent client adds its margin.
+        return base + Duration::from_millis(evershell_core::exec::MAX_TIMEOUT_MS);
     }
     let waits = query.is_some_and(|q| {
         form_urlencoded::parse(q.as_bytes()).any(|(k, v)| k == "wait" && matches!(v.as_ref(), "true" | "1"))
@@ -53,5 +58,6 @@ mod tests {
         assert_eq!(ms(Method::POST, "/v1/workspaces", Some("wait=false")), 1000);
         assert_eq!(ms(Method::PUT, "/v1/workspaces/ws_1/sandbox/files/a/b", None), 9000);
         assert_eq!(ms(Method::GET, "/v1/workspaces/ws_1/sandbox/files/a/b", None), 1000);
+        assert_eq!(ms(Method::POST, "/v1/workspaces/ws_1/sandbox/exec", None), 601_000);
     }
 }

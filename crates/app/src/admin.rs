@@ -61,18 +61,60 @@ pub struct AddedUser {
     pub email: String,
     pub org_id: OrgId,
     pub role: MemberRole,
-    /// The generated password, when none was given and the user is new. Shown once.
+    /// `active`, or `pending` when the account already existed: it signs in to this org only after accepting
+    /// `invite_token` with its own password.
+    pub status: MembershipStatus,
+    /// The generated password (a new user without `--password`, or a reset without one). Shown once.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub generated_password: Option<String>,
+    /// The invitation the existing account accepts (`POST /v1/auth/accept-invite`). Shown once.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub invite_token: Option<String>,
+    /// True when this command replaced the account's password (`--reset-password`).
+    pub password_reset: bool,
+    /// Sessions of the account revoked by the reset, in every org.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sessions_revoked: Option<u64>,
+    /// The account's other orgs (slugs), whose sign-in a reset changes too.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub other_orgs: Vec<String>,
 }
 
-/// Add a user (created if new) to an org as an active member.
+/// What `add_member` does with an account that already exists (user accounts are global, shared by every org).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExistingAccount {
+    /// A pending membership and an invitation: the person proves control by accepting it with their own password
+    /// (or, for an account without one, by setting it).
+    Invite,
+    /// Replace the account's password (given, or generated and printed), revoke all its sessions in every org,
+    /// write `password_reset` in each of its orgs, and make the membership active.
+    ResetPassword,
+}
+
+fn generated_password() -> String {
+    secrets::new_invite_token().0.trim_start_matches("inv_")[..20].to_string()
+}
+
+/// Add a user to an org: a new account is created (with `password`, or a generated one) as an active member; an
+/// existing account is invited (see `ExistingAccount::Invite`) — never signed in with credentials another org set.
 pub async fn add_user(
     store: &dyn Store,
     org: &Org,
     email: &str,
     role: MemberRole,
     password: Option<&str>,
+) -> Result<AddedUser> {
+    add_member(store, org, email, role, password, ExistingAccount::Invite).await
+}
+
+/// `add_user` with the choice for an existing account spelled out (`admin user add --reset-password`).
+pub async fn add_member(
+    store: &dyn Store,
+    org: &Org,
+    email: &str,
+    role: MemberRole,
+    password: Option<&str>,
+    existing_account: ExistingAccount,
 ) -> Result<AddedUser> {
     let email = names::normalize_email(email);
     let mut errs = FieldErrors::default();
@@ -83,44 +125,126 @@ pub async fn add_user(
     errs.into_result()?;
     let now = Timestamp::now();
     let existing = store.get_user_by_email(&email).await?;
-    let (generated, hash) = match (password, &existing) {
-        (Some(p), _) => (None, Some(secrets::hash_password(p)?)),
-        (None, Some(_)) => (None, None),
-        (None, None) => {
-            let p = secrets::new_invite_token().0.trim_start_matches("inv_")[..20].to_string();
-            let h = secrets::hash_password(&p)?;
-            (Some(p), Some(h))
-        }
-    };
-    if existing.as_ref().is_some_and(|u| u.password_hash.is_some()) && password.is_some() {
-        return Err(Error::invalid_field("password", "the user already exists and has a password; omit --password"));
-    }
-    let new_user = match &existing {
-        Some(_) => None,
-        None => Some(User { id: UserId::new(), email: email.clone(), password_hash: hash.clone(), created_at: now }),
-    };
-    let user_id = existing.as_ref().or(new_user.as_ref()).map(|u| u.id).unwrap_or_default();
-    let m = Membership {
-        org_id: org.id,
-        user_id,
+    let mut out = AddedUser {
+        user_id: existing.as_ref().map(|u| u.id).unwrap_or_else(UserId::new),
         email: email.clone(),
+        org_id: org.id,
         role,
         status: MembershipStatus::Active,
-        accepted_at: Some(now),
+        generated_password: None,
+        invite_token: None,
+        password_reset: false,
+        sessions_revoked: None,
+        other_orgs: vec![],
+    };
+    let membership = |status: MembershipStatus| Membership {
+        org_id: org.id,
+        user_id: out.user_id,
+        email: email.clone(),
+        role,
+        status,
+        accepted_at: (status == MembershipStatus::Active).then_some(now),
         invited_by_user_id: None,
         created_at: now,
         updated_at: now,
     };
-    let mut audit = vec![
-        admin_audit(org.id, EventType::MembershipCreated)
-            .target("membership", user_id)
-            .details(serde_json::json!({ "via": "admin-cli", "email": email, "role": role })),
-    ];
-    if new_user.is_some() {
-        audit.push(admin_audit(org.id, EventType::UserCreated).target("user", user_id));
+    let created = |status: MembershipStatus| {
+        let t = if status == MembershipStatus::Active {
+            EventType::MembershipCreated
+        } else {
+            EventType::MembershipInvited
+        };
+        admin_audit(org.id, t)
+            .target("membership", out.user_id)
+            .details(serde_json::json!({ "via": "admin-cli", "email": email, "role": role }))
+    };
+    let Some(user) = existing else {
+        let p = match password {
+            Some(p) => p.to_string(),
+            None => {
+                let p = generated_password();
+                out.generated_password = Some(p.clone());
+                p
+            }
+        };
+        let user = User {
+            id: out.user_id,
+            email: email.clone(),
+            password_hash: Some(secrets::hash_password(&p)?),
+            created_at: now,
+        };
+        let audit = vec![
+            created(MembershipStatus::Active),
+            admin_audit(org.id, EventType::UserCreated).target("user", user.id),
+        ];
+        store.create_membership(&membership(MembershipStatus::Active), Some(&user), None, &audit).await?;
+        return Ok(out);
+    };
+    if existing_account == ExistingAccount::Invite && password.is_some() {
+        return Err(Error::invalid_field(
+            "password",
+            "the account already exists (accounts are shared by every org): omit --password to invite it \
+             (it accepts with its own password), or add --reset-password to replace its password",
+        ));
     }
-    store.create_membership(&m, new_user.as_ref(), None, &audit).await?;
-    Ok(AddedUser { user_id, email, org_id: org.id, role, generated_password: generated })
+    if store.get_membership(org.id, user.id).await?.is_some() {
+        return Err(Error::new(
+            ErrorCode::AlreadyExists,
+            "the user is already a member of (or invited to) this organisation",
+        )
+        .with_details(serde_json::json!({ "fields": { "email": "is already a member" } })));
+    }
+    let others = store.list_user_memberships(user.id).await?;
+    out.other_orgs = others.iter().map(|(_, o)| o.slug.clone()).collect();
+    match existing_account {
+        ExistingAccount::Invite => {
+            let (token, hash) = secrets::new_invite_token();
+            out.status = MembershipStatus::Pending;
+            out.invite_token = Some(token);
+            store
+                .create_membership(
+                    &membership(MembershipStatus::Pending),
+                    None,
+                    Some(&hash),
+                    &[created(MembershipStatus::Pending)],
+                )
+                .await?;
+        }
+        ExistingAccount::ResetPassword => {
+            let p = match password {
+                Some(p) => p.to_string(),
+                None => {
+                    let p = generated_password();
+                    out.generated_password = Some(p.clone());
+                    p
+                }
+            };
+            let hash = secrets::hash_password(&p)?;
+            let mut orgs: Vec<OrgId> = others.iter().map(|(_, o)| o.id).collect();
+            orgs.push(org.id);
+            let audit: Vec<_> = orgs
+                .iter()
+                .map(|o| {
+                    admin_audit(*o, EventType::PasswordReset).target("user", user.id).details(serde_json::json!({
+                        "via": "admin-cli", "email": email, "requested_for_org": org.slug,
+                    }))
+                })
+                .collect();
+            // The password changes before the membership exists, so the new membership never signs in with the old
+            // one.
+            out.sessions_revoked = Some(store.reset_password(user.id, &hash, now, &audit).await?);
+            out.password_reset = true;
+            store
+                .create_membership(
+                    &membership(MembershipStatus::Active),
+                    None,
+                    None,
+                    &[created(MembershipStatus::Active)],
+                )
+                .await?;
+        }
+    }
+    Ok(out)
 }
 
 /// A new API key as the CLI prints it.

@@ -1,4 +1,5 @@
-//! Sign-in and people: login / logout, `/me/session`, API keys, memberships and invitations.
+//! People: the sign-in request types, logout, `/me/session`, API keys, memberships and invitations (the password
+//! routes themselves are in `signin`).
 
 use evershell_core::audit::EventType;
 use evershell_core::ids::{ApiKeyId, OrgId, UserId};
@@ -118,41 +119,6 @@ pub struct PatchMembershipRequest {
 }
 
 impl App {
-    pub async fn login(&self, req: LoginRequest, request_id: Option<&str>) -> Result<SessionToken> {
-        let email = names::normalize_email(&req.email);
-        let user = self.store.get_user_by_email(&email).await?;
-        if !secrets::verify_password(user.as_ref().and_then(|u| u.password_hash.as_deref()), &req.password) {
-            return Err(Error::unauthenticated());
-        }
-        let user = user.ok_or_else(Error::unauthenticated)?;
-        let active: Vec<_> = self
-            .store
-            .list_user_memberships(user.id)
-            .await?
-            .into_iter()
-            .filter(|(m, _)| m.status == MembershipStatus::Active)
-            .collect();
-        let org = match &req.org {
-            Some(wanted) => active
-                .iter()
-                .find(|(_, o)| o.slug == *wanted || o.id.to_string() == *wanted)
-                .map(|(_, o)| o.id)
-                .ok_or_else(Error::unauthenticated)?,
-            None => match active.as_slice() {
-                [(_, o)] => o.id,
-                [] => return Err(Error::unauthenticated()),
-                _ => {
-                    return Err(Error::invalid_field(
-                        "org",
-                        "the user belongs to several organisations; name one (slug or id)",
-                    ));
-                }
-            },
-        };
-        let (token, session) = self.mint_session(&user, org, request_id).await?;
-        Ok(SessionToken { token, expires_at: session.expires_at, user_id: user.id, org_id: org })
-    }
-
     pub async fn logout(&self, caller: &Caller) -> Result<()> {
         match &caller.principal {
             Principal::User { session_id, .. } => {
@@ -289,32 +255,6 @@ impl App {
             .details(serde_json::json!({ "email": membership.email, "role": membership.role }));
         self.store.create_membership(&membership, new_user.as_ref(), Some(&hash), &[audit]).await?;
         Ok(Invitation { membership, invite_token: token })
-    }
-
-    /// Accept an invitation: set (or confirm) the password, activate the membership, and sign in.
-    pub async fn accept_invite(&self, req: AcceptInviteRequest, request_id: Option<&str>) -> Result<SessionToken> {
-        let mut errs = FieldErrors::default();
-        names::check_password(&mut errs, "password", &req.password);
-        errs.into_result()?;
-        let invalid = || Error::invalid_field("invite_token", "is not a valid, pending invitation");
-        let m = self.store.find_invitation(&secrets::hash_secret(&req.invite_token)).await?.ok_or_else(invalid)?;
-        let user = self.store.get_user(m.user_id).await?.ok_or_else(invalid)?;
-        let new_hash = match &user.password_hash {
-            Some(existing) => {
-                if !secrets::verify_password(Some(existing), &req.password) {
-                    return Err(Error::invalid_field("password", "does not match this user's existing password"));
-                }
-                None
-            }
-            None => Some(secrets::hash_password(&req.password)?),
-        };
-        let audit =
-            evershell_core::audit::AuditEvent::new(m.org_id, m.user_id.to_string(), EventType::InvitationAccepted)
-                .target("membership", m.user_id)
-                .request(request_id);
-        self.store.accept_invitation(m.org_id, m.user_id, new_hash.as_deref(), Timestamp::now(), &[audit]).await?;
-        let (token, session) = self.mint_session(&user, m.org_id, request_id).await?;
-        Ok(SessionToken { token, expires_at: session.expires_at, user_id: user.id, org_id: m.org_id })
     }
 
     /// Change a member's role: Owners only; never the last Owner; never a pending invitation.

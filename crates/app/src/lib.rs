@@ -12,10 +12,13 @@ pub mod files;
 pub mod identity;
 pub mod input;
 pub mod key_cache;
+pub mod passwords;
 pub mod providers;
 pub mod reconciler;
 pub mod roles;
 pub mod secrets;
+pub mod signin;
+pub mod throttle;
 pub mod workspaces;
 
 use std::sync::Arc;
@@ -43,6 +46,10 @@ pub struct AppConfig {
     /// Most entries a file listing (live or snapshot) returns; beyond it the listing says `truncated`.
     pub max_list_entries: usize,
     pub reconciler: ReconcilerConfig,
+    /// Sign-in throttling.
+    pub login: throttle::LoginPolicy,
+    /// argon2 computations at once (0: one per core).
+    pub password_hash_concurrency: usize,
 }
 
 /// Workspace limits (0: unlimited), counted over non-archived workspaces; a create beyond one is
@@ -89,6 +96,8 @@ impl Default for AppConfig {
             quotas: Quotas::default(),
             max_list_entries: evershell_snapshot::MAX_LIST_ENTRIES,
             reconciler: Default::default(),
+            login: Default::default(),
+            password_hash_concurrency: 0,
         }
     }
 }
@@ -104,6 +113,8 @@ pub struct App {
     pub instance_id: String,
     session_key: authn::SessionKey,
     key_cache: key_cache::KeyCache,
+    /// Where every argon2 computation of the server runs.
+    pub passwords: passwords::PasswordPool,
 }
 
 impl App {
@@ -151,6 +162,17 @@ impl App {
         // Only a single server can know every revocation as it happens (see `key_cache`).
         let key_cache = key_cache::KeyCache::new(config.reconciler.single_server);
         let instance_id = uuid::Uuid::now_v7().simple().to_string();
-        Self { store, runtime, snapshots, reconciler, config, instance_id, session_key: Default::default(), key_cache }
+        let passwords = passwords::PasswordPool::new(config.password_hash_concurrency);
+        Self {
+            store,
+            runtime,
+            snapshots,
+            reconciler,
+            config,
+            instance_id,
+            session_key: Default::default(),
+            key_cache,
+            passwords,
+        }
     }
 }

@@ -48,19 +48,21 @@ pub fn random_key_material() -> Vec<u8> {
     k
 }
 
+/// An argon2id hash with the default parameters. Blocking: call it through `PasswordPool` on the server.
 pub fn hash_password(password: &str) -> Result<String> {
     PasswordHasher::<PasswordHash>::hash_password(&Argon2::default(), password.as_bytes())
         .map(|h| h.to_string())
         .map_err(|e| Error::internal(anyhow::anyhow!("argon2: {e}")))
 }
 
-/// Check a password against a stored hash. With `None` (unknown user, or no password set) a dummy hash is checked so
-/// the answer takes as long either way.
+/// Check a password against a stored hash. With `None` (unknown user, or no password set) a dummy hash made with
+/// the same parameters is checked, so the answer takes as long either way. Blocking: call it through
+/// `PasswordPool`.
 pub fn verify_password(hash: Option<&str>, password: &str) -> bool {
-    const DUMMY: &str =
-        "$argon2id$v=19$m=19456,t=2,p=1$c29tZXNhbHRzb21lc2FsdA$3Hd6aP1p1vR8Jf0mY1GZqWvJ8cJYqf5Jm0y5yq3G0nQ";
-    let parsed = PasswordHash::new(hash.unwrap_or(DUMMY));
-    match parsed {
+    static DUMMY: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+        hash_password(&random_base62(24)).expect("argon2 hashes a random password with its default parameters")
+    });
+    match PasswordHash::new(hash.unwrap_or(DUMMY.as_str())) {
         Ok(p) => Argon2::default().verify_password(password.as_bytes(), &p).is_ok() && hash.is_some(),
         Err(_) => false,
     }

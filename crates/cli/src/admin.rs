@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use clap::Subcommand;
-use evershell_app::admin;
+use evershell_app::admin::{self, ExistingAccount};
 use evershell_core::Timestamp;
 use evershell_core::model::BillingStatus;
 use evershell_core::scope::{MemberRole, PermissionSet};
@@ -72,7 +72,8 @@ pub enum OrgCommand {
 
 #[derive(Debug, Subcommand)]
 pub enum UserCommand {
-    /// Add a user (created if new) to an org as an active member.
+    /// Add a user to an org: a new account becomes an active member; an existing one is invited (or, with
+    /// --reset-password, gets a new password).
     Add {
         #[arg(long)]
         org: String,
@@ -81,8 +82,15 @@ pub enum UserCommand {
         /// owner, operator or member.
         #[arg(long)]
         role: String,
+        /// A new account's password (default: generated and printed once). For an existing account only with
+        /// --reset-password.
         #[arg(long)]
         password: Option<String>,
+        /// The account exists already (accounts are shared by every org): replace its password (given, or
+        /// generated and printed), revoke its sessions in every org, and report it there. Without this flag an
+        /// existing account is invited instead, and signs in to this org once it accepts with its own password.
+        #[arg(long)]
+        reset_password: bool,
         #[arg(long)]
         json: bool,
     },
@@ -146,14 +154,32 @@ pub async fn run(store: Arc<dyn Store>, cmd: AdminCommand) -> anyhow::Result<()>
             let o = admin::set_billing(s, &o, status, ends).await.map_err(domain)?;
             emit(json, &o, |o| format!("org {} billing {}", o.slug, o.billing_status.as_str()))
         }
-        AdminCommand::User(UserCommand::Add { org, email, role, password, json }) => {
+        AdminCommand::User(UserCommand::Add { org, email, role, password, reset_password, json }) => {
             let o = admin::find_org(s, &org).await.map_err(domain)?;
             let role: MemberRole = role.parse().map_err(|e: String| anyhow::anyhow!("--role: {e}"))?;
-            let u = admin::add_user(s, &o, &email, role, password.as_deref()).await.map_err(domain)?;
+            let existing = if reset_password { ExistingAccount::ResetPassword } else { ExistingAccount::Invite };
+            let u = admin::add_member(s, &o, &email, role, password.as_deref(), existing).await.map_err(domain)?;
             emit(json, &u, |u| {
-                let mut t = format!("{} ({}) is {} of {}", u.email, u.user_id, u.role.as_str(), o.slug);
+                let mut t = match &u.invite_token {
+                    Some(tok) => format!(
+                        "{} ({}) is invited as {} of {}: the account already exists, so it signs in here only after \
+                         accepting with its own password (POST /v1/auth/accept-invite)\ninvite token (shown once): {tok}",
+                        u.email,
+                        u.user_id,
+                        u.role.as_str(),
+                        o.slug
+                    ),
+                    None => format!("{} ({}) is {} of {}", u.email, u.user_id, u.role.as_str(), o.slug),
+                };
                 if let Some(p) = &u.generated_password {
                     t.push_str(&format!("\npassword (shown once): {p}"));
+                }
+                if u.password_reset {
+                    t.push_str(&format!(
+                        "\npassword RESET: {} session(s) revoked; the new password applies in every org of the account{}",
+                        u.sessions_revoked.unwrap_or(0),
+                        if u.other_orgs.is_empty() { String::new() } else { format!(" ({})", u.other_orgs.join(", ")) }
+                    ));
                 }
                 t
             })

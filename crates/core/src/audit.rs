@@ -42,6 +42,12 @@ event_types! {
     UserCreated = "user_created" => Audit,
     LoginSucceeded = "login_succeeded" => Audit,
     LoggedOut = "logged_out" => Audit,
+    /// A sign-in (login or accept-invite) with a wrong password for a known account; never the password itself.
+    LoginFailed = "login_failed" => Audit,
+    /// A sign-in refused by the throttle before any password check; written once per back-off period.
+    LoginThrottled = "login_throttled" => Audit,
+    /// An operator reset a user's password (`admin user add --reset-password`); written in each of the user's orgs.
+    PasswordReset = "password_reset" => Audit,
     MembershipInvited = "membership_invited" => Audit,
     MembershipCreated = "membership_created" => Audit,
     InvitationAccepted = "invitation_accepted" => Audit,

@@ -75,6 +75,9 @@ pub enum ErrorCode {
     IdempotencyKeyInFlight,
     /// The body is larger than the configured limit.
     PayloadTooLarge,
+    /// Too many failed sign-in attempts for this account or from this address; `details.retry_after_seconds` (and
+    /// the `Retry-After` header) says when to try again.
+    TooManyAttempts,
     /// The organisation's billing posture does not allow create-class calls.
     BillingInactive,
     /// The agent service inside the pod did not answer.
@@ -123,6 +126,7 @@ impl ErrorCode {
         ErrorCode::IdempotencyKeyReused,
         ErrorCode::IdempotencyKeyInFlight,
         ErrorCode::PayloadTooLarge,
+        ErrorCode::TooManyAttempts,
         ErrorCode::BillingInactive,
         ErrorCode::AgentUnreachable,
         ErrorCode::Unavailable,
@@ -167,6 +171,7 @@ impl ErrorCode {
             ErrorCode::IdempotencyKeyReused => "idempotency_key_reused",
             ErrorCode::IdempotencyKeyInFlight => "idempotency_key_in_flight",
             ErrorCode::PayloadTooLarge => "payload_too_large",
+            ErrorCode::TooManyAttempts => "too_many_attempts",
             ErrorCode::BillingInactive => "billing_inactive",
             ErrorCode::AgentUnreachable => "agent_unreachable",
             ErrorCode::Unavailable => "unavailable",
@@ -213,6 +218,13 @@ impl Error {
 
     pub fn unauthenticated() -> Self {
         Self::new(ErrorCode::Unauthenticated, "missing or invalid credential")
+    }
+
+    /// A refused sign-in attempt: retry after `retry_after_seconds` (at least 1). The same words whatever the account.
+    pub fn too_many_attempts(retry_after_seconds: u64) -> Self {
+        let s = retry_after_seconds.max(1);
+        Self::new(ErrorCode::TooManyAttempts, format!("too many failed sign-in attempts; retry in {s} s"))
+            .with_details(serde_json::json!({ "retry_after_seconds": s }))
     }
 
     pub fn permission_denied(message: impl Into<String>) -> Self {

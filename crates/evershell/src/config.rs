@@ -27,6 +27,59 @@ pub struct Config {
     pub quotas: evershell_app::Quotas,
     pub sessions: SessionConfig,
     pub reconciler: ReconcilerSettings,
+    pub login: LoginSettings,
+}
+
+/// Sign-in throttling and the password-hashing pool (`[login]`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LoginSettings {
+    /// Failed attempts on one account before back-off starts.
+    pub account_free_failures: i64,
+    /// Failed attempts on one account after which it is locked for `lock_seconds`.
+    pub account_lock_after: i64,
+    /// Failed attempts from one client address (IPv6: one /64) before back-off starts.
+    pub address_free_failures: i64,
+    pub address_lock_after: i64,
+    /// The first back-off; doubled by each further failure up to `backoff_max_ms`.
+    pub backoff_base_ms: i64,
+    pub backoff_max_ms: i64,
+    pub lock_seconds: i64,
+    /// A counter without a new failure for this long starts from zero again.
+    pub reset_after_seconds: i64,
+    /// argon2 computations at once; 0 = one per core.
+    pub hash_concurrency: usize,
+}
+
+impl Default for LoginSettings {
+    fn default() -> Self {
+        let p = evershell_app::throttle::LoginPolicy::default();
+        Self {
+            account_free_failures: p.account.free_failures,
+            account_lock_after: p.account.lock_after,
+            address_free_failures: p.address.free_failures,
+            address_lock_after: p.address.lock_after,
+            backoff_base_ms: p.backoff_base_ms,
+            backoff_max_ms: p.backoff_max_ms,
+            lock_seconds: p.lock_ms / 1000,
+            reset_after_seconds: p.reset_after_ms / 1000,
+            hash_concurrency: 0,
+        }
+    }
+}
+
+impl LoginSettings {
+    pub fn policy(&self) -> evershell_app::throttle::LoginPolicy {
+        use evershell_app::throttle::{LoginPolicy, Tier};
+        LoginPolicy {
+            account: Tier { free_failures: self.account_free_failures, lock_after: self.account_lock_after },
+            address: Tier { free_failures: self.address_free_failures, lock_after: self.address_lock_after },
+            backoff_base_ms: self.backoff_base_ms,
+            backoff_max_ms: self.backoff_max_ms,
+            lock_ms: self.lock_seconds.saturating_mul(1000),
+            reset_after_ms: self.reset_after_seconds.saturating_mul(1000),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -135,6 +188,7 @@ impl Default for Config {
             quotas: Default::default(),
             sessions: SessionConfig::default(),
             reconciler: ReconcilerSettings::default(),
+            login: LoginSettings::default(),
         }
     }
 }
@@ -222,6 +276,7 @@ const SECTIONS: &[&str] = &[
     "http",
     "sessions",
     "reconciler",
+    "login",
 ];
 
 /// Flags that override the file and the environment.

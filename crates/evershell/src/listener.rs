@@ -59,9 +59,9 @@ pub async fn serve(
             p = permits.clone().acquire_owned() => p.expect("the semaphore is never closed"),
             _ = &mut shutdown => break,
         };
-        let stream = tokio::select! {
+        let (stream, peer) = tokio::select! {
             r = listener.accept() => match r {
-                Ok((stream, _)) => stream,
+                Ok(accepted) => accepted,
                 Err(e) => {
                     // EMFILE/ENFILE and the like: back off briefly instead of spinning on a full descriptor table.
                     tracing::warn!(error = %e, "accepting a connection failed");
@@ -74,7 +74,14 @@ pub async fn serve(
         let _ = stream.set_nodelay(true);
         let n = open.fetch_add(1, Ordering::Relaxed) + 1;
         metrics::gauge!("evershell_http_connections_open").set(n as f64);
-        let svc = TowerToHyperService::new(router.clone());
+        // The peer address reaches handlers as `ConnectInfo` (sign-in throttling counts per client address).
+        let with_peer = tower::ServiceBuilder::new()
+            .map_request(move |mut req: axum::extract::Request<hyper::body::Incoming>| {
+                req.extensions_mut().insert(axum::extract::ConnectInfo(peer));
+                req
+            })
+            .service(router.clone());
+        let svc = TowerToHyperService::new(with_peer);
         let mut stop = stop_rx.clone();
         let open = open.clone();
         tokio::spawn(async move {

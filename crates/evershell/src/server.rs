@@ -71,6 +71,7 @@ fn lock_data_dir(cfg: &Config) -> anyhow::Result<Option<std::fs::File>> {
 
 /// Start a server: returns once it listens.
 pub async fn start(cfg: Config) -> anyhow::Result<Server> {
+    cfg.login.policy().validate().map_err(|e| anyhow::anyhow!("invalid configuration: {e}"))?;
     let snap_dir = cfg.snapshots.dir.clone().unwrap_or_else(|| cfg.data_dir.join("snapshots"));
     crate::datadir::prepare(&cfg.data_dir, Some(&snap_dir))?;
     let lock = lock_data_dir(&cfg)?;
@@ -113,6 +114,8 @@ pub async fn start(cfg: Config) -> anyhow::Result<Server> {
         max_list_entries: cfg.limits.max_list_entries,
         idempotency_lease_ms: cfg.idempotency.lease_ms as i64,
         idempotency_sweep_interval_ms: cfg.idempotency.sweep_interval_ms,
+        login: cfg.login.policy(),
+        password_hash_concurrency: cfg.login.hash_concurrency,
     };
     let app = Arc::new(App::new(store, runtime, snapshots, app_cfg));
     app.reconciler.start().await.context("starting the reconciler")?;

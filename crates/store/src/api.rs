@@ -71,6 +71,25 @@ pub struct IdempotencyClaim<'a> {
     pub lease_until: Timestamp,
 }
 
+/// A stored sign-in throttle counter (the policy that reads it lives in the app).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LoginCounter {
+    pub key: String,
+    /// Attempts that reached the password check without signing in.
+    pub failures: i64,
+    pub last_failure_at: Timestamp,
+    /// The `last_failure_at` a `login_throttled` audit row was written for, if any.
+    pub noted_at: Option<Timestamp>,
+}
+
+/// One counter to move in `count_login_attempt`: from `seen` (as read; `None` = no row) to `failures`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LoginClaim {
+    pub key: String,
+    pub seen: Option<LoginCounter>,
+    pub failures: i64,
+}
+
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
     fn backend(&self) -> Backend;
@@ -155,6 +174,30 @@ pub trait Store: Send + Sync + 'static {
     /// The named server key, created from `candidate` if it does not exist yet (first writer wins; every caller gets
     /// the stored value).
     async fn server_key(&self, name: &str, candidate: &[u8]) -> Result<Vec<u8>>;
+
+    // ---- sign-in throttle and password resets -----------------------------------------------------------------
+    /// The counters stored under `keys`, in their order; absent keys are left out.
+    async fn login_counters(&self, keys: &[String]) -> Result<Vec<LoginCounter>>;
+    /// Count one sign-in attempt: set each claimed counter to its `failures` with `last_failure_at = now` (and no
+    /// `noted_at`), all or nothing, and only if each still reads as it was `seen` (compare-and-set). `false`, with
+    /// nothing written, when another attempt moved one first. Also deletes counters last moved before
+    /// `stale_before`.
+    async fn count_login_attempt(&self, claims: &[LoginClaim], now: Timestamp, stale_before: Timestamp)
+    -> Result<bool>;
+    /// After an attempt: delete the `clear` counters, and take one failure off each `forgive` counter.
+    async fn settle_login_attempt(&self, clear: &[String], forgive: &[String]) -> Result<()>;
+    /// Mark the back-off period that began at `last_failure_at` as reported and write `audit`, unless it already was
+    /// (or the counter moved on). `true` when this call wrote the rows.
+    async fn note_login_throttled(&self, key: &str, last_failure_at: Timestamp, audit: &[AuditEvent]) -> Result<bool>;
+    /// Replace a user's password hash and revoke every live session of theirs, in every org. Returns how many
+    /// sessions were revoked.
+    async fn reset_password(
+        &self,
+        user: UserId,
+        password_hash: &str,
+        now: Timestamp,
+        audit: &[AuditEvent],
+    ) -> Result<u64>;
 
     // ---- providers -------------------------------------------------------------------------------------------------
     /// `AlreadyExists` (field `name`) when the name is taken in the org.

@@ -19,7 +19,9 @@ pub mod testing;
 
 use std::sync::Arc;
 
-pub use api::{Backend, IdempotencyBegin, IdempotencyClaim, Store, WorkspaceFilter, WorkspaceQuota};
+pub use api::{
+    Backend, IdempotencyBegin, IdempotencyClaim, LoginClaim, LoginCounter, Store, WorkspaceFilter, WorkspaceQuota,
+};
 pub use postgres::PgStore;
 pub use sqlite::SqliteStore;
 

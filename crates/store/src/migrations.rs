@@ -12,11 +12,13 @@ type Ladder = &'static [(i64, &'static str, &'static str)];
 
 pub(crate) const SQLITE: Ladder = &[
     (1, "initial", include_str!("../migrations/sqlite/0001_initial.sql")),
+    (2, "login_throttle", include_str!("../migrations/sqlite/0002_login_throttle.sql")),
     (3, "idempotency_leases", include_str!("../migrations/sqlite/0003_idempotency_leases.sql")),
 ];
 
 pub(crate) const POSTGRES: Ladder = &[
     (1, "initial", include_str!("../migrations/postgres/0001_initial.sql")),
+    (2, "login_throttle", include_str!("../migrations/postgres/0002_login_throttle.sql")),
     (3, "idempotency_leases", include_str!("../migrations/postgres/0003_idempotency_leases.sql")),
 ];
 

@@ -16,7 +16,9 @@ macro_rules! impl_store {
             };
             use evershell_core::scope::MemberRole;
 
-            use $crate::api::{IdempotencyBegin, IdempotencyClaim, WorkspaceFilter, WorkspaceQuota};
+            use $crate::api::{
+                IdempotencyBegin, IdempotencyClaim, LoginClaim, LoginCounter, WorkspaceFilter, WorkspaceQuota,
+            };
 
             #[async_trait::async_trait]
             impl $crate::api::Store for $store {
@@ -139,6 +141,38 @@ macro_rules! impl_store {
                 }
                 async fn server_key(&self, name: &str, candidate: &[u8]) -> Result<Vec<u8>> {
                     ops::auth::server_key(self, name, candidate).await
+                }
+
+                async fn login_counters(&self, keys: &[String]) -> Result<Vec<LoginCounter>> {
+                    ops::throttle::login_counters(self, keys).await
+                }
+                async fn count_login_attempt(
+                    &self,
+                    claims: &[LoginClaim],
+                    now: Timestamp,
+                    stale_before: Timestamp,
+                ) -> Result<bool> {
+                    ops::throttle::count_login_attempt(self, claims, now, stale_before).await
+                }
+                async fn settle_login_attempt(&self, clear: &[String], forgive: &[String]) -> Result<()> {
+                    ops::throttle::settle_login_attempt(self, clear, forgive).await
+                }
+                async fn note_login_throttled(
+                    &self,
+                    key: &str,
+                    last_failure_at: Timestamp,
+                    audit: &[AuditEvent],
+                ) -> Result<bool> {
+                    ops::throttle::note_login_throttled(self, key, last_failure_at, audit).await
+                }
+                async fn reset_password(
+                    &self,
+                    user: UserId,
+                    password_hash: &str,
+                    now: Timestamp,
+                    audit: &[AuditEvent],
+                ) -> Result<u64> {
+                    ops::throttle::reset_password(self, user, password_hash, now, audit).await
                 }
 
                 async fn create_provider(&self, p: &Provider, audit: &[AuditEvent]) -> Result<()> {

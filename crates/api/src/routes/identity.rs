@@ -1,13 +1,16 @@
 //! Sign-in, the caller's identity, API keys and memberships.
 
+use std::net::SocketAddr;
+
 use axum::Extension;
-use axum::extract::{Path, State};
+use axum::extract::{ConnectInfo, Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use evershell_app::identity::{
     AcceptInviteRequest, CreateApiKeyRequest, CreatedApiKey, Invitation, InviteRequest, LoginRequest, MeSession,
     PatchMembershipRequest, SessionToken,
 };
+use evershell_app::signin::Attempt;
 use evershell_core::model::{ApiKey, Membership};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
@@ -87,17 +90,27 @@ fn session_cookie(token: &SessionToken, secure: bool) -> HeaderValue {
     cookie(&token.token, max_age, secure)
 }
 
+/// The TCP peer of the connection (behind a reverse proxy: the proxy), which sign-in throttling counts per address.
+fn client(peer: Option<axum::Extension<ConnectInfo<SocketAddr>>>) -> Option<std::net::IpAddr> {
+    peer.map(|p| p.0.0.ip())
+}
+
 /// Sign in with email and password. Returns a session JWT (also set as an HttpOnly cookie for the console).
+/// Failed attempts are throttled per account and per client address: `429 too_many_attempts` with `Retry-After`,
+/// answered before any password check.
 #[utoipa::path(post, path = "/v1/auth/login", tag = "identity", security(()), request_body = LoginRequest,
     responses((status = 200, body = SessionToken), (status = 400, body = ErrorBody),
-        (status = 401, description = "Wrong email or password", body = ErrorBody)))]
+        (status = 401, description = "Wrong email or password", body = ErrorBody),
+        (status = 429, description = "`too_many_attempts`: wait `Retry-After` seconds", body = ErrorBody)))]
 pub async fn login(
     State(s): State<AppState>,
     headers: HeaderMap,
     rid: Option<axum::Extension<RequestId>>,
+    peer: Option<axum::Extension<ConnectInfo<SocketAddr>>>,
     Json(req): Json<LoginRequest>,
 ) -> ApiResult<impl IntoResponse> {
-    let t = s.app.login(req, rid.as_ref().map(|r| r.0.0.as_str())).await?;
+    let at = Attempt { route: "login", client: client(peer), request_id: rid.as_ref().map(|r| r.0.0.as_str()) };
+    let t = s.app.login(req, at).await?;
     Ok(([(header::SET_COOKIE, session_cookie(&t, over_tls(&s, &headers)))], axum::Json(t)))
 }
 
@@ -109,16 +122,20 @@ pub async fn logout(State(s): State<AppState>, headers: HeaderMap, Auth(c): Auth
     Ok(([(header::SET_COOKIE, cookie("", 0, over_tls(&s, &headers)))], status("logged_out")))
 }
 
-/// Accept an invitation: set the password (or confirm an existing one), activate the membership, sign in.
+/// Accept an invitation: set the password (or, for an account that already has one, prove it), activate the
+/// membership, sign in. Throttled like login.
 #[utoipa::path(post, path = "/v1/auth/accept-invite", tag = "identity", security(()), request_body = AcceptInviteRequest,
-    responses((status = 200, body = SessionToken), (status = 400, body = ErrorBody)))]
+    responses((status = 200, body = SessionToken), (status = 400, body = ErrorBody),
+        (status = 429, description = "`too_many_attempts`: wait `Retry-After` seconds", body = ErrorBody)))]
 pub async fn accept_invite(
     State(s): State<AppState>,
     headers: HeaderMap,
     rid: Option<axum::Extension<RequestId>>,
+    peer: Option<axum::Extension<ConnectInfo<SocketAddr>>>,
     Json(req): Json<AcceptInviteRequest>,
 ) -> ApiResult<impl IntoResponse> {
-    let t = s.app.accept_invite(req, rid.as_ref().map(|r| r.0.0.as_str())).await?;
+    let at = Attempt { route: "accept_invite", client: client(peer), request_id: rid.as_ref().map(|r| r.0.0.as_str()) };
+    let t = s.app.accept_invite(req, at).await?;
     Ok(([(header::SET_COOKIE, session_cookie(&t, over_tls(&s, &headers)))], axum::Json(t)))
 }
 

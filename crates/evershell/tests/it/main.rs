@@ -8,10 +8,12 @@ mod metrics_labels;
 mod quotas_paging;
 mod smaller_hardening;
 
+mod api_account_takeover;
 mod api_audit;
 mod api_config;
 mod api_errors;
 mod api_identity;
+mod api_login_throttle;
 mod authz_walk;
 mod cli;
 mod crash;

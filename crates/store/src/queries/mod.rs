@@ -17,6 +17,7 @@ pub(crate) mod orgs;
 pub(crate) mod providers;
 pub(crate) mod roles;
 pub(crate) mod snapshots;
+pub(crate) mod throttle;
 pub(crate) mod workspaces;
 
 /// Expand every resource's queries into the calling (backend) module, one submodule per resource.
@@ -53,6 +54,10 @@ macro_rules! expand {
         pub(crate) mod snapshots {
             use super::*;
             $crate::queries::snapshots::ops!();
+        }
+        pub(crate) mod throttle {
+            use super::*;
+            $crate::queries::throttle::ops!();
         }
         pub(crate) mod workspaces {
             use super::*;
