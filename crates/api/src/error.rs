@@ -34,6 +34,7 @@ pub fn status_of(code: ErrorCode) -> StatusCode {
         | SnapshotMissing
         | IdempotencyKeyInFlight => StatusCode::CONFLICT,
         PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+        UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
         IdempotencyKeyReused => StatusCode::UNPROCESSABLE_ENTITY,
         BillingInactive => StatusCode::LOCKED,
         AgentUnreachable => StatusCode::BAD_GATEWAY,

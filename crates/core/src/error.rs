@@ -72,6 +72,8 @@ pub enum ErrorCode {
     IdempotencyKeyInFlight,
     /// The body is larger than the configured limit.
     PayloadTooLarge,
+    /// A JSON route was sent a body with another `Content-Type`.
+    UnsupportedMediaType,
     /// The organisation's billing posture does not allow create-class calls.
     BillingInactive,
     /// The agent service inside the pod did not answer.
@@ -119,6 +121,7 @@ impl ErrorCode {
         ErrorCode::IdempotencyKeyReused,
         ErrorCode::IdempotencyKeyInFlight,
         ErrorCode::PayloadTooLarge,
+        ErrorCode::UnsupportedMediaType,
         ErrorCode::BillingInactive,
         ErrorCode::AgentUnreachable,
         ErrorCode::Unavailable,
@@ -162,6 +165,7 @@ impl ErrorCode {
             ErrorCode::IdempotencyKeyReused => "idempotency_key_reused",
             ErrorCode::IdempotencyKeyInFlight => "idempotency_key_in_flight",
             ErrorCode::PayloadTooLarge => "payload_too_large",
+            ErrorCode::UnsupportedMediaType => "unsupported_media_type",
             ErrorCode::BillingInactive => "billing_inactive",
             ErrorCode::AgentUnreachable => "agent_unreachable",
             ErrorCode::Unavailable => "unavailable",
