@@ -8,6 +8,7 @@ mod api_errors;
 mod api_identity;
 mod authz_walk;
 mod cli;
+mod conformance;
 mod crash;
 mod openapi_drift;
 mod workspace_faults;
