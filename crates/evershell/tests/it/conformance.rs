@@ -571,6 +571,36 @@ fn unknown_id(template: &str) -> String {
     format!("{prefix}01JD8X3Q5M2N4P6R8T0V2W4Y6Z")
 }
 
+/// Every `$ref` of the document points at something it defines (a dangling one silently disables checks in
+/// generated clients and fuzzers).
+#[test]
+fn every_reference_in_the_document_resolves() {
+    fn refs(v: &Value, out: &mut BTreeSet<String>) {
+        match v {
+            Value::Object(m) => {
+                if let Some(r) = m.get("$ref").and_then(Value::as_str) {
+                    out.insert(r.to_string());
+                }
+                m.values().for_each(|v| refs(v, out));
+            }
+            Value::Array(a) => a.iter().for_each(|v| refs(v, out)),
+            _ => {}
+        }
+    }
+    let doc = committed_document();
+    let mut all = BTreeSet::new();
+    refs(&doc, &mut all);
+    assert!(!all.is_empty());
+    let dangling: Vec<&String> = all
+        .iter()
+        .filter(|r| {
+            let pointer = r.strip_prefix('#').unwrap_or("not a local reference");
+            doc.pointer(pointer).is_none()
+        })
+        .collect();
+    assert!(dangling.is_empty(), "references to nothing: {dangling:?}");
+}
+
 /// The request side: what the document allows, the server's own checks accept. Each request field with a pattern
 /// is tried on tricky values; a value the document's schema accepts must pass the server's check.
 #[test]
