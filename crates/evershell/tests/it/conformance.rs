@@ -395,7 +395,9 @@ async fn real_answers_match_the_committed_document() {
     c.post_empty(&format!("/v1/providers/{spare_prov}/unarchive"), &key).await;
 
     // Workspaces, their lifecycle and files.
+    // Each step waits for the state the next one needs (`wait_status`), however slow the machine.
     let ws = id(&c.post("/v1/workspaces?wait=true&timeout_ms=60000", &key, json!({"role_name": "coder"})).await);
+    ts.wait_status(&ws, "idle", 120).await;
     c.post("/v1/workspaces", &key, json!({"role_name": "nobody"})).await;
     c.post("/v1/workspaces", &key, json!({"environment": "staging"})).await;
     c.get("/v1/workspaces", &key).await.ok();
@@ -426,8 +428,9 @@ async fn real_answers_match_the_committed_document() {
     c.post_empty(&format!("{wsp}/unarchive"), &key).await;
     c.post_empty(&format!("{wsp}/restart?force=maybe"), &key).await;
     c.post_empty(&format!("{wsp}/restart?wait=true&timeout_ms=60000"), &key).await.ok();
+    ts.wait_status(&ws, "idle", 120).await;
     c.post_empty(&format!("{wsp}/stop"), &key).await.ok();
-    ts.wait_status(&ws, "stopped", 60).await;
+    ts.wait_status(&ws, "stopped", 120).await;
     c.post_empty(&format!("{wsp}/stop"), &key).await;
     c.post_empty(&format!("{wsp}/restart"), &key).await;
     c.get(&format!("{wsp}/sandbox/files"), &key).await;
@@ -441,15 +444,18 @@ async fn real_answers_match_the_committed_document() {
     c.post_empty(&format!("{wsp}/resume"), &key).await;
     c.post_empty(&format!("{wsp}/unarchive"), &key).await.ok();
     c.post_empty(&format!("{wsp}/resume"), &key).await.ok();
-    ts.wait_status(&ws, "idle", 60).await;
+    ts.wait_status(&ws, "idle", 120).await;
     c.post_empty(&format!("{wsp}/stop?wait=true&timeout_ms=60000"), &key).await.ok();
+    ts.wait_status(&ws, "stopped", 120).await;
     c.post_empty(&format!("{wsp}/resume?wait=true&timeout_ms=60000"), &key).await.ok();
+    ts.wait_status(&ws, "idle", 120).await;
     c.post_empty(&format!("/v1/agent-roles/{role}/stop-workspaces"), &key).await.ok();
     c.post_empty("/v1/agent-roles/role_01JD8X3Q5M2N4P6R8T0V2W4Y6Z/stop-workspaces", &key).await;
-    ts.wait_status(&ws, "stopped", 60).await;
+    ts.wait_status(&ws, "stopped", 120).await;
     c.post_empty("/v1/workspaces/stop-all", &key).await.ok();
     c.post_empty("/v1/workspaces/stop-all", &member).await;
     let empty = id(&c.post("/v1/workspaces?wait=true&timeout_ms=60000", &key, json!({"role_id": role})).await);
+    ts.wait_status(&empty, "idle", 120).await;
     c.post_empty(&format!("/v1/workspaces/{empty}/stop?wait=true&timeout_ms=60000"), &key).await.ok();
 
     // The audit trail.
@@ -665,7 +671,8 @@ fn request_schemas_allow_only_what_the_server_accepts() {
     .chain([long(63, "a"), long(64, "a"), long(200, "é"), long(201, "é"), long(254, "a"), long(8, "p"), long(7, "p")])
     .chain([format!("{}@b.co", long(250, "a")), format!("{}.com", long(63, "a")), format!("{}.com", long(64, "a"))])
     .collect();
-    let cases: Vec<(&str, &str, Box<dyn Fn(&str) -> bool>)> = vec![
+    type ServerCheck = Box<dyn Fn(&str) -> bool>;
+    let cases: Vec<(&str, &str, ServerCheck)> = vec![
         ("CreateProvider", "name", Box::new(move |v| check(names::check_slug, v))),
         ("CreateRole", "name", Box::new(move |v| check(names::check_slug, v))),
         (
