@@ -66,6 +66,7 @@ fn fallback(status: StatusCode) -> PendingError {
         StatusCode::NOT_FOUND => (ErrorCode::NotFound, "no such route"),
         StatusCode::METHOD_NOT_ALLOWED => (ErrorCode::MethodNotAllowed, "method not allowed on this route"),
         StatusCode::PAYLOAD_TOO_LARGE => (ErrorCode::PayloadTooLarge, "the request body is too large"),
+        StatusCode::UNSUPPORTED_MEDIA_TYPE => (ErrorCode::UnsupportedMediaType, "unsupported Content-Type"),
         StatusCode::UNAUTHORIZED => (ErrorCode::Unauthenticated, "missing or invalid credential"),
         StatusCode::SERVICE_UNAVAILABLE => (ErrorCode::Unavailable, "the service is unavailable"),
         s if s.is_client_error() => (ErrorCode::ValidationError, "the request is invalid"),

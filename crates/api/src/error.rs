@@ -36,6 +36,7 @@ pub fn status_of(code: ErrorCode) -> StatusCode {
         | IdempotencyKeyInFlight => StatusCode::CONFLICT,
         PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
         TooManyAttempts => StatusCode::TOO_MANY_REQUESTS,
+        UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
         IdempotencyKeyReused => StatusCode::UNPROCESSABLE_ENTITY,
         BillingInactive => StatusCode::LOCKED,
         AgentUnreachable => StatusCode::BAD_GATEWAY,

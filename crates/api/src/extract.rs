@@ -1,5 +1,5 @@
 //! Request extractors that fail with the envelope: `Json<T>` (malformed JSON, wrong types, unknown or missing
-//! fields → 400 naming the field in `details.fields`; too large → 413) and `Params` (the query string, with typed
+//! fields → 400 naming the field in `details.fields`; too large → 413; another `Content-Type` → 415) and `Params` (the query string, with typed
 //! getters that answer 400 naming the parameter).
 
 use axum::body::Bytes;
@@ -21,7 +21,7 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for Json<T> {
         if let Some(ct) = req.headers().get(axum::http::header::CONTENT_TYPE)
             && !ct.as_bytes().starts_with(b"application/json")
         {
-            return Err(Error::invalid_field("body", "Content-Type must be application/json").into());
+            return Err(Error::new(ErrorCode::UnsupportedMediaType, "Content-Type must be application/json").into());
         }
         let bytes = Bytes::from_request(req, state).await.map_err(|rej| {
             if rej.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {

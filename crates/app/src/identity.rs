@@ -41,6 +41,7 @@ pub struct AcceptInviteRequest {
     /// The one-time token returned when the invitation was made.
     pub invite_token: String,
     /// The password to set (at least 8 characters). For a user who already has one, it must match it.
+    #[schema(schema_with = names::schema::password)]
     pub password: String,
 }
 
@@ -69,6 +70,7 @@ pub struct MeSession {
     /// Session callers only.
     pub role: Option<MemberRole>,
     /// The scopes gating uses.
+    #[schema(value_type = Vec<Scope>)]
     pub permissions: Vec<String>,
     pub memberships: Vec<MeMembership>,
     /// API-key callers only.
@@ -81,6 +83,7 @@ pub struct MeSession {
 #[derive(Debug, Clone, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateApiKeyRequest {
+    #[schema(schema_with = names::schema::label)]
     pub label: String,
     pub permission_set: PermissionSet,
 }
@@ -98,6 +101,7 @@ pub struct CreatedApiKey {
 #[derive(Debug, Clone, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct InviteRequest {
+    #[schema(schema_with = names::schema::email)]
     pub email: String,
     pub role: MemberRole,
 }

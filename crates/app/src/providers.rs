@@ -5,7 +5,8 @@ use std::collections::BTreeMap;
 use evershell_core::audit::EventType;
 use evershell_core::ids::ProviderId;
 use evershell_core::model::{Provider, ProviderKind};
-use evershell_core::names::{self, MAX_LABEL};
+use evershell_core::names::schema as sch;
+use evershell_core::names::{self, MAX_LABEL, MAX_SHORT};
 use evershell_core::{Error, ErrorCode, FieldErrors, Result, Timestamp, caps};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
@@ -14,46 +15,92 @@ use crate::App;
 use crate::caller::Caller;
 use crate::input::{double_option, patch};
 
-/// Longest model name, credential name, config key or value.
-const MAX_SHORT: usize = 256;
+/// Most keys in a provider's `config`.
+const MAX_CONFIG_KEYS: usize = 64;
+/// A `config` key: 1-64 letters, digits, `_`, `-`, `.`.
+const CONFIG_KEY_PATTERN: &str = "^[A-Za-z0-9_.-]{1,64}$";
+
+fn config_key_ok(k: &str) -> bool {
+    !k.is_empty() && k.len() <= 64 && k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-' || c == '.')
+}
+
+/// `config` as `check_fields` takes it; in a PATCH a value may be `null` (remove the key).
+fn config_schema(patch: bool) -> utoipa::openapi::ObjectBuilder {
+    use utoipa::openapi::schema::{ObjectBuilder, SchemaType, Type};
+    let value = if patch {
+        sch::text(MAX_SHORT, true).min_length(None).pattern(None::<String>)
+    } else {
+        ObjectBuilder::new().schema_type(Type::String).max_length(Some(MAX_SHORT))
+    };
+    let t = if patch { SchemaType::from_iter([Type::Object, Type::Null]) } else { SchemaType::new(Type::Object) };
+    ObjectBuilder::new()
+        .schema_type(t)
+        .max_properties(Some(MAX_CONFIG_KEYS))
+        .property_names(Some(ObjectBuilder::new().schema_type(Type::String).pattern(Some(CONFIG_KEY_PATTERN))))
+        .additional_properties(Some(value))
+}
+
+fn create_config_schema() -> utoipa::openapi::ObjectBuilder {
+    config_schema(false)
+}
+
+fn patch_config_schema() -> utoipa::openapi::ObjectBuilder {
+    config_schema(true)
+}
+
+fn hostname() -> utoipa::openapi::ObjectBuilder {
+    sch::hostname(false)
+}
+
+fn opt_hostname() -> utoipa::openapi::ObjectBuilder {
+    sch::hostname(true)
+}
 
 /// `POST /v1/providers`.
 #[derive(Debug, Clone, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateProvider {
     /// Slug, unique in the org.
+    #[schema(schema_with = sch::slug)]
     pub name: String,
     pub kind: ProviderKind,
+    #[schema(schema_with = sch::opt_label)]
     pub display_name: Option<String>,
     /// Upstream hostname, e.g. `api.anthropic.com`.
+    #[schema(schema_with = hostname)]
     pub domain: String,
+    #[schema(schema_with = sch::opt_short)]
     pub credential_name: Option<String>,
+    #[schema(schema_with = sch::opt_short)]
     pub default_model: Option<String>,
     /// caps.yaml (a YAML list of capabilities).
+    #[schema(schema_with = sch::opt_caps)]
     pub capabilities: Option<String>,
     #[serde(default)]
+    #[schema(schema_with = create_config_schema)]
     pub config: BTreeMap<String, String>,
 }
 
 /// `PATCH /v1/providers/{id}`: only fields present change; `null` clears an optional field. `config` is merged key by
-/// key: a string sets the key, `null` removes it, absent keys are unchanged.
+/// key: a string sets the key, `null` removes it, absent keys are unchanged; the merged map holds at most 64 keys.
 #[derive(Debug, Clone, Default, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PatchProvider {
     #[serde(default, deserialize_with = "double_option")]
-    #[schema(value_type = Option<String>)]
+    #[schema(schema_with = sch::opt_label)]
     pub display_name: Option<Option<String>>,
+    #[schema(schema_with = opt_hostname)]
     pub domain: Option<String>,
     #[serde(default, deserialize_with = "double_option")]
-    #[schema(value_type = Option<String>)]
+    #[schema(schema_with = sch::opt_short)]
     pub credential_name: Option<Option<String>>,
     #[serde(default, deserialize_with = "double_option")]
-    #[schema(value_type = Option<String>)]
+    #[schema(schema_with = sch::opt_short)]
     pub default_model: Option<Option<String>>,
     #[serde(default, deserialize_with = "double_option")]
-    #[schema(value_type = Option<String>)]
+    #[schema(schema_with = sch::opt_caps)]
     pub capabilities: Option<Option<String>>,
-    #[schema(value_type = Option<BTreeMap<String, Option<String>>>)]
+    #[schema(schema_with = patch_config_schema)]
     pub config: Option<BTreeMap<String, Option<String>>>,
 }
 
@@ -78,14 +125,11 @@ fn check_fields(errs: &mut FieldErrors, p: &Provider) {
     if let Some(c) = &p.capabilities {
         caps::validate(errs, "capabilities", c);
     }
-    if p.config.len() > 64 {
-        errs.add("config", "must have at most 64 keys");
+    if p.config.len() > MAX_CONFIG_KEYS {
+        errs.add("config", format!("must have at most {MAX_CONFIG_KEYS} keys"));
     }
     for (k, v) in &p.config {
-        if k.is_empty()
-            || k.len() > 64
-            || !k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-' || c == '.')
-        {
+        if !config_key_ok(k) {
             errs.add(format!("config.{k}"), "keys must be 1-64 characters of letters, digits, '_', '-', '.'");
         } else if v.chars().count() > MAX_SHORT {
             errs.add(format!("config.{k}"), format!("must be at most {MAX_SHORT} characters"));

@@ -4,6 +4,7 @@
 use evershell_core::audit::EventType;
 use evershell_core::ids::{PackId, ProviderId, RoleId};
 use evershell_core::model::{AgentRole, Environment, PoolPolicy, ThinkingEffort};
+use evershell_core::names::schema as sch;
 use evershell_core::names::{self, MAX_LABEL, MAX_TEXT};
 use evershell_core::{Error, ErrorCode, FieldErrors, Result, Timestamp, caps};
 use serde::Deserialize;
@@ -15,30 +16,88 @@ use crate::input::{double_option, patch};
 
 const MAX_PACKS: usize = 64;
 
+/// Allowed ranges of the numeric fields (`check_fields`), also published in the OpenAPI document.
+const TASK_TIMEOUT_SECONDS: (i64, i64) = (1, 7 * 24 * 3600);
+const IDLE_TIMEOUT_SECONDS: (i64, i64) = (1, 30 * 24 * 3600);
+const MAX_CONTINUATIONS: (i64, i64) = (0, 10_000);
+const MAX_CONTEXT_TOKENS: (i64, i64) = (1, 100_000_000);
+const POOL_SIZE: (i64, i64) = (0, 1_000);
+
+mod schemas {
+    //! The request fields' schemas, from the limits `check_fields` applies.
+    use evershell_core::names::schema as sch;
+    use utoipa::openapi::RefOr;
+    use utoipa::openapi::schema::{ArrayBuilder, ObjectBuilder};
+
+    pub fn task_timeout() -> ObjectBuilder {
+        sch::opt_int(super::TASK_TIMEOUT_SECONDS.0, super::TASK_TIMEOUT_SECONDS.1)
+    }
+    pub fn idle_timeout() -> ObjectBuilder {
+        sch::opt_int(super::IDLE_TIMEOUT_SECONDS.0, super::IDLE_TIMEOUT_SECONDS.1)
+    }
+    pub fn continuations() -> ObjectBuilder {
+        sch::opt_int(super::MAX_CONTINUATIONS.0, super::MAX_CONTINUATIONS.1)
+    }
+    pub fn context_tokens() -> ObjectBuilder {
+        sch::opt_int(super::MAX_CONTEXT_TOKENS.0, super::MAX_CONTEXT_TOKENS.1)
+    }
+    pub fn pool_size() -> ObjectBuilder {
+        sch::opt_int(super::POOL_SIZE.0, super::POOL_SIZE.1)
+    }
+    fn pack() -> RefOr<utoipa::openapi::Schema> {
+        RefOr::Ref(utoipa::openapi::Ref::from_schema_name("PackId"))
+    }
+    pub fn pack_ids() -> ArrayBuilder {
+        sch::distinct(pack(), super::MAX_PACKS, false)
+    }
+    pub fn opt_pack_ids() -> ArrayBuilder {
+        sch::distinct(pack(), super::MAX_PACKS, true)
+    }
+    pub fn model() -> ObjectBuilder {
+        sch::opt_short()
+    }
+}
+
 /// `POST /v1/agent-roles`.
 #[derive(Debug, Clone, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateRole {
     /// Slug, unique in the org.
+    #[schema(schema_with = sch::slug)]
     pub name: String,
+    #[schema(schema_with = sch::opt_label)]
     pub display_name: Option<String>,
+    #[schema(schema_with = sch::opt_text)]
     pub description: Option<String>,
+    #[schema(value_type = ProviderId)]
     pub provider_id: String,
+    #[schema(schema_with = schemas::model)]
     pub model: Option<String>,
+    #[schema(schema_with = sch::opt_caps)]
     pub capabilities: Option<String>,
     #[serde(default)]
     pub environment: Environment,
+    #[schema(schema_with = sch::opt_text)]
     pub environment_description: Option<String>,
+    #[schema(schema_with = schemas::task_timeout)]
     pub task_timeout_seconds: Option<i64>,
+    #[schema(schema_with = schemas::idle_timeout)]
     pub idle_timeout_seconds: Option<i64>,
     pub thinking_effort: Option<ThinkingEffort>,
+    #[schema(schema_with = schemas::continuations)]
     pub max_continuations: Option<i64>,
+    #[schema(schema_with = schemas::context_tokens)]
     pub max_context_tokens: Option<i64>,
     #[serde(default)]
     pub pool_policy: PoolPolicy,
+    #[schema(schema_with = schemas::pool_size)]
     pub pool_size: Option<i64>,
+    /// At least `pool_size`.
+    #[schema(schema_with = schemas::pool_size)]
     pub pool_max_size: Option<i64>,
+    /// Distinct `pack_…` ids.
     #[serde(default)]
+    #[schema(schema_with = schemas::pack_ids)]
     pub pack_ids: Vec<String>,
 }
 
@@ -48,44 +107,47 @@ pub struct CreateRole {
 #[serde(deny_unknown_fields)]
 pub struct PatchRole {
     #[serde(default, deserialize_with = "double_option")]
-    #[schema(value_type = Option<String>)]
+    #[schema(schema_with = sch::opt_label)]
     pub display_name: Option<Option<String>>,
     #[serde(default, deserialize_with = "double_option")]
-    #[schema(value_type = Option<String>)]
+    #[schema(schema_with = sch::opt_text)]
     pub description: Option<Option<String>>,
+    #[schema(value_type = Option<ProviderId>)]
     pub provider_id: Option<String>,
     #[serde(default, deserialize_with = "double_option")]
-    #[schema(value_type = Option<String>)]
+    #[schema(schema_with = schemas::model)]
     pub model: Option<Option<String>>,
     #[serde(default, deserialize_with = "double_option")]
-    #[schema(value_type = Option<String>)]
+    #[schema(schema_with = sch::opt_caps)]
     pub capabilities: Option<Option<String>>,
     pub environment: Option<Environment>,
     #[serde(default, deserialize_with = "double_option")]
-    #[schema(value_type = Option<String>)]
+    #[schema(schema_with = sch::opt_text)]
     pub environment_description: Option<Option<String>>,
     #[serde(default, deserialize_with = "double_option")]
-    #[schema(value_type = Option<i64>)]
+    #[schema(schema_with = schemas::task_timeout)]
     pub task_timeout_seconds: Option<Option<i64>>,
     #[serde(default, deserialize_with = "double_option")]
-    #[schema(value_type = Option<i64>)]
+    #[schema(schema_with = schemas::idle_timeout)]
     pub idle_timeout_seconds: Option<Option<i64>>,
     #[serde(default, deserialize_with = "double_option")]
     #[schema(value_type = Option<ThinkingEffort>)]
     pub thinking_effort: Option<Option<ThinkingEffort>>,
     #[serde(default, deserialize_with = "double_option")]
-    #[schema(value_type = Option<i64>)]
+    #[schema(schema_with = schemas::continuations)]
     pub max_continuations: Option<Option<i64>>,
     #[serde(default, deserialize_with = "double_option")]
-    #[schema(value_type = Option<i64>)]
+    #[schema(schema_with = schemas::context_tokens)]
     pub max_context_tokens: Option<Option<i64>>,
     pub pool_policy: Option<PoolPolicy>,
     #[serde(default, deserialize_with = "double_option")]
-    #[schema(value_type = Option<i64>)]
+    #[schema(schema_with = schemas::pool_size)]
     pub pool_size: Option<Option<i64>>,
+    /// At least `pool_size` (as it is after the patch).
     #[serde(default, deserialize_with = "double_option")]
-    #[schema(value_type = Option<i64>)]
+    #[schema(schema_with = schemas::pool_size)]
     pub pool_max_size: Option<Option<i64>>,
+    #[schema(schema_with = schemas::opt_pack_ids)]
     pub pack_ids: Option<Vec<String>>,
 }
 
@@ -111,17 +173,20 @@ fn parse_packs(errs: &mut FieldErrors, raw: &[String]) -> Vec<PackId> {
 fn check_fields(errs: &mut FieldErrors, r: &AgentRole) {
     names::check_opt_text(errs, "display_name", r.display_name.as_deref(), MAX_LABEL);
     names::check_opt_text(errs, "description", r.description.as_deref(), MAX_TEXT);
-    names::check_opt_text(errs, "model", r.model.as_deref(), 256);
+    names::check_opt_text(errs, "model", r.model.as_deref(), names::MAX_SHORT);
     names::check_opt_text(errs, "environment_description", r.environment_description.as_deref(), MAX_TEXT);
     if let Some(c) = &r.capabilities {
         caps::validate(errs, "capabilities", c);
     }
-    names::check_range(errs, "task_timeout_seconds", r.task_timeout_seconds, 1, 7 * 24 * 3600);
-    names::check_range(errs, "idle_timeout_seconds", r.idle_timeout_seconds, 1, 30 * 24 * 3600);
-    names::check_range(errs, "max_continuations", r.max_continuations, 0, 10_000);
-    names::check_range(errs, "max_context_tokens", r.max_context_tokens, 1, 100_000_000);
-    names::check_range(errs, "pool_size", r.pool_size, 0, 1_000);
-    names::check_range(errs, "pool_max_size", r.pool_max_size, 0, 1_000);
+    let range = |errs: &mut FieldErrors, field: &str, v: Option<i64>, (min, max): (i64, i64)| {
+        names::check_range(errs, field, v, min, max)
+    };
+    range(errs, "task_timeout_seconds", r.task_timeout_seconds, TASK_TIMEOUT_SECONDS);
+    range(errs, "idle_timeout_seconds", r.idle_timeout_seconds, IDLE_TIMEOUT_SECONDS);
+    range(errs, "max_continuations", r.max_continuations, MAX_CONTINUATIONS);
+    range(errs, "max_context_tokens", r.max_context_tokens, MAX_CONTEXT_TOKENS);
+    range(errs, "pool_size", r.pool_size, POOL_SIZE);
+    range(errs, "pool_max_size", r.pool_max_size, POOL_SIZE);
     if let (Some(size), Some(max)) = (r.pool_size, r.pool_max_size)
         && max < size
     {

@@ -23,9 +23,12 @@ use crate::caller::{Caller, Principal};
 #[derive(Debug, Clone, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateWorkspace {
+    #[schema(value_type = Option<RoleId>)]
     pub role_id: Option<String>,
+    /// The role's name; with `role_id` too, it must name the same role.
     pub role_name: Option<String>,
     /// Free text kept on the workspace.
+    #[schema(schema_with = names::schema::opt_label)]
     pub environment: Option<String>,
 }
 

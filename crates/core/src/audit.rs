@@ -12,10 +12,22 @@ use crate::time::Timestamp;
 macro_rules! event_types {
     ($($(#[$m:meta])* $v:ident = $s:literal => $cat:ident),* $(,)?) => {
         /// What happened. Closed: every event the server writes is one of these.
-        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
         pub enum EventType {
             $($(#[$m])* #[serde(rename = $s)] $v,)*
         }
+
+        // Written by hand: the derive cannot read a `rename` that arrives through a macro.
+        impl utoipa::PartialSchema for EventType {
+            fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+                crate::names::schema::string_enum(
+                    "What happened. Closed: every event the server writes is one of these.",
+                    [$($s),*],
+                )
+            }
+        }
+
+        impl ToSchema for EventType {}
 
         impl EventType {
             pub const ALL: &[EventType] = &[$(EventType::$v),*];

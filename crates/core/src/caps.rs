@@ -15,8 +15,8 @@ const RULE_KEYS: &[&str] = &["name", "domains", "methods", "paths", "allow_insec
 
 /// Validate a caps.yaml document supplied in `field`. Problems are added to `errs` keyed by their path.
 pub fn validate(errs: &mut FieldErrors, field: &str, doc: &str) {
-    if doc.len() > MAX_CAPS {
-        errs.add(field, format!("must be at most {MAX_CAPS} bytes"));
+    if doc.chars().count() > MAX_CAPS {
+        errs.add(field, format!("must be at most {MAX_CAPS} characters"));
         return;
     }
     if doc.trim().is_empty() {

@@ -78,6 +78,8 @@ pub enum ErrorCode {
     /// Too many failed sign-in attempts for this account or from this address; `details.retry_after_seconds` (and
     /// the `Retry-After` header) says when to try again.
     TooManyAttempts,
+    /// A JSON route was sent a body with another `Content-Type`.
+    UnsupportedMediaType,
     /// The organisation's billing posture does not allow create-class calls.
     BillingInactive,
     /// The agent service inside the pod did not answer.
@@ -127,6 +129,7 @@ impl ErrorCode {
         ErrorCode::IdempotencyKeyInFlight,
         ErrorCode::PayloadTooLarge,
         ErrorCode::TooManyAttempts,
+        ErrorCode::UnsupportedMediaType,
         ErrorCode::BillingInactive,
         ErrorCode::AgentUnreachable,
         ErrorCode::Unavailable,
@@ -172,6 +175,7 @@ impl ErrorCode {
             ErrorCode::IdempotencyKeyInFlight => "idempotency_key_in_flight",
             ErrorCode::PayloadTooLarge => "payload_too_large",
             ErrorCode::TooManyAttempts => "too_many_attempts",
+            ErrorCode::UnsupportedMediaType => "unsupported_media_type",
             ErrorCode::BillingInactive => "billing_inactive",
             ErrorCode::AgentUnreachable => "agent_unreachable",
             ErrorCode::Unavailable => "unavailable",

@@ -22,8 +22,29 @@ pub struct FileEntry {
     pub mime_type: Option<String>,
 }
 
-/// Largest path accepted in a file route.
+/// Largest path accepted in a file route, in bytes.
 pub const MAX_PATH: usize = 4096;
+
+/// One `RelPath` component as ECMA-262: not empty, `.` or `..`, without `/`, `\` or NUL.
+macro_rules! component {
+    () => {
+        r"([^/\\\x00.][^/\\\x00]*|\.[^/\\\x00.][^/\\\x00]*|\.\.[^/\\\x00]+)"
+    };
+}
+
+/// What `RelPath::parse` accepts, as a JSON Schema pattern: components joined by single slashes, one trailing slash
+/// allowed.
+pub const REL_PATH_PATTERN: &str = concat!("^", component!(), "(/", component!(), ")*/?$");
+
+/// The OpenAPI schema of a file path. `maxLength` counts characters while the server counts bytes, so it says a
+/// quarter of `MAX_PATH` (every UTF-8 character is at most four bytes): whatever it allows, the server takes.
+pub fn rel_path_schema() -> utoipa::openapi::ObjectBuilder {
+    utoipa::openapi::ObjectBuilder::new()
+        .schema_type(utoipa::openapi::schema::Type::String)
+        .min_length(Some(1))
+        .max_length(Some(MAX_PATH / 4))
+        .pattern(Some(REL_PATH_PATTERN))
+}
 
 /// A validated path relative to a workspace root: no empty, `.` or `..` components, not absolute, no NUL or
 /// backslash. `RelPath::parse("../../etc/passwd")` fails; that is the 400 every file route answers.

@@ -89,6 +89,7 @@ macro_rules! typed_id {
                 utoipa::openapi::ObjectBuilder::new()
                     .schema_type(utoipa::openapi::schema::Type::String)
                     .description(Some(concat!("A ", $kind, " id: `", $prefix, "` followed by a ULID.")))
+                    .pattern(Some(concat!("^", $prefix, "[0-7][0-9A-HJKMNP-TV-Z]{25}$")))
                     .examples([concat!($prefix, "01JD8X3Q5M2N4P6R8T0V2W4Y6Z")])
                     .into()
             }
@@ -185,6 +186,18 @@ mod tests {
         let b = TaskId::new();
         assert!(a < b);
         assert!(a.to_string() < b.to_string());
+    }
+
+    #[test]
+    fn ids_are_canonical_crockford_ulids() {
+        // What the published pattern (`^ws_[0-7][0-9A-HJKMNP-TV-Z]{25}$`) promises of every id the server writes.
+        for _ in 0..1000 {
+            let s = WorkspaceId::new().to_string();
+            let u = s.strip_prefix("ws_").unwrap();
+            assert_eq!(u.len(), 26);
+            assert!(('0'..='7').contains(&u.chars().next().unwrap()), "{s}");
+            assert!(u.chars().all(|c| c.is_ascii_digit() || (c.is_ascii_uppercase() && !"ILOU".contains(c))), "{s}");
+        }
     }
 
     #[test]

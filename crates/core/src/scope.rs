@@ -10,10 +10,23 @@ use serde::{Deserialize, Serialize};
 macro_rules! scopes {
     ($($(#[$m:meta])* $v:ident = $s:literal),* $(,)?) => {
         /// A permission scope. Closed: every route's requirement is expressed in these.
-        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, utoipa::ToSchema)]
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
         pub enum Scope {
             $($(#[$m])* #[serde(rename = $s)] $v,)*
         }
+
+        // Written by hand: the derive cannot read a `rename` that arrives through a macro, and would publish the
+        // variant names instead of the wire strings.
+        impl utoipa::PartialSchema for Scope {
+            fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+                crate::names::schema::string_enum(
+                    "A permission scope (`<resource>:<verb>[:own]`). Closed: every route's requirement is expressed in these.",
+                    [$($s),*],
+                )
+            }
+        }
+
+        impl utoipa::ToSchema for Scope {}
 
         impl Scope {
             pub const ALL: &[Scope] = &[$(Scope::$v),*];

@@ -63,6 +63,18 @@ async fn read_all(body: ByteStream) -> Vec<u8> {
     .unwrap()
 }
 
+/// The first spare the runtime counts as ready (`ready_spares`) other than `not`.
+async fn wait_ready_spare(rt: &LocalRuntime, not: &[PodId]) -> PodId {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Some(pod) = rt.ready_spares().into_iter().find(|p| !not.contains(p)) {
+            return pod;
+        }
+        assert!(Instant::now() < deadline, "no spare pod became ready");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 async fn wait_for(rt: &LocalRuntime, pod: PodId, want: PodObservation, within: Duration) -> Duration {
     let started = Instant::now();
     loop {
@@ -84,7 +96,7 @@ async fn running_pod(rt: &LocalRuntime) -> PodSpec {
     assert_eq!(rt.observe(s.pod_id).await.unwrap(), PodObservation::Held);
     assert!(rt.agent(s.pod_id).health().await.is_err(), "a held agent does not answer");
     rt.start(&s).await.unwrap();
-    wait_for(rt, s.pod_id, PodObservation::Running, Duration::from_secs(10)).await;
+    wait_for(rt, s.pod_id, PodObservation::Running, Duration::from_secs(30)).await;
     s
 }
 
@@ -129,7 +141,7 @@ fn agent_host_pid(rt: &LocalRuntime, pod: PodId) -> i32 {
 
 async fn assert_no_leak(rt: &LocalRuntime, pod: PodId) {
     rt.stop_all().await;
-    let deadline = Instant::now() + Duration::from_secs(5);
+    let deadline = Instant::now() + Duration::from_secs(30);
     while !sandbox_processes(pod).is_empty() {
         assert!(Instant::now() < deadline, "sandbox processes leaked: {:?}", sandbox_processes(pod));
         tokio::time::sleep(Duration::from_millis(20)).await;
@@ -276,7 +288,7 @@ async fn stop_keeps_files_restart_reuses_them_and_remove_deletes_everything() {
     // Start again on the same files.
     e.rt.start(&s).await.unwrap();
     e.rt.start(&s).await.unwrap(); // idempotent while running
-    wait_for(&e.rt, pod, PodObservation::Running, Duration::from_secs(10)).await;
+    wait_for(&e.rt, pod, PodObservation::Running, Duration::from_secs(30)).await;
     let dl = e.rt.agent(pod).download(&rel("keep/me.txt")).await.unwrap();
     assert_eq!(read_all(dl.body).await, b"kept");
     assert!(matches!(e.rt.prepare(&s, None).await, Err(PodError::Other(_))), "prepare over a running pod");
@@ -327,12 +339,12 @@ async fn start_needs_prepared_files() {
 
     // A sandbox that dies during its own set-up fails `start` at once, with bwrap's complaint.
     std::fs::remove_file(e.rt.pod_dir(s.pod_id).join("etc/hosts")).unwrap();
-    let started = Instant::now();
+    // (That the failure is seen, not timed out, is what the message says: no clock is needed, and none is
+    // reliable on a loaded machine.)
     match e.rt.start(&s).await {
         Err(PodError::Start(msg)) => assert!(msg.contains("exited during start-up") && msg.contains("bwrap"), "{msg}"),
         other => panic!("expected a start error, got {other:?}"),
     }
-    assert!(started.elapsed() < Duration::from_secs(1));
     assert_eq!(e.rt.observe(s.pod_id).await.unwrap(), PodObservation::Exited);
     e.rt.remove(s.pod_id).await.unwrap();
     assert_no_leak(&e.rt, s.pod_id).await;
@@ -345,8 +357,8 @@ async fn sandbox_killed_from_outside_is_exited_with_the_signal_in_diagnostics() 
     let s = running_pod(&e.rt).await;
     let bwrap = e.rt.sandbox_pid(s.pod_id).unwrap();
     unsafe { libc::kill(bwrap, libc::SIGKILL) };
-    wait_for(&e.rt, s.pod_id, PodObservation::Exited, Duration::from_secs(5)).await;
-    let deadline = Instant::now() + Duration::from_secs(5);
+    wait_for(&e.rt, s.pod_id, PodObservation::Exited, Duration::from_secs(30)).await;
+    let deadline = Instant::now() + Duration::from_secs(30);
     let diag = loop {
         let d = e.rt.diagnostics(s.pod_id).await.unwrap_or_default();
         if d.contains("signal") || Instant::now() > deadline {
@@ -362,7 +374,7 @@ async fn sandbox_killed_from_outside_is_exited_with_the_signal_in_diagnostics() 
     let s2 = running_pod(&e.rt).await;
     let agent = agent_host_pid(&e.rt, s2.pod_id);
     unsafe { libc::kill(agent, libc::SIGKILL) };
-    wait_for(&e.rt, s2.pod_id, PodObservation::Exited, Duration::from_secs(5)).await;
+    wait_for(&e.rt, s2.pod_id, PodObservation::Exited, Duration::from_secs(30)).await;
     e.rt.stop(s2.pod_id).await.unwrap(); // waits for the reaper
     let diag = e.rt.diagnostics(s2.pod_id).await.unwrap();
     assert!(diag.contains("status 137: the agent was killed by signal 9 (SIGKILL)"), "{diag}");
@@ -374,7 +386,7 @@ async fn sandbox_killed_from_outside_is_exited_with_the_signal_in_diagnostics() 
 }
 
 async fn wait_no_processes(pod: PodId) {
-    let deadline = Instant::now() + Duration::from_secs(5);
+    let deadline = Instant::now() + Duration::from_secs(30);
     while !sandbox_processes(pod).is_empty() {
         assert!(Instant::now() < deadline, "left behind: {:?}", sandbox_processes(pod));
         tokio::time::sleep(Duration::from_millis(20)).await;
@@ -445,7 +457,7 @@ async fn snapshot_capture_and_restore_round_trip() {
     let report = e.rt.prepare(&b, Some(&keys)).await.unwrap();
     assert_eq!(report.restored.as_ref(), Some(&manifest));
     e.rt.start(&b).await.unwrap();
-    wait_for(&e.rt, b.pod_id, PodObservation::Running, Duration::from_secs(10)).await;
+    wait_for(&e.rt, b.pod_id, PodObservation::Running, Duration::from_secs(30)).await;
     let after = e.rt.agent(b.pod_id).list_files().await.unwrap();
     assert_eq!(after, before);
     let dl = e.rt.agent(b.pod_id).download(&rel("data/big.bin")).await.unwrap();
@@ -478,7 +490,7 @@ async fn start_and_stop_cycle_repeatedly() {
     for _ in 0..7 {
         let started = Instant::now();
         e.rt.start(&s).await.unwrap();
-        wait_for(&e.rt, s.pod_id, PodObservation::Running, Duration::from_secs(10)).await;
+        wait_for(&e.rt, s.pod_id, PodObservation::Running, Duration::from_secs(30)).await;
         samples.push(started.elapsed());
         e.rt.stop(s.pod_id).await.unwrap();
     }
@@ -529,53 +541,36 @@ async fn spare_pods_are_set_up_ahead_and_moved_into_place() {
     let rt = LocalRuntime::new(cfg.clone()).unwrap();
     let e = Env { tmp, cfg, rt };
     assert!(!pods.join(".spare/pod_01JD8X3Q5M2N4P6R8T0V2W4Y6Z").exists());
-    // Wait for the spare: a held sandbox (agent up) under .spare, not listed as a pod.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let spare = loop {
-        let ready: Vec<_> = std::fs::read_dir(pods.join(".spare")).into_iter().flatten().flatten().collect();
-        if let Some(d) = ready.first()
-            && d.path().join("run/held").exists()
-        {
-            break d.file_name().to_string_lossy().parse::<PodId>().unwrap();
-        }
-        assert!(Instant::now() < deadline, "no spare pod was set up");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    // Wait for the spare as the runtime counts it ready: a held sandbox (agent up, `run/held` written) under
+    // .spare, not listed as a pod.
+    let spare = wait_ready_spare(&e.rt, &[]).await;
+    assert!(pods.join(".spare").join(spare.to_string()).join("run/held").exists());
     assert!(e.rt.list_pods().await.unwrap().is_empty(), "spares are not pods");
-    // Ready once its held agent runs (the runtime notices within a millisecond or so).
-    let pod = loop {
-        let pod = e.rt.reserve_pod();
-        if pod == spare || Instant::now() > deadline {
-            break pod;
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    };
+    let pod = e.rt.reserve_pod();
     assert_eq!(pod, spare, "a new pod takes the ready spare's id");
     let s = PodSpec { pod_id: pod, ..spec() };
     e.rt.prepare(&s, None).await.unwrap();
     assert_eq!(e.rt.observe(pod).await.unwrap(), PodObservation::Held);
     assert_eq!(e.rt.list_pods().await.unwrap(), vec![pod]);
     e.rt.start(&s).await.unwrap();
-    wait_for(&e.rt, pod, PodObservation::Running, Duration::from_secs(10)).await;
+    wait_for(&e.rt, pod, PodObservation::Running, Duration::from_secs(30)).await;
     let info = e.rt.agent(pod).info().await.unwrap();
     assert_eq!(info["hostname"], pod.to_string(), "the spare was set up under the id it now runs as");
     // Files written through the agent land in the pod's (moved) directory.
     e.rt.agent(pod).put_file(&rel("moved.txt"), bytes_of(b"here")).await.unwrap();
     assert_eq!(std::fs::read(e.rt.pod_dir(pod).join("workspace/moved.txt")).unwrap(), b"here");
-    // Another spare is set up to replace it; shutdown discards spares and leaves the workspace's pod running.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while std::fs::read_dir(pods.join(".spare")).map(|mut d| d.next().is_none()).unwrap_or(true) {
-        assert!(Instant::now() < deadline, "the spare was not replaced");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    // Another spare is set up to replace it (ready, as above); shutdown discards spares and leaves the workspace's
+    // pod running.
+    let replacement = wait_ready_spare(&e.rt, &[spare]).await;
     let replacements: Vec<PodId> = std::fs::read_dir(pods.join(".spare"))
         .unwrap()
         .flatten()
         .map(|d| d.file_name().to_string_lossy().parse().unwrap())
         .collect();
+    assert!(replacements.contains(&replacement), "{replacements:?}");
     e.rt.shutdown().await;
     assert!(std::fs::read_dir(pods.join(".spare")).map(|mut d| d.next().is_none()).unwrap_or(true));
-    let deadline = Instant::now() + Duration::from_secs(5);
+    let deadline = Instant::now() + Duration::from_secs(30);
     // (The moved pod's own processes still name its old place; only the replacements must be gone.)
     while replacements.iter().any(|p| !sandbox_processes(*p).is_empty()) {
         assert!(Instant::now() < deadline, "spare sandboxes still alive after shutdown");

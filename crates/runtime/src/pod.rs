@@ -47,6 +47,11 @@ pub trait PodRuntime: Send + Sync + 'static {
         PodId::new()
     }
 
+    /// The pods kept ready ahead of need that `reserve_pod` would hand out now, oldest first (none by default).
+    fn ready_spares(&self) -> Vec<PodId> {
+        Vec::new()
+    }
+
     /// Release what the runtime holds for itself (pods kept ready ahead of need). Workspaces' pods are left alone:
     /// they outlive the control plane.
     async fn shutdown(&self) {}

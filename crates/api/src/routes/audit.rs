@@ -2,6 +2,9 @@
 
 use axum::extract::{Path, State};
 use evershell_app::audit_log::{AuditPage, AuditParams};
+use evershell_core::Timestamp;
+use evershell_core::audit::Order;
+use evershell_core::ids::WorkspaceId;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
@@ -31,10 +34,10 @@ fn params(p: &Params) -> AuditParams {
     security(("bearer" = ["audit:read"]), ("bearer" = ["audit:read:own"])),
     params(
         ("filter" = Option<Vec<String>>, Query, description = "Repeatable (AND): `col=v1,v2` (IN), `col!=v1,v2` (NOT IN), `col!=` (set). Columns: event_type, category, actor, user_id, workspace_id, task_id, agent_role, agent_provider, target_type, target_id, destination, method, path, decision, reason, request_id"),
-        ("from" = Option<String>, Query, description = "RFC 3339, inclusive"),
-        ("to" = Option<String>, Query, description = "RFC 3339, exclusive"),
-        ("order" = Option<String>, Query, description = "`asc` or `desc` (default) on (timestamp, id)"),
-        ("limit" = Option<i64>, Query, description = "1–10000, default 100"),
+        ("from" = Option<Timestamp>, Query, description = "RFC 3339, inclusive"),
+        ("to" = Option<Timestamp>, Query, description = "RFC 3339, exclusive"),
+        ("order" = Option<Order>, Query, description = "`asc` or `desc` (default) on (timestamp, id)"),
+        ("limit" = Option<i64>, Query, minimum = 1, maximum = 10000, description = "1–10000, default 100"),
         ("cursor" = Option<String>, Query, description = "Opaque; pass back unchanged"),
     ),
     responses((status = 200, body = AuditPage), (status = 400, description = "`validation_error`, `invalid_cursor`", body = ErrorBody)))]
@@ -50,12 +53,12 @@ pub async fn query_audit(State(s): State<AppState>, Auth(c): Auth, p: Params) ->
         ("bearer" = ["workspace:read:own", "audit:read"]), ("bearer" = ["workspace:read:own", "audit:read:own"]),
     ),
     params(
-        ("id" = String, Path, description = "Workspace id (`ws_…`)"),
+        ("id" = WorkspaceId, Path, description = "Workspace id (`ws_…`)"),
         ("filter" = Option<Vec<String>>, Query, description = "As for `GET /v1/audit`"),
-        ("from" = Option<String>, Query, description = "RFC 3339, inclusive"),
-        ("to" = Option<String>, Query, description = "RFC 3339, exclusive"),
-        ("order" = Option<String>, Query, description = "`asc` or `desc` (default)"),
-        ("limit" = Option<i64>, Query, description = "1–10000, default 100"),
+        ("from" = Option<Timestamp>, Query, description = "RFC 3339, inclusive"),
+        ("to" = Option<Timestamp>, Query, description = "RFC 3339, exclusive"),
+        ("order" = Option<Order>, Query, description = "`asc` or `desc` (default)"),
+        ("limit" = Option<i64>, Query, minimum = 1, maximum = 10000, description = "1–10000, default 100"),
         ("cursor" = Option<String>, Query, description = "Opaque; pass back unchanged"),
     ),
     responses((status = 200, body = AuditPage), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]

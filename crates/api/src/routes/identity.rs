@@ -11,6 +11,7 @@ use evershell_app::identity::{
     PatchMembershipRequest, SessionToken,
 };
 use evershell_app::signin::Attempt;
+use evershell_core::ids::{ApiKeyId, OrgId, UserId};
 use evershell_core::model::{ApiKey, Membership};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
@@ -174,7 +175,7 @@ pub async fn list_api_keys(State(s): State<AppState>, Auth(c): Auth, uri: Uri, p
 
 /// Revoke an API key: it gets 401 from the very next request. Works in any billing posture.
 #[utoipa::path(delete, path = "/v1/api-keys/{id}", tag = "api-keys", security(("bearer" = ["apikeys:write"])),
-    params(("id" = String, Path, description = "API key id (`api_key_…`)")),
+    params(("id" = ApiKeyId, Path, description = "API key id (`api_key_…`)")),
     responses((status = 200, body = Status, example = json!({"status": "revoked"})), (status = 404, body = ErrorBody)))]
 pub async fn revoke_api_key(
     State(s): State<AppState>,
@@ -188,7 +189,7 @@ pub async fn revoke_api_key(
 /// Memberships of the caller's org (`members:read:own`: only the caller's own). Another org's id is 403.
 #[utoipa::path(get, path = "/v1/orgs/{id}/memberships", tag = "memberships",
     security(("bearer" = ["members:read"]), ("bearer" = ["members:read:own"])),
-    params(("id" = String, Path, description = "The caller's org id"),
+    params(("id" = OrgId, Path, description = "The caller's org id"),
         ("limit" = Option<u32>, Query, description = "Page size (1-1000); without it the whole list"),
         ("cursor" = Option<String>, Query, description = "`next_cursor` of the previous page")),
     responses((status = 200, body = MembershipList), (status = 400, description = "`validation_error` (limit), `invalid_cursor`", body = ErrorBody)))]
@@ -209,7 +210,7 @@ pub async fn list_memberships(
 /// Invite a member: a pending membership plus a one-time `invite_token` for `POST /v1/auth/accept-invite`.
 /// Inviting an Owner needs an Owner.
 #[utoipa::path(post, path = "/v1/orgs/{id}/memberships", tag = "memberships", security(("bearer" = ["members:write"])),
-    params(("id" = String, Path, description = "The caller's org id")), request_body = InviteRequest,
+    params(("id" = OrgId, Path, description = "The caller's org id")), request_body = InviteRequest,
     responses((status = 201, body = Invitation), (status = 400, body = ErrorBody),
         (status = 409, description = "`already_exists`: already a member or invited", body = ErrorBody),
         (status = 423, body = ErrorBody)))]
@@ -226,7 +227,7 @@ pub async fn invite(
 /// Change a member's role (Owners only). Refused for pending invitations and for the last Owner.
 #[utoipa::path(patch, path = "/v1/orgs/{id}/memberships/{user_id}", tag = "memberships",
     security(("bearer" = ["members:write"])),
-    params(("id" = String, Path, description = "The caller's org id"), ("user_id" = String, Path, description = "The member's user id")),
+    params(("id" = OrgId, Path, description = "The caller's org id"), ("user_id" = UserId, Path, description = "The member's user id")),
     request_body = PatchMembershipRequest,
     responses((status = 200, body = Membership), (status = 404, body = ErrorBody),
         (status = 409, description = "`pending_invitation` or `last_owner`", body = ErrorBody), (status = 423, body = ErrorBody)))]
@@ -242,7 +243,7 @@ pub async fn patch_membership(
 /// Remove a member or revoke an invitation. Never the last Owner; removing an Owner needs an Owner.
 #[utoipa::path(delete, path = "/v1/orgs/{id}/memberships/{user_id}", tag = "memberships",
     security(("bearer" = ["members:write"])),
-    params(("id" = String, Path, description = "The caller's org id"), ("user_id" = String, Path, description = "The member's user id")),
+    params(("id" = OrgId, Path, description = "The caller's org id"), ("user_id" = UserId, Path, description = "The member's user id")),
     responses((status = 200, body = Status, example = json!({"status": "deleted"})), (status = 404, body = ErrorBody),
         (status = 409, description = "`last_owner`", body = ErrorBody)))]
 pub async fn delete_membership(

@@ -5,6 +5,7 @@ use axum::http::{StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use evershell_app::providers::{CreateProvider, PatchProvider, ProviderArchived};
 use evershell_core::FieldErrors;
+use evershell_core::ids::ProviderId;
 use evershell_core::model::Provider;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
@@ -69,7 +70,7 @@ pub async fn list_providers(State(s): State<AppState>, Auth(c): Auth, uri: Uri, 
 }
 
 #[utoipa::path(get, path = "/v1/providers/{id}", tag = "providers", security(("bearer" = [])),
-    params(("id" = String, Path, description = "Provider id (`prov_…`)")),
+    params(("id" = ProviderId, Path, description = "Provider id (`prov_…`)")),
     responses((status = 200, body = Provider), (status = 404, body = ErrorBody)))]
 pub async fn get_provider(
     State(s): State<AppState>,
@@ -81,7 +82,7 @@ pub async fn get_provider(
 
 /// Update a provider: only the fields present change; `config` merges key by key (`null` clears a key).
 #[utoipa::path(patch, path = "/v1/providers/{id}", tag = "providers", security(("bearer" = ["caps:write"])),
-    params(("id" = String, Path, description = "Provider id (`prov_…`)")), request_body = PatchProvider,
+    params(("id" = ProviderId, Path, description = "Provider id (`prov_…`)")), request_body = PatchProvider,
     responses((status = 200, body = Provider), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody),
         (status = 423, body = ErrorBody)))]
 pub async fn patch_provider(
@@ -95,7 +96,7 @@ pub async fn patch_provider(
 
 /// Archive a provider and every role that uses it. Refused while their workspaces run.
 #[utoipa::path(post, path = "/v1/providers/{id}/archive", tag = "providers", security(("bearer" = ["caps:write"])),
-    params(("id" = String, Path, description = "Provider id (`prov_…`)")),
+    params(("id" = ProviderId, Path, description = "Provider id (`prov_…`)")),
     responses((status = 200, body = ProviderArchived), (status = 404, body = ErrorBody),
         (status = 409, description = "`workspaces_active`", body = ErrorBody)))]
 pub async fn archive_provider(
@@ -108,7 +109,7 @@ pub async fn archive_provider(
 
 /// Unarchive a provider (its roles stay archived until unarchived one by one).
 #[utoipa::path(post, path = "/v1/providers/{id}/unarchive", tag = "providers", security(("bearer" = ["caps:write"])),
-    params(("id" = String, Path, description = "Provider id (`prov_…`)")),
+    params(("id" = ProviderId, Path, description = "Provider id (`prov_…`)")),
     responses((status = 200, body = Status, example = json!({"status": "unarchived"})), (status = 404, body = ErrorBody),
         (status = 409, description = "`not_archived`", body = ErrorBody), (status = 423, body = ErrorBody)))]
 pub async fn unarchive_provider(

@@ -5,6 +5,7 @@ use axum::http::{StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use evershell_app::roles::{CreateRole, PatchRole};
 use evershell_app::workspaces::StoppingAnswer;
+use evershell_core::ids::RoleId;
 use evershell_core::model::AgentRole;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
@@ -65,7 +66,7 @@ pub async fn list_roles(State(s): State<AppState>, Auth(c): Auth, uri: Uri, p: P
 }
 
 #[utoipa::path(get, path = "/v1/agent-roles/{id}", tag = "agent-roles", security(("bearer" = [])),
-    params(("id" = String, Path, description = "Role id (`role_…`)")),
+    params(("id" = RoleId, Path, description = "Role id (`role_…`)")),
     responses((status = 200, body = AgentRole), (status = 404, body = ErrorBody)))]
 pub async fn get_role(
     State(s): State<AppState>,
@@ -77,7 +78,7 @@ pub async fn get_role(
 
 /// Update a role: only the fields present change; a supplied `pack_ids` replaces the whole list.
 #[utoipa::path(patch, path = "/v1/agent-roles/{id}", tag = "agent-roles", security(("bearer" = ["caps:write"])),
-    params(("id" = String, Path, description = "Role id (`role_…`)")), request_body = PatchRole,
+    params(("id" = RoleId, Path, description = "Role id (`role_…`)")), request_body = PatchRole,
     responses((status = 200, body = AgentRole), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody),
         (status = 409, description = "`provider_archived`", body = ErrorBody), (status = 423, body = ErrorBody)))]
 pub async fn patch_role(
@@ -91,7 +92,7 @@ pub async fn patch_role(
 
 /// Archive a role. Refused with `workspaces_active` while any of its workspaces has a pod.
 #[utoipa::path(post, path = "/v1/agent-roles/{id}/archive", tag = "agent-roles", security(("bearer" = ["caps:write"])),
-    params(("id" = String, Path, description = "Role id (`role_…`)")),
+    params(("id" = RoleId, Path, description = "Role id (`role_…`)")),
     responses((status = 200, body = Status, example = json!({"status": "archived"})), (status = 404, body = ErrorBody),
         (status = 409, description = "`workspaces_active`", body = ErrorBody)))]
 pub async fn archive_role(
@@ -105,7 +106,7 @@ pub async fn archive_role(
 
 /// Unarchive a role. Refused while its provider is archived.
 #[utoipa::path(post, path = "/v1/agent-roles/{id}/unarchive", tag = "agent-roles", security(("bearer" = ["caps:write"])),
-    params(("id" = String, Path, description = "Role id (`role_…`)")),
+    params(("id" = RoleId, Path, description = "Role id (`role_…`)")),
     responses((status = 200, body = Status, example = json!({"status": "unarchived"})), (status = 404, body = ErrorBody),
         (status = 409, description = "`not_archived`, `provider_archived`", body = ErrorBody), (status = 423, body = ErrorBody)))]
 pub async fn unarchive_role(
@@ -120,7 +121,7 @@ pub async fn unarchive_role(
 /// Stop every idle or busy workspace of the role (bulk: unscoped `workspace:write` only). Idempotent.
 #[utoipa::path(post, path = "/v1/agent-roles/{id}/stop-workspaces", tag = "agent-roles",
     security(("bearer" = ["workspace:write"])),
-    params(("id" = String, Path, description = "Role id (`role_…`)")),
+    params(("id" = RoleId, Path, description = "Role id (`role_…`)")),
     responses((status = 200, body = StoppingAnswer), (status = 404, body = ErrorBody)))]
 pub async fn stop_workspaces(
     State(s): State<AppState>,

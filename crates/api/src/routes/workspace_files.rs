@@ -6,6 +6,7 @@ use axum::http::{HeaderValue, header};
 use axum::response::Response;
 use evershell_app::files::{DEFAULT_MAX_BYTES, FileContent, FileList};
 use evershell_core::files::FileEntry;
+use evershell_core::ids::WorkspaceId;
 use evershell_core::{Error, ErrorCode, FieldErrors};
 use futures::{StreamExt, TryStreamExt};
 use utoipa_axum::router::OpenApiRouter;
@@ -50,7 +51,7 @@ fn attachment(entry: &FileEntry, body: Body) -> Response {
 /// List every file in the live sandbox. Needs a running (`idle`/`busy`) workspace.
 #[utoipa::path(get, path = "/v1/workspaces/{id}/sandbox/files", tag = "files",
     security(("bearer" = ["workspace:read"]), ("bearer" = ["workspace:read:own"])),
-    params(("id" = String, Path, description = "Workspace id (`ws_…`)")),
+    params(("id" = WorkspaceId, Path, description = "Workspace id (`ws_…`)")),
     responses((status = 200, body = FileList), (status = 404, body = ErrorBody),
         (status = 409, description = "`workspace_stopped`, `workspace_failed`, `workspace_provisioning`", body = ErrorBody),
         (status = 502, description = "`agent_unreachable`", body = ErrorBody)))]
@@ -88,9 +89,9 @@ pub async fn sandbox_exec(
 /// Read one live file as JSON: UTF-8 `content` (or `null` for binary), cut at `max_bytes` (default 524288).
 #[utoipa::path(get, path = "/v1/workspaces/{id}/sandbox/files/{*path}", tag = "files",
     security(("bearer" = ["workspace:read"]), ("bearer" = ["workspace:read:own"])),
-    params(("id" = String, Path, description = "Workspace id (`ws_…`)"),
+    params(("id" = WorkspaceId, Path, description = "Workspace id (`ws_…`)"),
         ("path" = String, Path, description = "Slash-separated path under /workspace"),
-        ("max_bytes" = Option<u64>, Query, description = "Read at most this many bytes (default 524288)")),
+        ("max_bytes" = Option<u64>, Query, maximum = 67108864, description = "Read at most this many bytes (default 524288, at most 64 MiB)")),
     responses((status = 200, body = FileContent), (status = 400, description = "Invalid path", body = ErrorBody),
         (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 502, body = ErrorBody)))]
 pub async fn sandbox_read(
@@ -105,7 +106,7 @@ pub async fn sandbox_read(
 /// Write raw bytes to a file in the live sandbox (parent directories created, replaced atomically).
 #[utoipa::path(put, path = "/v1/workspaces/{id}/sandbox/files/{*path}", tag = "files",
     security(("bearer" = ["workspace:write"]), ("bearer" = ["workspace:write:own"])),
-    params(("id" = String, Path, description = "Workspace id (`ws_…`)"),
+    params(("id" = WorkspaceId, Path, description = "Workspace id (`ws_…`)"),
         ("path" = String, Path, description = "Slash-separated path under /workspace")),
     request_body(content = Vec<u8>, content_type = "application/octet-stream"),
     responses((status = 200, body = FileEntry), (status = 400, description = "Invalid path", body = ErrorBody),
@@ -151,7 +152,7 @@ pub async fn sandbox_put(
 /// Stream one live file as raw bytes (no size cap).
 #[utoipa::path(get, path = "/v1/workspaces/{id}/sandbox/download/{*path}", tag = "files",
     security(("bearer" = ["workspace:read"]), ("bearer" = ["workspace:read:own"])),
-    params(("id" = String, Path, description = "Workspace id (`ws_…`)"),
+    params(("id" = WorkspaceId, Path, description = "Workspace id (`ws_…`)"),
         ("path" = String, Path, description = "Slash-separated path under /workspace")),
     responses((status = 200, description = "The file's bytes", content_type = "application/octet-stream", body = Vec<u8>),
         (status = 400, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody),
@@ -168,7 +169,7 @@ pub async fn sandbox_download(
 /// List the files of the workspace's latest snapshot, read from the archive without unpacking it.
 #[utoipa::path(get, path = "/v1/workspaces/{id}/snapshot/files", tag = "files",
     security(("bearer" = ["workspace:read"]), ("bearer" = ["workspace:read:own"])),
-    params(("id" = String, Path, description = "Workspace id (`ws_…`)")),
+    params(("id" = WorkspaceId, Path, description = "Workspace id (`ws_…`)")),
     responses((status = 200, body = FileList),
         (status = 404, description = "`workspace_not_found`, `snapshot_not_found`", body = ErrorBody)))]
 pub async fn snapshot_list(
@@ -182,9 +183,9 @@ pub async fn snapshot_list(
 /// Read one snapshot file as JSON: UTF-8 `content` (or `null` for binary), cut at `max_bytes` (default 524288).
 #[utoipa::path(get, path = "/v1/workspaces/{id}/snapshot/files/{*path}", tag = "files",
     security(("bearer" = ["workspace:read"]), ("bearer" = ["workspace:read:own"])),
-    params(("id" = String, Path, description = "Workspace id (`ws_…`)"),
+    params(("id" = WorkspaceId, Path, description = "Workspace id (`ws_…`)"),
         ("path" = String, Path, description = "Slash-separated path inside the snapshot"),
-        ("max_bytes" = Option<u64>, Query, description = "Read at most this many bytes (default 524288)")),
+        ("max_bytes" = Option<u64>, Query, maximum = 67108864, description = "Read at most this many bytes (default 524288, at most 64 MiB)")),
     responses((status = 200, body = FileContent), (status = 400, body = ErrorBody),
         (status = 404, description = "`workspace_not_found`, `snapshot_not_found`, `file_not_found`", body = ErrorBody)))]
 pub async fn snapshot_read(
@@ -199,7 +200,7 @@ pub async fn snapshot_read(
 /// Stream one snapshot file as raw bytes (binary-safe, no size cap).
 #[utoipa::path(get, path = "/v1/workspaces/{id}/snapshot/download/{*path}", tag = "files",
     security(("bearer" = ["workspace:read"]), ("bearer" = ["workspace:read:own"])),
-    params(("id" = String, Path, description = "Workspace id (`ws_…`)"),
+    params(("id" = WorkspaceId, Path, description = "Workspace id (`ws_…`)"),
         ("path" = String, Path, description = "Slash-separated path inside the snapshot")),
     responses((status = 200, description = "The file's bytes", content_type = "application/octet-stream", body = Vec<u8>),
         (status = 400, body = ErrorBody), (status = 404, body = ErrorBody)))]

@@ -9,6 +9,8 @@ use axum::http::{StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use evershell_app::workspaces::{CreateWorkspace, LifecycleCall, ListWorkspaces, StatusAnswer, StoppingAnswer};
 use evershell_core::FieldErrors;
+use evershell_core::ids::WorkspaceId;
+use evershell_core::lifecycle::WorkspaceStatus;
 use evershell_core::model::Workspace;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
@@ -80,7 +82,7 @@ async fn lifecycle(
 #[utoipa::path(post, path = "/v1/workspaces", tag = "workspaces",
     security(("bearer" = ["workspace:write"]), ("bearer" = ["workspace:write:own"])),
     params(("wait" = Option<bool>, Query, description = "Hold until the workspace settles"),
-        ("timeout_ms" = Option<u64>, Query, description = "Longest hold for `wait` (default 60000)")),
+        ("timeout_ms" = Option<u64>, Query, maximum = 300000, description = "Longest hold for `wait` in ms (default 60000, at most `limits.max_wait_ms`, 300000 unless configured lower)")),
     request_body = CreateWorkspace,
     responses((status = 201, body = Workspace), (status = 400, body = ErrorBody),
         (status = 404, description = "`role_not_found`", body = ErrorBody),
@@ -105,7 +107,7 @@ pub async fn create_workspace(
 #[utoipa::path(get, path = "/v1/workspaces", tag = "workspaces",
     security(("bearer" = ["workspace:read"]), ("bearer" = ["workspace:read:own"])),
     params(("role_name" = Option<String>, Query, description = "Only this role's workspaces"),
-        ("status" = Option<String>, Query, description = "Only workspaces in this status"),
+        ("status" = Option<WorkspaceStatus>, Query, description = "Only workspaces in this status"),
         ("include_archived" = Option<bool>, Query, description = "Also list archived workspaces"),
         ("limit" = Option<u32>, Query, description = "Page size (1-1000); without it the whole list"),
         ("cursor" = Option<String>, Query, description = "`next_cursor` of the previous page")),
@@ -144,9 +146,9 @@ pub async fn list_workspaces(State(s): State<AppState>, Auth(c): Auth, uri: Uri,
 /// Get a workspace; with `wait=true`, once it has settled.
 #[utoipa::path(get, path = "/v1/workspaces/{id}", tag = "workspaces",
     security(("bearer" = ["workspace:read"]), ("bearer" = ["workspace:read:own"])),
-    params(("id" = String, Path, description = "Workspace id (`ws_…`)"),
+    params(("id" = WorkspaceId, Path, description = "Workspace id (`ws_…`)"),
         ("wait" = Option<bool>, Query, description = "Hold until the workspace settles"),
-        ("timeout_ms" = Option<u64>, Query, description = "Longest hold for `wait` (default 60000)")),
+        ("timeout_ms" = Option<u64>, Query, maximum = 300000, description = "Longest hold for `wait` in ms (default 60000, at most `limits.max_wait_ms`, 300000 unless configured lower)")),
     responses((status = 200, body = Workspace), (status = 403, description = "`workspace_not_visible`", body = ErrorBody),
         (status = 404, body = ErrorBody)))]
 pub async fn get_workspace(
@@ -168,9 +170,9 @@ pub async fn get_workspace(
 /// Stop: `idle`/`busy` → `stopping` → `stopped`, `/workspace` saved to a verified snapshot.
 #[utoipa::path(post, path = "/v1/workspaces/{id}/stop", tag = "workspaces",
     security(("bearer" = ["workspace:write"]), ("bearer" = ["workspace:write:own"])),
-    params(("id" = String, Path, description = "Workspace id (`ws_…`)"),
+    params(("id" = WorkspaceId, Path, description = "Workspace id (`ws_…`)"),
         ("wait" = Option<bool>, Query, description = "Hold until the workspace settles; answer with the workspace"),
-        ("timeout_ms" = Option<u64>, Query, description = "Longest hold for `wait` (default 60000)")),
+        ("timeout_ms" = Option<u64>, Query, maximum = 300000, description = "Longest hold for `wait` in ms (default 60000, at most `limits.max_wait_ms`, 300000 unless configured lower)")),
     responses((status = 202, body = StatusAnswer, example = json!({"status": "stopping"})),
         (status = 200, description = "With `wait=true`: the settled workspace", body = Workspace),
         (status = 404, body = ErrorBody), (status = 409, description = "`invalid_state`", body = ErrorBody)))]
@@ -188,10 +190,10 @@ pub async fn stop_workspace(
 /// snapshot needs `allow_empty=true`. Gated on `tasks:write` because it makes tasks runnable again.
 #[utoipa::path(post, path = "/v1/workspaces/{id}/resume", tag = "workspaces",
     security(("bearer" = ["tasks:write"]), ("bearer" = ["tasks:write:own"])),
-    params(("id" = String, Path, description = "Workspace id (`ws_…`)"),
+    params(("id" = WorkspaceId, Path, description = "Workspace id (`ws_…`)"),
         ("allow_empty" = Option<bool>, Query, description = "Resume with an empty /workspace when there is no snapshot"),
         ("wait" = Option<bool>, Query, description = "Hold until the workspace settles; answer with the workspace"),
-        ("timeout_ms" = Option<u64>, Query, description = "Longest hold for `wait` (default 60000)")),
+        ("timeout_ms" = Option<u64>, Query, maximum = 300000, description = "Longest hold for `wait` in ms (default 60000, at most `limits.max_wait_ms`, 300000 unless configured lower)")),
     responses((status = 202, description = "Resume initiated", body = StatusAnswer, example = json!({"status": "resuming"})),
         (status = 200, description = "With `wait=true`: the settled workspace", body = Workspace),
         (status = 404, body = ErrorBody),
@@ -210,10 +212,10 @@ pub async fn resume_workspace(
 /// Restart: snapshot, fresh pod, restore, `idle`. A `busy` workspace needs `force=true`.
 #[utoipa::path(post, path = "/v1/workspaces/{id}/restart", tag = "workspaces",
     security(("bearer" = ["workspace:write"]), ("bearer" = ["workspace:write:own"])),
-    params(("id" = String, Path, description = "Workspace id (`ws_…`)"),
+    params(("id" = WorkspaceId, Path, description = "Workspace id (`ws_…`)"),
         ("force" = Option<bool>, Query, description = "Restart a busy workspace, interrupting its task"),
         ("wait" = Option<bool>, Query, description = "Hold until the workspace settles; answer with the workspace"),
-        ("timeout_ms" = Option<u64>, Query, description = "Longest hold for `wait` (default 60000)")),
+        ("timeout_ms" = Option<u64>, Query, maximum = 300000, description = "Longest hold for `wait` in ms (default 60000, at most `limits.max_wait_ms`, 300000 unless configured lower)")),
     responses((status = 202, description = "Restart initiated", body = StatusAnswer, example = json!({"status": "restarting"})),
         (status = 200, description = "With `wait=true`: the settled workspace", body = Workspace),
         (status = 404, body = ErrorBody),
@@ -231,7 +233,7 @@ pub async fn restart_workspace(
 /// Archive a `stopped` or `failed` workspace (status unchanged; hidden from default listings).
 #[utoipa::path(post, path = "/v1/workspaces/{id}/archive", tag = "workspaces",
     security(("bearer" = ["workspace:write"]), ("bearer" = ["workspace:write:own"])),
-    params(("id" = String, Path, description = "Workspace id (`ws_…`)")),
+    params(("id" = WorkspaceId, Path, description = "Workspace id (`ws_…`)")),
     responses((status = 200, body = StatusAnswer, example = json!({"status": "archived"})), (status = 404, body = ErrorBody),
         (status = 409, description = "`invalid_state`", body = ErrorBody)))]
 pub async fn archive_workspace(
@@ -246,7 +248,7 @@ pub async fn archive_workspace(
 /// Unarchive a workspace.
 #[utoipa::path(post, path = "/v1/workspaces/{id}/unarchive", tag = "workspaces",
     security(("bearer" = ["workspace:write"]), ("bearer" = ["workspace:write:own"])),
-    params(("id" = String, Path, description = "Workspace id (`ws_…`)")),
+    params(("id" = WorkspaceId, Path, description = "Workspace id (`ws_…`)")),
     responses((status = 200, body = StatusAnswer, example = json!({"status": "unarchived"})), (status = 404, body = ErrorBody),
         (status = 409, description = "`not_archived`, `quota_exceeded`", body = ErrorBody), (status = 423, body = ErrorBody)))]
 pub async fn unarchive_workspace(

@@ -61,7 +61,7 @@ impl ThinkingEffort {
 }
 
 /// Warm-pool policy: `""` (off), `static` or `dynamic`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 pub enum PoolPolicy {
     #[default]
     #[serde(rename = "")]
@@ -71,6 +71,18 @@ pub enum PoolPolicy {
     #[serde(rename = "dynamic")]
     Dynamic,
 }
+
+// Written by hand: the derive drops the empty `rename` and would publish `Off`.
+impl utoipa::PartialSchema for PoolPolicy {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        crate::names::schema::string_enum(
+            "Warm-pool policy: `\"\"` (off), `static` or `dynamic`.",
+            PoolPolicy::ALL.iter().map(|p| p.as_str()),
+        )
+    }
+}
+
+impl ToSchema for PoolPolicy {}
 
 impl PoolPolicy {
     pub const ALL: &[PoolPolicy] = &[PoolPolicy::Off, PoolPolicy::Static, PoolPolicy::Dynamic];

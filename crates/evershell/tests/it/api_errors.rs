@@ -33,7 +33,7 @@ async fn every_failure_answers_with_the_envelope_and_a_request_id() {
                 .body("x"),
         )
         .await;
-    r.expect(400, "validation_error");
+    r.expect(415, "unsupported_media_type");
     // Unknown field, wrong type, missing field: named precisely.
     let r =
         ts.post("/v1/providers", json!({"name": "p", "kind": "anthropic", "domain": "a.com", "colour": "red"})).await;

@@ -16,6 +16,7 @@ mod api_identity;
 mod api_login_throttle;
 mod authz_walk;
 mod cli;
+mod conformance;
 mod crash;
 mod exec;
 mod openapi_drift;

@@ -298,20 +298,19 @@ async fn the_same_lifecycle_runs_on_postgresql() {
 async fn new_pods_come_from_spares_set_up_ahead() {
     let ts = TestServer::start().await;
     let (_, _, role) = ts.role("coder").await;
-    let spares = ts.dir.path().join("pods/.spare");
-    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    // Wait for what the runtime calls ready (its agent held and `run/held` written), not merely a sandbox.
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(60);
     let spare = loop {
-        if let Some(d) = std::fs::read_dir(&spares).into_iter().flatten().flatten().next()
-            && d.path().join("sandbox.pid").exists()
-        {
-            break d.file_name().to_string_lossy().to_string();
+        if let Some(pod) = ts.app.runtime.ready_spares().first() {
+            break *pod;
         }
-        assert!(tokio::time::Instant::now() < deadline, "no spare pod was set up");
+        assert!(tokio::time::Instant::now() < deadline, "no spare pod became ready");
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     };
+    assert!(ts.dir.path().join("pods/.spare").join(spare.to_string()).join("run/held").exists());
     let ws = ts.idle_workspace(&role, &ts.key.clone()).await;
     let rec = ts.app.store.get_workspace_by_id(ws.parse().unwrap()).await.unwrap().unwrap();
-    assert_eq!(rec.pod_id.unwrap().to_string(), spare, "the workspace runs in the spare that was ready");
+    assert_eq!(rec.pod_id.unwrap(), spare, "the workspace runs in the spare that was ready");
     assert!(pod_workspace(&ts, &ws).await.exists());
     ts.stop().await;
 }

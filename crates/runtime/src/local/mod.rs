@@ -627,6 +627,10 @@ impl PodRuntime for LocalRuntime {
         self.spares.reserve().unwrap_or_default()
     }
 
+    fn ready_spares(&self) -> Vec<PodId> {
+        self.spares.ready()
+    }
+
     async fn shutdown(&self) {
         self.spares.closed.store(true, std::sync::atomic::Ordering::SeqCst);
         // Wait for a refill in progress, so no spare is set up after this.

@@ -73,6 +73,16 @@ impl Spares {
         None
     }
 
+    /// The spares `reserve` would hand out now, oldest first: set up, agent held, sandbox alive.
+    pub fn ready(&self) -> Vec<PodId> {
+        let st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        st.ready
+            .iter()
+            .copied()
+            .filter(|pod| sandbox::read_pid_record(&self.dir(*pod)).is_some_and(|r| r.alive()))
+            .collect()
+    }
+
     /// Forget a reservation (the spare was moved into place).
     pub fn taken(&self, pod: PodId) {
         self.state.lock().unwrap_or_else(|p| p.into_inner()).reserved.remove(&pod);
