@@ -347,6 +347,40 @@ fn missing_credential_or_secret_denies_never_forwards_bare() {
 }
 
 #[test]
+fn decision_audit_names_everything_but_values() {
+    let p = policy();
+    let (n, d) = decide(&p, &req("GET", "https://api.example.com/v1/%2e%2e/v1/x?token=agent-secret&q=1"));
+    let n = n.unwrap();
+    let a = match &d {
+        Decision::Allow(a) => a.clone(),
+        other => panic!("{other:?}"),
+    };
+    let applied = apply_transforms(
+        &a,
+        RequestParts::default(),
+        &vault(CredentialMaterial::ApiKey { key: "k".into(), header: None }),
+    )
+    .unwrap();
+    let v = serde_json::to_value(decision_audit(&n, &d, Some(&applied))).unwrap();
+    assert_eq!(
+        v,
+        serde_json::json!({
+            "destination": "api.example.com:443", "scheme": "https", "method": "GET",
+            "path": "/v1/x?token=REDACTED&q=1", "decision": "allow", "reason": null,
+            "capability": "upstream", "rule": "read",
+            "transforms": ["auth:example-key", "headers:-X-Debug,+X-Tenant,+Authorization-Extra"],
+        })
+    );
+    let (n, d) = decide(&p, &req("POST", "http://evil.test/x"));
+    let v = serde_json::to_value(decision_audit(&n.unwrap(), &d, None)).unwrap();
+    assert_eq!(
+        (v["decision"].as_str(), v["reason"].as_str(), v["scheme"].as_str()),
+        (Some("deny"), Some("no_rule"), Some("http"))
+    );
+    assert!(!v.to_string().contains("agent-secret"));
+}
+
+#[test]
 fn audit_view_redacts_credential_params() {
     assert_eq!(audit_target("/p", None, &[]), "/p");
     assert_eq!(
