@@ -397,7 +397,13 @@ fn parse_headers(errs: &mut FieldErrors, path: &str, v: &Value) -> Option<Transf
         }
         Some(_) => errs.add(format!("{path}.remove"), "must be a list of header names"),
     }
-    if set.is_empty() && remove.is_empty() {
+    let written = |k: &str| match map.get(k) {
+        Some(Value::Mapping(m)) => !m.is_empty(),
+        Some(Value::Sequence(v)) => !v.is_empty(),
+        Some(Value::Null) | None => false,
+        Some(_) => true,
+    };
+    if !written("set") && !written("remove") {
         errs.add(path, "must set or remove at least one header");
     }
     Some(Transform::Headers { set, remove })

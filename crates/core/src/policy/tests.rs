@@ -136,9 +136,19 @@ fn decision_table() {
         ("GET", "https://api.example.com/v1/a%zz", "deny malformed -/-"),
         ("GET", "https://api.example.com/v1\\..\\admin", "deny malformed -/-"),
     ];
+    let mut seen = std::collections::BTreeSet::new();
     for (method, url, want) in cases {
         let (_, d) = decide(&p, &req(method, url));
         assert_eq!(outcome(&d), *want, "{method} {url}");
+        if let Decision::Deny(d) = d {
+            seen.insert(d.reason.as_str());
+        }
+    }
+    // Every reason evaluation can give is exercised here; fronting and auth_unavailable have their own tests.
+    for r in DenyReason::ALL {
+        if !matches!(r, DenyReason::DomainFronting | DenyReason::AuthUnavailable) {
+            assert!(seen.contains(r.as_str()), "no case gives {r:?}");
+        }
     }
 }
 
@@ -339,6 +349,17 @@ fn missing_credential_or_secret_denies_never_forwards_bare() {
     assert!(apply_transforms(&a, RequestParts::default(), &v).is_err());
     let v = vault(CredentialMaterial::BasicAuth { username: "a:b".into(), password: "p".into() });
     assert!(apply_transforms(&a, RequestParts::default(), &v).is_err());
+    let closures = FnLookup(|_: &str| None, |n: &str| (n == "tenant-id").then(|| "t".to_string()));
+    assert_eq!(
+        apply_transforms(&a, RequestParts::default(), &closures).unwrap_err().detail.as_deref(),
+        Some("credential `example-key`")
+    );
+    let closures =
+        FnLookup(|_: &str| Some(CredentialMaterial::ApiKey { key: "k".into(), header: None }), |_: &str| None);
+    assert_eq!(
+        apply_transforms(&a, RequestParts::default(), &closures).unwrap_err().detail.as_deref(),
+        Some("secret `tenant-id`")
+    );
     let p = policy();
     let guarded = decide(&p, &req("GET", "https://api.anthropic.com/")).1;
     let Decision::Allow(g) = guarded else { panic!() };

@@ -48,6 +48,22 @@ pub trait Lookup {
     fn secret(&self, name: &str) -> Option<String>;
 }
 
+/// A `Lookup` from two closures, for callers that keep credentials and secrets in maps or caches.
+pub struct FnLookup<C, S>(pub C, pub S);
+
+impl<C, S> Lookup for FnLookup<C, S>
+where
+    C: Fn(&str) -> Option<CredentialMaterial>,
+    S: Fn(&str) -> Option<String>,
+{
+    fn credential(&self, name: &str) -> Option<CredentialMaterial> {
+        (self.0)(name)
+    }
+    fn secret(&self, name: &str) -> Option<String> {
+        (self.1)(name)
+    }
+}
+
 /// The parts of a request transforms may change.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct RequestParts {
