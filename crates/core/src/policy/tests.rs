@@ -569,3 +569,34 @@ proptest! {
         prop_assert_eq!(outcome(&d1), outcome(&d2), "{} vs {}", plain, dressed);
     }
 }
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(1000))]
+
+    /// Anything at all: normalisation never panics, and what it accepts holds the invariants.
+    #[test]
+    fn arbitrary_targets_never_panic(p in "/[ -~]{0,40}|\\PC{0,20}", a in "[ -~]{0,30}") {
+        if let Ok(n) = normalise_path(&p) {
+            prop_assert!(n.starts_with('/') && !n.contains("//"));
+            prop_assert!(!n.split('/').any(|s| s == "." || s == ".."));
+        }
+        let _ = normalise(&RawRequest { tls: true, sni: Some(a.clone()), authority: a, port: 443, method: "GET".into(), target: p });
+    }
+
+    /// `*.example.com` admits exactly the names with one label in front of `example.com`.
+    #[test]
+    fn one_label_wildcard(labels in prop::collection::vec("[a-z0-9]{1,5}", 0..4)) {
+        let g = crate::caps::parse_domain("*.example.com").unwrap();
+        let mut host = labels.join(".");
+        if !host.is_empty() { host.push('.'); }
+        host.push_str("example.com");
+        prop_assert_eq!(g.matches(&parse_host(&host).unwrap(), 443, 443), labels.len() == 1, "{}", host);
+    }
+
+    /// Arbitrary caps.yaml text never panics the parser.
+    #[test]
+    fn arbitrary_caps_documents_never_panic(doc in "\\PC{0,200}") {
+        let mut e = FieldErrors::default();
+        let _ = crate::caps::parse(&mut e, "c", Some(&doc));
+    }
+}
