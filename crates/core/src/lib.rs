@@ -1,5 +1,5 @@
 //! evershell-core: the domain without I/O — typed ids, timestamps, scopes and roles, the workspace state machine,
-//! caps.yaml validation, the audit model and the one domain error.
+//! caps.yaml parsing and the pure caps policy evaluation, the audit model and the one domain error.
 
 pub mod audit;
 pub mod caps;
@@ -10,6 +10,7 @@ pub mod ids;
 pub mod lifecycle;
 pub mod model;
 pub mod names;
+pub mod policy;
 pub mod scope;
 pub mod time;
 

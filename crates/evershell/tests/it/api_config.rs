@@ -71,8 +71,24 @@ async fn caps_yaml_is_validated_and_stored_as_given() {
         .await;
     r.expect(400, "validation_error");
     assert_eq!(r.fields(), vec!["capabilities"]);
+    // Transforms and budgets are checked field by field, with the path named.
+    let bad = "- name: up\n  allow:\n    - name: read\n      domains: ['*.example.com']\n      methods: [GET]\n  transforms:\n    - auth: { credential: k }\n      applies_to: [write]\n    - headers: { set: { Host: evil.test } }\n  budgets: { per_workspace: { requests: -1 } }\n";
+    let r = ts.post("/v1/agent-roles", json!({"name": "r1", "provider_id": pid, "capabilities": bad})).await;
+    r.expect(400, "validation_error");
+    assert_eq!(
+        r.fields(),
+        vec![
+            "capabilities[0].budgets.per_workspace.requests",
+            "capabilities[0].transforms[0].applies_to[0]",
+            "capabilities[0].transforms[1].headers.set.Host",
+        ]
+    );
     // None of the refused writes left a row.
     assert_eq!(ts.get("/v1/agent-roles?include_archived=true").await.ok()["agent_roles"], json!([]));
+    let good = "- name: up\n  allow:\n    - name: read\n      domains: ['*.example.com']\n      methods: [GET]\n  transforms:\n    - auth: { credential: k }\n      applies_to: [read]\n    - headers: { set: { X-Tenant: '${secrets[\"tenant\"]}' } }\n  budgets: { per_workspace: { requests: 10 } }\n";
+    let r = ts.post("/v1/agent-roles", json!({"name": "r1", "provider_id": pid, "capabilities": good})).await;
+    assert_eq!(r.status, 201, "{}", r.json);
+    assert_eq!(r.json["capabilities"], good);
     ts.stop().await;
 }
 
