@@ -64,7 +64,16 @@ impl Modify for Bearer {
 }
 
 /// Response properties the server leaves out instead of writing `null` (`skip_serializing_if`): (schema, property).
-pub const MAY_BE_ABSENT: &[(&str, &str)] = &[("ErrorDetail", "details"), ("AuditPage", "cursor")];
+pub const MAY_BE_ABSENT: &[(&str, &str)] = &[
+    ("ErrorDetail", "details"),
+    ("AuditPage", "cursor"),
+    // Paged lists: present only when another page follows.
+    ("ApiKeyList", "next_cursor"),
+    ("MembershipList", "next_cursor"),
+    ("ProviderList", "next_cursor"),
+    ("RoleList", "next_cursor"),
+    ("WorkspaceList", "next_cursor"),
+];
 
 /// Objects that need one of several properties: (schema, properties).
 const ONE_OF_REQUIRED: &[(&str, &[&str])] = &[("CreateWorkspace", &["role_id", "role_name"])];

@@ -109,7 +109,7 @@ pub mod schema {
     /// starts nor ends with one.
     pub const EMAIL_PATTERN: &str = "^[\\x21-\\x3f\\x41-\\x7e]+@[\\x21-\\x2d\\x2f-\\x3f\\x41-\\x7e][\\x21-\\x3f\\x41-\\x7e]*\\.[\\x21-\\x3f\\x41-\\x7e]*[\\x21-\\x2d\\x2f-\\x3f\\x41-\\x7e]$";
     /// A hostname (no glob) with an optional port, as `caps::domain_problem` takes it.
-    pub const HOSTNAME_PATTERN: &str = "^[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(\\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*(\\.|:[0-9]{1,5})?$";
+    pub const HOSTNAME_PATTERN: &str = "^[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(\\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*(\\.|:([1-9][0-9]{0,3}|[1-5][0-9]{4}|6[0-4][0-9]{3}|65[0-4][0-9]{2}|655[0-2][0-9]|6553[0-5]))?$";
     /// Longest hostname.
     pub const MAX_HOSTNAME: usize = 253;
 

@@ -31,6 +31,12 @@ fn files_under(dir: &Path, out: &mut Vec<PathBuf>) {
 #[tokio::test]
 async fn the_server_keeps_its_data_private_and_refuses_a_readable_data_dir() {
     let outer = tempfile::tempdir().unwrap();
+    // Sandboxes run as unprivileged uids and reach their pod directories by path: what lies above the data dir
+    // must be searchable (the data dir itself the server opens to the pods' group alone).
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(outer.path(), std::fs::Permissions::from_mode(0o711)).unwrap();
+    std::fs::create_dir(outer.path().join("state")).unwrap();
+    std::fs::set_permissions(outer.path().join("state"), std::fs::Permissions::from_mode(0o711)).unwrap();
     let data = outer.path().join("state/data");
     let db_url = format!("sqlite://{}", data.join("evershell.db").display());
     let data2 = data.clone();
@@ -38,7 +44,9 @@ async fn the_server_keeps_its_data_private_and_refuses_a_readable_data_dir() {
         c.data_dir = data2;
     })
     .await;
-    assert_eq!(mode(&data), 0o700, "data dir");
+    // 0700, plus search for the pods' group when the server gives pods their own uids (as root).
+    let expected = if unsafe { libc::geteuid() } == 0 { 0o710 } else { 0o700 };
+    assert_eq!(mode(&data), expected, "data dir");
     assert_eq!(mode(&data.join("snapshots")), 0o700, "snapshots dir");
     // A snapshot on disk: create, write a file, stop.
     ts.role("coder").await;
