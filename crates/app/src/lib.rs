@@ -67,6 +67,7 @@ pub struct App {
     key_cache: key_cache::KeyCache,
     /// Where every argon2 computation of the server runs.
     pub passwords: passwords::PasswordPool,
+    refusals: throttle::Refusals,
 }
 
 impl App {
@@ -80,6 +81,16 @@ impl App {
         // Only a single server can know every revocation as it happens (see `key_cache`).
         let key_cache = key_cache::KeyCache::new(config.reconciler.single_server);
         let passwords = passwords::PasswordPool::new(config.password_hash_concurrency);
-        Self { store, runtime, snapshots, reconciler, config, session_key: Default::default(), key_cache, passwords }
+        Self {
+            store,
+            runtime,
+            snapshots,
+            reconciler,
+            config,
+            session_key: Default::default(),
+            key_cache,
+            passwords,
+            refusals: Default::default(),
+        }
     }
 }

@@ -187,20 +187,70 @@ pub fn decide(
     }
 }
 
+/// Refusals this server answered, remembered until they expire, so a flood of refused attempts costs no store
+/// read. Sound across replicas: a refused key's counter cannot clear before its wait is over (only an attempt that
+/// passed the check can sign in and clear it), so a remembered refusal never outlives the stored one.
+#[derive(Default)]
+pub struct Refusals(std::sync::Mutex<std::collections::HashMap<String, (i64, Throttled)>>);
+
+/// Remembered refusals beyond which expired ones are swept on the next insert.
+const REFUSALS_SWEEP_AT: usize = 10_000;
+
+impl Refusals {
+    fn check(&self, keys: &[ThrottleKey], now: Timestamp) -> Option<Throttled> {
+        let map = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        keys.iter()
+            .filter_map(|k| map.get(&k.stored))
+            .filter(|(until, _)| *until > now.millis())
+            .max_by_key(|(until, _)| *until)
+            .map(|(until, t)| {
+                let mut t = t.clone();
+                t.retry_after_ms = until - now.millis();
+                t
+            })
+    }
+
+    /// The period of `key` was reported (`login_throttled` written, by this server or another).
+    pub(crate) fn mark_noted(&self, key: &str) {
+        let mut map = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((_, t)) = map.get_mut(key) {
+            t.counter.noted_at = Some(t.counter.last_failure_at);
+        }
+    }
+
+    fn remember(&self, t: &Throttled, now: Timestamp) {
+        let mut map = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if map.len() >= REFUSALS_SWEEP_AT {
+            map.retain(|_, (until, _)| *until > now.millis());
+        }
+        map.insert(t.counter.key.clone(), (now.millis() + t.retry_after_ms, t.clone()));
+    }
+}
+
 /// How often an attempt re-reads after losing the compare-and-set to a concurrent one before it is refused.
 const MAX_RACES: usize = 8;
 
 impl App {
+    pub(crate) fn refusals(&self) -> &Refusals {
+        &self.refusals
+    }
+
     /// Check the throttle for an attempt and count it. `Ok(Err(..))` when the attempt must be refused (no password
     /// work may happen then).
     pub(crate) async fn begin_attempt(&self, keys: &[ThrottleKey]) -> Result<std::result::Result<(), Throttled>> {
         let stored: Vec<String> = keys.iter().map(|k| k.stored.clone()).collect();
         let policy = &self.config.login;
+        if let Some(t) = self.refusals.check(keys, Timestamp::now()) {
+            return Ok(Err(t));
+        }
         for _ in 0..MAX_RACES {
             let counters = self.store.login_counters(&stored).await?;
             let now = Timestamp::now();
             match decide(policy, keys, &counters, now) {
-                Err(t) => return Ok(Err(t)),
+                Err(t) => {
+                    self.refusals.remember(&t, now);
+                    return Ok(Err(t));
+                }
                 Ok(claims) => {
                     let stale_before = now.plus_millis(-policy.reset_after_ms);
                     if self.store.count_login_attempt(&claims, now, stale_before).await? {
@@ -222,7 +272,7 @@ impl App {
     /// A counted attempt signed in: its account starts again from zero, and the address gets its count back.
     pub(crate) async fn attempt_succeeded(&self, keys: &[ThrottleKey]) -> Result<()> {
         let pick = |kind| keys.iter().filter(|k| k.kind == kind).map(|k| k.stored.clone()).collect::<Vec<_>>();
-        self.store.settle_login_attempt(&pick(KeyKind::Account), &pick(KeyKind::Address)).await
+        self.store.settle_login_attempt(&pick(KeyKind::Account), &pick(KeyKind::Address), &[]).await
     }
 }
 
@@ -275,6 +325,20 @@ mod tests {
         let old = now.millis() - p.reset_after_ms;
         let claims = decide(&p, &keys, &[counter(&acct, 10, old)], now).unwrap();
         assert_eq!(claims[0].failures, 1);
+    }
+
+    #[test]
+    fn remembered_refusals_last_exactly_their_wait() {
+        let r = Refusals::default();
+        let keys = keys(Some("a@x.example"), None);
+        let t =
+            Throttled { kind: KeyKind::Account, retry_after_ms: 1_000, counter: counter(&keys[0].stored, 5, 9_000) };
+        r.remember(&t, Timestamp::from_millis(10_000));
+        let again = r.check(&keys, Timestamp::from_millis(10_400)).unwrap();
+        assert_eq!((again.kind, again.retry_after_ms, again.counter.noted_at), (KeyKind::Account, 600, None));
+        r.mark_noted(&keys[0].stored);
+        assert!(r.check(&keys, Timestamp::from_millis(10_999)).unwrap().counter.noted_at.is_some());
+        assert!(r.check(&keys, Timestamp::from_millis(11_000)).is_none(), "over at the advertised time");
     }
 
     #[test]
