@@ -58,7 +58,7 @@ impl App {
             } else {
                 self.report_throttled(&t, None, &[], at).await;
             }
-            return Err(t.error());
+            return Err(self.refuse(&t).await);
         }
         let user = self.store.get_user_by_email(&email).await?;
         let hash = user.as_ref().and_then(|u| u.password_hash.clone());
@@ -125,7 +125,7 @@ impl App {
         if let Err(t) = self.begin_attempt(&keys).await? {
             let orgs: Vec<OrgId> = m.iter().map(|m| m.org_id).collect();
             self.report_throttled(&t, user.as_ref(), &orgs, at).await;
-            return Err(t.error());
+            return Err(self.refuse(&t).await);
         }
         let (Some(m), Some(user)) = (m, user) else {
             outcome(at.route, "failed");

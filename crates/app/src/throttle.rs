@@ -35,6 +35,9 @@ pub struct LoginPolicy {
     pub lock_ms: i64,
     /// A counter with no new failure for this long starts again from zero (at least `lock_ms`).
     pub reset_after_ms: i64,
+    /// A refused attempt is answered after this long (or its whole wait, if shorter): a timer, no CPU, so a
+    /// closed-loop flood of refused guesses sends a few requests a second per connection instead of thousands.
+    pub refusal_delay_ms: i64,
 }
 
 impl Default for LoginPolicy {
@@ -46,6 +49,7 @@ impl Default for LoginPolicy {
             backoff_max_ms: 60_000,
             lock_ms: 15 * 60_000,
             reset_after_ms: 15 * 60_000,
+            refusal_delay_ms: 1_000,
         }
     }
 }
@@ -66,6 +70,9 @@ impl LoginPolicy {
         }
         if self.lock_ms < self.backoff_max_ms {
             return Err("login.lock_ms must be at least login.backoff_max_ms".into());
+        }
+        if self.refusal_delay_ms < 0 {
+            return Err("login.refusal_delay_ms must not be negative".into());
         }
         if self.reset_after_ms < self.lock_ms {
             return Err("login.reset_after_ms must be at least login.lock_ms".into());
@@ -231,6 +238,13 @@ impl Refusals {
 const MAX_RACES: usize = 8;
 
 impl App {
+    /// Hold a refused attempt for `refusal_delay_ms` (at most its wait), then the 429 with the wait that remains.
+    pub(crate) async fn refuse(&self, t: &Throttled) -> Error {
+        let hold = t.retry_after_ms.min(self.config.login.refusal_delay_ms).max(0);
+        tokio::time::sleep(std::time::Duration::from_millis(hold as u64)).await;
+        Throttled { retry_after_ms: t.retry_after_ms - hold, ..t.clone() }.error()
+    }
+
     pub(crate) fn refusals(&self) -> &Refusals {
         &self.refusals
     }
