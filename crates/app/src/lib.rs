@@ -115,6 +115,7 @@ pub struct App {
     key_cache: key_cache::KeyCache,
     /// Where every argon2 computation of the server runs.
     pub passwords: passwords::PasswordPool,
+    refusals: throttle::Refusals,
 }
 
 impl App {
@@ -173,6 +174,7 @@ impl App {
             session_key: Default::default(),
             key_cache,
             passwords,
+            refusals: Default::default(),
         }
     }
 }

@@ -7,7 +7,7 @@
 use std::net::IpAddr;
 
 use evershell_core::audit::{AuditEvent, EventType};
-use evershell_core::ids::OrgId;
+use evershell_core::ids::{OrgId, UserId};
 use evershell_core::model::{MembershipStatus, User};
 use evershell_core::names;
 use evershell_core::{Error, FieldErrors, Result, Timestamp};
@@ -58,20 +58,17 @@ impl App {
             } else {
                 self.report_throttled(&t, None, &[], at).await;
             }
-            return Err(t.error());
+            return Err(self.refuse(&t).await);
         }
         let user = self.store.get_user_by_email(&email).await?;
         let hash = user.as_ref().and_then(|u| u.password_hash.clone());
         let verified = self.passwords.verify(hash, req.password).await?;
         let user = match user {
             Some(u) if verified => u,
-            Some(u) => {
-                let orgs = self.audit_orgs(&u, req.org.as_deref()).await?;
-                self.report_failed(&u, &orgs, "wrong_password", at).await?;
-                return Err(Error::unauthenticated());
-            }
-            None => {
-                outcome(at.route, "failed");
+            other => {
+                // Known or not, a failure does the same store work (one read, one write), so its answer time does
+                // not tell which accounts exist.
+                self.report_failed(other.as_ref(), req.org.as_deref(), "wrong_password", at).await?;
                 return Err(Error::unauthenticated());
             }
         };
@@ -102,8 +99,7 @@ impl App {
         let Some(org) = org else {
             // A right password for an org the account cannot sign in to counts as a failure: the same 401 as a wrong
             // one, so the counter must not tell them apart either.
-            let orgs = self.audit_orgs(&user, req.org.as_deref()).await?;
-            self.report_failed(&user, &orgs, "no_active_membership", at).await?;
+            self.report_failed(Some(&user), req.org.as_deref(), "no_active_membership", at).await?;
             return Err(Error::unauthenticated());
         };
         let (token, session) = self.mint_session(&user, org, at.request_id).await?;
@@ -129,7 +125,7 @@ impl App {
         if let Err(t) = self.begin_attempt(&keys).await? {
             let orgs: Vec<OrgId> = m.iter().map(|m| m.org_id).collect();
             self.report_throttled(&t, user.as_ref(), &orgs, at).await;
-            return Err(t.error());
+            return Err(self.refuse(&t).await);
         }
         let (Some(m), Some(user)) = (m, user) else {
             outcome(at.route, "failed");
@@ -138,7 +134,8 @@ impl App {
         let new_hash = match &user.password_hash {
             Some(existing) => {
                 if !self.passwords.verify(Some(existing.clone()), req.password).await? {
-                    self.report_failed(&user, &[m.org_id], "wrong_password", at).await?;
+                    let org = m.org_id.to_string();
+                    self.report_failed(Some(&user), Some(&org), "wrong_password", at).await?;
                     return Err(Error::invalid_field(
                         "password",
                         "this account already has a password: accept with that password, not a new one",
@@ -170,14 +167,30 @@ impl App {
         Ok(all.into_iter().filter(|(m, _)| m.status == MembershipStatus::Active).map(|(_, o)| o.id).collect())
     }
 
-    async fn report_failed(&self, user: &User, orgs: &[OrgId], reason: &str, at: Attempt<'_>) -> Result<()> {
+    /// Write `login_failed` for a known account (in `audit_orgs`) — for an unknown one the same read and write
+    /// happen with nothing found and nothing to write.
+    async fn report_failed(
+        &self,
+        user: Option<&User>,
+        wanted: Option<&str>,
+        reason: &str,
+        at: Attempt<'_>,
+    ) -> Result<()> {
         outcome(at.route, "failed");
-        tracing::info!(user_id = %user.id, route = at.route, reason, "sign-in failed");
-        let rows: Vec<_> = orgs
-            .iter()
-            .map(|o| at.event(*o, EventType::LoginFailed, user, serde_json::json!({ "reason": reason })))
-            .collect();
-        self.store.append_audit(&rows).await
+        let rows: Vec<_> = match user {
+            Some(u) => {
+                tracing::info!(user_id = %u.id, route = at.route, reason, "sign-in failed");
+                let orgs = self.audit_orgs(u, wanted).await?;
+                orgs.iter()
+                    .map(|o| at.event(*o, EventType::LoginFailed, u, serde_json::json!({ "reason": reason })))
+                    .collect()
+            }
+            None => {
+                self.store.list_user_memberships(UserId::new()).await?;
+                vec![]
+            }
+        };
+        self.store.settle_login_attempt(&[], &[], &rows).await
     }
 
     /// Count the refusal, and write `login_throttled` once per back-off period of the refusing key. A failure to
@@ -194,7 +207,11 @@ impl App {
             "retry_after_seconds": t.retry_after_seconds(),
         });
         let rows: Vec<_> = orgs.iter().map(|o| at.event(*o, EventType::LoginThrottled, user, extra.clone())).collect();
-        match self.store.note_login_throttled(&t.counter.key, t.counter.last_failure_at, &rows).await {
+        let noted = self.store.note_login_throttled(&t.counter.key, t.counter.last_failure_at, &rows).await;
+        if noted.is_ok() {
+            self.refusals().mark_noted(&t.counter.key);
+        }
+        match noted {
             Ok(true) => tracing::warn!(user_id = %user.id, route = at.route, throttled_by = t.kind.as_str(),
                 retry_after_s = t.retry_after_seconds(), "sign-in attempts throttled"),
             Ok(false) => {}

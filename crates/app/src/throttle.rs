@@ -35,6 +35,9 @@ pub struct LoginPolicy {
     pub lock_ms: i64,
     /// A counter with no new failure for this long starts again from zero (at least `lock_ms`).
     pub reset_after_ms: i64,
+    /// A refused attempt is answered after this long (or its whole wait, if shorter): a timer, no CPU, so a
+    /// closed-loop flood of refused guesses sends a few requests a second per connection instead of thousands.
+    pub refusal_delay_ms: i64,
 }
 
 impl Default for LoginPolicy {
@@ -46,6 +49,7 @@ impl Default for LoginPolicy {
             backoff_max_ms: 60_000,
             lock_ms: 15 * 60_000,
             reset_after_ms: 15 * 60_000,
+            refusal_delay_ms: 1_000,
         }
     }
 }
@@ -66,6 +70,9 @@ impl LoginPolicy {
         }
         if self.lock_ms < self.backoff_max_ms {
             return Err("login.lock_ms must be at least login.backoff_max_ms".into());
+        }
+        if self.refusal_delay_ms < 0 {
+            return Err("login.refusal_delay_ms must not be negative".into());
         }
         if self.reset_after_ms < self.lock_ms {
             return Err("login.reset_after_ms must be at least login.lock_ms".into());
@@ -187,20 +194,77 @@ pub fn decide(
     }
 }
 
+/// Refusals this server answered, remembered until they expire, so a flood of refused attempts costs no store
+/// read. Sound across replicas: a refused key's counter cannot clear before its wait is over (only an attempt that
+/// passed the check can sign in and clear it), so a remembered refusal never outlives the stored one.
+#[derive(Default)]
+pub struct Refusals(std::sync::Mutex<std::collections::HashMap<String, (i64, Throttled)>>);
+
+/// Remembered refusals beyond which expired ones are swept on the next insert.
+const REFUSALS_SWEEP_AT: usize = 10_000;
+
+impl Refusals {
+    fn check(&self, keys: &[ThrottleKey], now: Timestamp) -> Option<Throttled> {
+        let map = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        keys.iter()
+            .filter_map(|k| map.get(&k.stored))
+            .filter(|(until, _)| *until > now.millis())
+            .max_by_key(|(until, _)| *until)
+            .map(|(until, t)| {
+                let mut t = t.clone();
+                t.retry_after_ms = until - now.millis();
+                t
+            })
+    }
+
+    /// The period of `key` was reported (`login_throttled` written, by this server or another).
+    pub(crate) fn mark_noted(&self, key: &str) {
+        let mut map = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((_, t)) = map.get_mut(key) {
+            t.counter.noted_at = Some(t.counter.last_failure_at);
+        }
+    }
+
+    fn remember(&self, t: &Throttled, now: Timestamp) {
+        let mut map = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if map.len() >= REFUSALS_SWEEP_AT {
+            map.retain(|_, (until, _)| *until > now.millis());
+        }
+        map.insert(t.counter.key.clone(), (now.millis() + t.retry_after_ms, t.clone()));
+    }
+}
+
 /// How often an attempt re-reads after losing the compare-and-set to a concurrent one before it is refused.
 const MAX_RACES: usize = 8;
 
 impl App {
+    /// Hold a refused attempt for `refusal_delay_ms` (at most its wait), then the 429 with the wait that remains.
+    pub(crate) async fn refuse(&self, t: &Throttled) -> Error {
+        let hold = t.retry_after_ms.min(self.config.login.refusal_delay_ms).max(0);
+        tokio::time::sleep(std::time::Duration::from_millis(hold as u64)).await;
+        Throttled { retry_after_ms: t.retry_after_ms - hold, ..t.clone() }.error()
+    }
+
+    pub(crate) fn refusals(&self) -> &Refusals {
+        &self.refusals
+    }
+
     /// Check the throttle for an attempt and count it. `Ok(Err(..))` when the attempt must be refused (no password
     /// work may happen then).
     pub(crate) async fn begin_attempt(&self, keys: &[ThrottleKey]) -> Result<std::result::Result<(), Throttled>> {
         let stored: Vec<String> = keys.iter().map(|k| k.stored.clone()).collect();
         let policy = &self.config.login;
+        if let Some(t) = self.refusals.check(keys, Timestamp::now()) {
+            return Ok(Err(t));
+        }
         for _ in 0..MAX_RACES {
             let counters = self.store.login_counters(&stored).await?;
             let now = Timestamp::now();
             match decide(policy, keys, &counters, now) {
-                Err(t) => return Ok(Err(t)),
+                Err(t) => {
+                    self.refusals.remember(&t, now);
+                    return Ok(Err(t));
+                }
                 Ok(claims) => {
                     let stale_before = now.plus_millis(-policy.reset_after_ms);
                     if self.store.count_login_attempt(&claims, now, stale_before).await? {
@@ -222,7 +286,7 @@ impl App {
     /// A counted attempt signed in: its account starts again from zero, and the address gets its count back.
     pub(crate) async fn attempt_succeeded(&self, keys: &[ThrottleKey]) -> Result<()> {
         let pick = |kind| keys.iter().filter(|k| k.kind == kind).map(|k| k.stored.clone()).collect::<Vec<_>>();
-        self.store.settle_login_attempt(&pick(KeyKind::Account), &pick(KeyKind::Address)).await
+        self.store.settle_login_attempt(&pick(KeyKind::Account), &pick(KeyKind::Address), &[]).await
     }
 }
 
@@ -275,6 +339,20 @@ mod tests {
         let old = now.millis() - p.reset_after_ms;
         let claims = decide(&p, &keys, &[counter(&acct, 10, old)], now).unwrap();
         assert_eq!(claims[0].failures, 1);
+    }
+
+    #[test]
+    fn remembered_refusals_last_exactly_their_wait() {
+        let r = Refusals::default();
+        let keys = keys(Some("a@x.example"), None);
+        let t =
+            Throttled { kind: KeyKind::Account, retry_after_ms: 1_000, counter: counter(&keys[0].stored, 5, 9_000) };
+        r.remember(&t, Timestamp::from_millis(10_000));
+        let again = r.check(&keys, Timestamp::from_millis(10_400)).unwrap();
+        assert_eq!((again.kind, again.retry_after_ms, again.counter.noted_at), (KeyKind::Account, 600, None));
+        r.mark_noted(&keys[0].stored);
+        assert!(r.check(&keys, Timestamp::from_millis(10_999)).unwrap().counter.noted_at.is_some());
+        assert!(r.check(&keys, Timestamp::from_millis(11_000)).is_none(), "over at the advertised time");
     }
 
     #[test]

@@ -3,7 +3,8 @@
 //! (default 10), while one client measures authenticated `GET /v1/agent-roles/{id}` (API key) back to back and
 //! another account signs in once a second. The same read is measured without the flood first, on the same server,
 //! so the latencies are side by side. A second server with the throttle opened wide (thresholds of 10^9) shows what
-//! the bounded argon2 pool alone does under the same flood.
+//! the bounded argon2 pool alone does under the same flood. (Refused attempts are held for `login.refusal_delay_ms`
+//! before their 429, so a closed-loop flood sends about one request per second per connection.)
 //!
 //!   cargo bench -p evershell --bench login_flood            (BENCH_SECONDS, BENCH_FLOOD_CONNECTIONS)
 //! Targets: a handful of verifications reach argon2; p99 of the read under the flood < 20 ms; the other account

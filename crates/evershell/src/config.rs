@@ -47,6 +47,8 @@ pub struct LoginSettings {
     pub lock_seconds: i64,
     /// A counter without a new failure for this long starts from zero again.
     pub reset_after_seconds: i64,
+    /// A refused attempt's 429 is sent after this long (at most the attempt's whole wait).
+    pub refusal_delay_ms: i64,
     /// argon2 computations at once; 0 = one per core.
     pub hash_concurrency: usize,
 }
@@ -63,6 +65,7 @@ impl Default for LoginSettings {
             backoff_max_ms: p.backoff_max_ms,
             lock_seconds: p.lock_ms / 1000,
             reset_after_seconds: p.reset_after_ms / 1000,
+            refusal_delay_ms: p.refusal_delay_ms,
             hash_concurrency: 0,
         }
     }
@@ -78,6 +81,7 @@ impl LoginSettings {
             backoff_max_ms: self.backoff_max_ms,
             lock_ms: self.lock_seconds.saturating_mul(1000),
             reset_after_ms: self.reset_after_seconds.saturating_mul(1000),
+            refusal_delay_ms: self.refusal_delay_ms,
         }
     }
 }

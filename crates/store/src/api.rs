@@ -184,8 +184,10 @@ pub trait Store: Send + Sync + 'static {
     /// `stale_before`.
     async fn count_login_attempt(&self, claims: &[LoginClaim], now: Timestamp, stale_before: Timestamp)
     -> Result<bool>;
-    /// After an attempt: delete the `clear` counters, and take one failure off each `forgive` counter.
-    async fn settle_login_attempt(&self, clear: &[String], forgive: &[String]) -> Result<()>;
+    /// After an attempt: delete the `clear` counters, take one failure off each `forgive` counter, and write
+    /// `audit` — always as one write transaction, even with nothing to change, so a failure costs the same store
+    /// work whether or not its account exists.
+    async fn settle_login_attempt(&self, clear: &[String], forgive: &[String], audit: &[AuditEvent]) -> Result<()>;
     /// Mark the back-off period that began at `last_failure_at` as reported and write `audit`, unless it already was
     /// (or the counter moved on). `true` when this call wrote the rows.
     async fn note_login_throttled(&self, key: &str, last_failure_at: Timestamp, audit: &[AuditEvent]) -> Result<bool>;

@@ -154,8 +154,13 @@ macro_rules! impl_store {
                 ) -> Result<bool> {
                     ops::throttle::count_login_attempt(self, claims, now, stale_before).await
                 }
-                async fn settle_login_attempt(&self, clear: &[String], forgive: &[String]) -> Result<()> {
-                    ops::throttle::settle_login_attempt(self, clear, forgive).await
+                async fn settle_login_attempt(
+                    &self,
+                    clear: &[String],
+                    forgive: &[String],
+                    audit: &[AuditEvent],
+                ) -> Result<()> {
+                    ops::throttle::settle_login_attempt(self, clear, forgive, audit).await
                 }
                 async fn note_login_throttled(
                     &self,

@@ -38,6 +38,7 @@ async fn failures_back_off_per_account_before_any_hashing_and_success_clears_the
     let ts = TestServer::start_with(|c| {
         c.login.account_free_failures = 3;
         c.login.account_lock_after = 6;
+        c.login.refusal_delay_ms = 0; // answered at once, so the next attempt meets the same back-off
     })
     .await;
     let owner = ts.owner_email.clone();
@@ -118,10 +119,28 @@ async fn concurrent_guesses_cannot_all_pass_one_check() {
 }
 
 #[tokio::test]
+async fn refused_attempts_are_held_then_say_what_remains() {
+    let ts = TestServer::start_with(|c| {
+        c.login.account_free_failures = 1;
+        c.login.backoff_base_ms = 3_000;
+        c.login.backoff_max_ms = 3_000;
+    })
+    .await;
+    login(&ts, &ts.owner_email, "wrong-password").await.expect(401, "unauthenticated");
+    let started = std::time::Instant::now();
+    let r = login(&ts, &ts.owner_email, "wrong-password").await;
+    assert!(started.elapsed() >= Duration::from_millis(1_000), "held for login.refusal_delay_ms (1 s by default)");
+    let wait = retry_after(&r);
+    assert!(wait <= 2, "the 3 s back-off minus the 1 s held: {wait}");
+    ts.stop().await;
+}
+
+#[tokio::test]
 async fn one_address_guessing_many_accounts_is_throttled_too() {
     let ts = TestServer::start_with(|c| {
         c.login.address_free_failures = 3;
         c.login.address_lock_after = 5;
+        c.login.refusal_delay_ms = 0;
     })
     .await;
     for i in 0..3 {
@@ -140,7 +159,11 @@ async fn one_address_guessing_many_accounts_is_throttled_too() {
 
 #[tokio::test]
 async fn accept_invite_is_throttled_like_login_and_audited_in_the_inviting_org() {
-    let ts = TestServer::start_with(|c| c.login.account_free_failures = 2).await;
+    let ts = TestServer::start_with(|c| {
+        c.login.account_free_failures = 2;
+        c.login.refusal_delay_ms = 0;
+    })
+    .await;
     let (_, _) = ts.user("dev@acme.example", MemberRole::Member).await;
     let globex =
         evershell_app::admin::bootstrap(ts.app.store.as_ref(), "globex", "boss@globex.example", None).await.unwrap();

@@ -105,7 +105,12 @@ macro_rules! ops {
             .await
         }
 
-        pub async fn settle_login_attempt(s: &S, clear: &[String], forgive: &[String]) -> Result<()> {
+        pub async fn settle_login_attempt(
+            s: &S,
+            clear: &[String],
+            forgive: &[String],
+            audit: &[AuditEvent],
+        ) -> Result<()> {
             run("settle_login_attempt", move || async move {
                 let mut tx = s.begin().await?;
                 for key in clear {
@@ -120,6 +125,7 @@ macro_rules! ops {
                         .execute(&mut *tx)
                         .await?;
                 }
+                super::audit::insert(&mut tx, audit).await?;
                 tx.commit().await?;
                 Ok(())
             })

@@ -11,7 +11,7 @@ store_tests!(
     counting_is_compare_and_set,
     counting_two_keys_is_all_or_nothing,
     concurrent_counts_from_two_stores_have_one_winner_per_read,
-    settle_clears_and_forgives,
+    settle_clears_forgives_and_audits,
     stale_counters_are_swept,
     throttled_note_is_written_once_per_period,
     reset_password_revokes_every_session,
@@ -76,14 +76,18 @@ async fn concurrent_counts_from_two_stores_have_one_winner_per_read(ctx: Ctx) {
     assert_eq!(counter(&ctx, "k").await.unwrap().failures, 2);
 }
 
-async fn settle_clears_and_forgives(ctx: Ctx) {
+async fn settle_clears_forgives_and_audits(ctx: Ctx) {
     let claims = [claim("acct", None, 3), claim("addr", None, 1)];
     ctx.store.count_login_attempt(&claims, ts(10_000), ts(0)).await.unwrap();
-    ctx.store.settle_login_attempt(&keys(&["acct"]), &keys(&["addr"])).await.unwrap();
+    let o = org("acme");
+    ctx.store.create_org(&o, &[]).await.unwrap();
+    let failed = [event(o.id, EventType::LoginFailed)];
+    ctx.store.settle_login_attempt(&keys(&["acct"]), &keys(&["addr"]), &failed).await.unwrap();
+    assert_eq!(audit_count(&ctx, o.id, EventType::LoginFailed).await, 1);
     assert_eq!(counter(&ctx, "acct").await, None);
     assert_eq!(counter(&ctx, "addr").await.unwrap().failures, 0);
     // Never below zero.
-    ctx.store.settle_login_attempt(&[], &keys(&["addr", "missing"])).await.unwrap();
+    ctx.store.settle_login_attempt(&[], &keys(&["addr", "missing"]), &[]).await.unwrap();
     assert_eq!(counter(&ctx, "addr").await.unwrap().failures, 0);
     assert_eq!(counter(&ctx, "missing").await, None);
 }
