@@ -19,7 +19,8 @@ use serde_json::{Value, json};
 use crate::harness::{PASSWORD, Resp, TestServer};
 
 /// Operations whose only error answers are the server's own failure (500/503): nothing a client sends can make
-/// them fail, so they are exercised on success only.
+/// them fail, so the main test exercises them on success only (`a_lost_store_answers_the_documented_503` checks
+/// the 503 of `/healthz`).
 const NO_CLIENT_ERROR: &[(&str, &str)] = &[("GET", "/healthz"), ("GET", "/metrics"), ("GET", "/v1/openapi.json")];
 
 fn committed_document() -> Value {
@@ -562,6 +563,23 @@ async fn real_answers_match_the_committed_document() {
 
     println!("{} answers checked against docs/openapi.json", contract.checked.lock().unwrap());
     contract.assert_conforms();
+    ts.stop().await;
+}
+
+/// With the store gone, answers are the documented 503 (the error `GET /healthz` can give, which the main test
+/// cannot provoke).
+#[tokio::test]
+async fn a_lost_store_answers_the_documented_503() {
+    let ts = TestServer::start_on(crate::harness::Db::Postgres).await;
+    let contract = Contract::new(committed_document());
+    let c = Client { ts: &ts, c: &contract };
+    c.send(Method::GET, "/healthz", None, Body::None).await.ok();
+    evershell_store::testing::drop_postgres_database(&ts.db_url).await;
+    c.send(Method::GET, "/healthz", None, Body::None).await.expect(503, "unavailable");
+    c.get("/v1/providers", &ts.key).await;
+    c.post("/v1/providers", &ts.key, json!({"name": "p", "kind": "anthropic", "domain": "a.example"})).await;
+    let failures = contract.failures.lock().unwrap().clone();
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
     ts.stop().await;
 }
 

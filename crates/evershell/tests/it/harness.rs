@@ -276,14 +276,12 @@ impl TestServer {
 
 impl Drop for TestServer {
     fn drop(&mut self) {
-        // A test that panicked never called `stop`: kill its sandboxes so nothing outlives the test.
+        // A test that panicked never called `stop`: kill its sandboxes (spares included) so nothing outlives the
+        // test. Synchronously, by their records and command lines: this runs on the test's runtime thread, so nothing
+        // that needs that runtime may be waited for here (a spare refill holds the lock `shutdown` waits for; waiting
+        // turned a failed test into a five-minute hang that left a spare sandbox running).
         if self.server.is_some() {
-            let app = self.app.clone();
-            let _ = std::thread::spawn(move || {
-                let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-                rt.block_on(remove_pods(&app));
-            })
-            .join();
+            evershell_runtime::local::kill_all_sandboxes(&self.dir.path().join("pods"));
         }
     }
 }

@@ -168,8 +168,13 @@ async fn a_vanished_pod_with_no_snapshot_needs_allow_empty() {
     let ws = ts.idle_workspace(&role, &ts.key.clone()).await;
     let id: WorkspaceId = ws.parse().unwrap();
     let pod = ts.app.store.get_workspace_by_id(id).await.unwrap().unwrap().pod_id.unwrap();
+    // Vanished means gone at once: `remove` stops the sandbox before it deletes the directory, and a reconcile in
+    // between would (rightly) see an exited pod. Hold the workspace's lease while the pod goes, as below.
+    hold_lease(&ts, id).await;
     ts.app.runtime.remove(pod).await.unwrap();
-    let failed = ts.wait_status(&ws, "failed", 30).await;
+    ts.app.store.release_workspace(id, "test-holder").await.unwrap();
+    ts.app.reconciler.wake(id);
+    let failed = ts.wait_status(&ws, "failed", 60).await;
     assert_eq!(failed["status_reason"], "pod_vanished");
     ts.post_empty(&format!("/v1/workspaces/{ws}/resume")).await.expect(409, "snapshot_missing");
     let r = ts.post_empty(&format!("/v1/workspaces/{ws}/resume?allow_empty=true&wait=true")).await;
