@@ -3,7 +3,7 @@
 
 use std::convert::Infallible;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::AtomicU64;
 use std::time::Instant;
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
@@ -11,7 +11,7 @@ use http::{Method, Request, Response, StatusCode, Uri, Version};
 use http_body_util::Either;
 use hyper::body::Incoming;
 
-use crate::body::{ClientBody, Counted, Exchange, own};
+use crate::body::{ClientBody, Counted, Exchange, ReadCounter, own};
 use crate::ca::PlatformCa;
 use crate::config::ProxyConfig;
 use crate::gate::{
@@ -266,14 +266,11 @@ async fn exchange(
             let mut x = x;
             match (client_upgrade.await, upstream_upgrade.await) {
                 (Ok(c), Ok(u)) => {
-                    let mut c = hyper_util::rt::TokioIo::new(c);
-                    let mut u = hyper_util::rt::TokioIo::new(u);
-                    match tokio::io::copy_bidirectional(&mut c, &mut u).await {
-                        Ok((to_up, to_client)) => {
-                            x.up.fetch_add(to_up, Ordering::Relaxed);
-                            x.down.fetch_add(to_client, Ordering::Relaxed);
-                        }
-                        Err(e) => x.error = Some(e.to_string()),
+                    let mut c = ReadCounter::new(hyper_util::rt::TokioIo::new(c), x.up.clone());
+                    let mut u = ReadCounter::new(hyper_util::rt::TokioIo::new(u), x.down.clone());
+                    if let Err(e) = tokio::io::copy_bidirectional(&mut c, &mut u).await {
+                        // Bytes relayed so far are counted all the same.
+                        x.error = Some(e.to_string());
                     }
                 }
                 (c, u) => {
