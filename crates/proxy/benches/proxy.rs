@@ -50,7 +50,8 @@ fn child() {
         let mut config = evershell_proxy::ProxyConfig::new(std::env::var("PROXY_BENCH_CA_DIR").unwrap());
         config.system_roots = false;
         config.upstream_ca_file = Some(PathBuf::from(std::env::var("PROXY_BENCH_UPSTREAM_CA").unwrap()));
-        config.upstream_hosts = HashMap::from([(HOST.to_string(), std::env::var("PROXY_BENCH_UPSTREAM").unwrap().parse().unwrap())]);
+        config.upstream_hosts =
+            HashMap::from([(HOST.to_string(), std::env::var("PROXY_BENCH_UPSTREAM").unwrap().parse().unwrap())]);
         let gate = Arc::new(NoRecordGate(evershell_proxy::AllowList::new([HOST])));
         let proxy = evershell_proxy::ProxyServer::bind("127.0.0.1:0".parse().unwrap(), config, gate).await.unwrap();
         println!("{}", proxy.local_addr());
@@ -64,7 +65,11 @@ struct NoRecordGate(evershell_proxy::AllowList);
 
 #[async_trait::async_trait]
 impl evershell_proxy::Gate for NoRecordGate {
-    async fn decide(&self, conn: &evershell_proxy::ConnInfo, head: &evershell_proxy::RequestHead) -> evershell_proxy::Verdict {
+    async fn decide(
+        &self,
+        conn: &evershell_proxy::ConnInfo,
+        head: &evershell_proxy::RequestHead,
+    ) -> evershell_proxy::Verdict {
         self.0.decide(conn, head).await
     }
     async fn record(&self, _conn: &evershell_proxy::ConnInfo, outcome: evershell_proxy::Outcome) {
@@ -113,7 +118,10 @@ fn client_config(root: CertificateDer<'static>) -> Arc<rustls::ClientConfig> {
 }
 
 fn get(path: &str) -> Request<B> {
-    Request::get(path).header("host", HOST).body(Full::new(Bytes::new()).map_err(|e: Infallible| match e {}).boxed()).unwrap()
+    Request::get(path)
+        .header("host", HOST)
+        .body(Full::new(Bytes::new()).map_err(|e: Infallible| match e {}).boxed())
+        .unwrap()
 }
 
 async fn fetch(c: &mut SendRequest<B>, path: &str) -> u64 {
@@ -225,7 +233,8 @@ async fn parent() {
     let leaf = rcgen::CertificateParams::new(vec![HOST.to_string()]).unwrap().signed_by(&leaf_key, &issuer).unwrap();
     let ca_file = tmp.path().join("upstream-ca.pem");
     std::fs::write(&ca_file, ca_cert.pem()).unwrap();
-    let upstream = serve(vec![leaf.der().clone()], PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(leaf_key.serialize_der()))).await;
+    let upstream =
+        serve(vec![leaf.der().clone()], PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(leaf_key.serialize_der()))).await;
 
     // The proxy, as a child process.
     let ca_dir = tmp.path().join("ca");
@@ -241,7 +250,10 @@ async fn parent() {
     let pid = child.id();
     let _guard = ChildGuard(child);
     let mut line = String::new();
-    tokio::io::BufReader::new(tokio::process::ChildStdout::from_std(stdout).unwrap()).read_line(&mut line).await.unwrap();
+    tokio::io::BufReader::new(tokio::process::ChildStdout::from_std(stdout).unwrap())
+        .read_line(&mut line)
+        .await
+        .unwrap();
     let proxy_addr: SocketAddr = line.trim().parse().unwrap();
     let platform_ca = std::fs::read_to_string(ca_dir.join("ca.pem")).unwrap();
     let platform_der = {
@@ -261,7 +273,9 @@ async fn parent() {
     }
     let (dm, pm) = (median(&mut d_lat), median(&mut p_lat));
     let (d99, p99) = (pct(&mut d_lat, 0.99), pct(&mut p_lat, 0.99));
-    println!("small request, warm connection: direct median {dm:.3} ms p99 {d99:.3} ms; proxy median {pm:.3} ms p99 {p99:.3} ms");
+    println!(
+        "small request, warm connection: direct median {dm:.3} ms p99 {d99:.3} ms; proxy median {pm:.3} ms p99 {p99:.3} ms"
+    );
     println!("  added latency: median {:.3} ms (target < 1 ms), p99 {:.3} ms", pm - dm, p99 - d99);
 
     // Requests per second over 16 connections.
@@ -296,7 +310,11 @@ async fn parent() {
         ds.push(first_sse(&mut dc).await);
         ps.push(first_sse(&mut pc).await);
     }
-    println!("first SSE event: direct median {:.3} ms, proxy median {:.3} ms (target < 5 ms)", median(&mut ds), median(&mut ps));
+    println!(
+        "first SSE event: direct median {:.3} ms, proxy median {:.3} ms (target < 5 ms)",
+        median(&mut ds),
+        median(&mut ps)
+    );
 
     // Proxy RSS during a 1 GiB download.
     let before = rss_kib(pid, "VmRSS:");
@@ -343,7 +361,9 @@ async fn serve(chain: Vec<CertificateDer<'static>>, key: PrivateKeyDer<'static>)
             tokio::spawn(async move {
                 let _ = tcp.set_nodelay(true);
                 let Ok(tls) = acceptor.accept(tcp).await else { return };
-                let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(tls), service_fn(route)).await;
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(tls), service_fn(route))
+                    .await;
             });
         }
     });
@@ -358,10 +378,15 @@ async fn route(req: Request<Incoming>) -> Result<Response<B>, Infallible> {
         "/small" => Response::new(full(b"{\"ok\":true}")),
         "/sse" => {
             let events = futures::stream::iter([
-                Ok::<_, Box<dyn std::error::Error + Send + Sync>>(Frame::data(Bytes::from_static(b"data: {\"delta\":\"hi\"}\n\n"))),
+                Ok::<_, Box<dyn std::error::Error + Send + Sync>>(Frame::data(Bytes::from_static(
+                    b"data: {\"delta\":\"hi\"}\n\n",
+                ))),
                 Ok(Frame::data(Bytes::from_static(b"data: [DONE]\n\n"))),
             ]);
-            Response::builder().header("content-type", "text/event-stream").body(BodyExt::boxed(StreamBody::new(events))).unwrap()
+            Response::builder()
+                .header("content-type", "text/event-stream")
+                .body(BodyExt::boxed(StreamBody::new(events)))
+                .unwrap()
         }
         "/bytes" => {
             let n: u64 = req.uri().query().and_then(|q| q.strip_prefix("n=")).and_then(|n| n.parse().ok()).unwrap_or(0);
