@@ -128,3 +128,15 @@ async fn plain_http_is_forwarded_only_where_the_verdict_allows_insecure() {
     assert_eq!(json["error"]["code"], "egress_denied");
     assert_eq!(json["error"]["details"]["reason"], "insecure_upstream");
 }
+
+#[tokio::test]
+async fn upstream_connections_are_pooled_across_client_connections() {
+    let env = start(gate()).await;
+    for i in 0..3 {
+        let mut c = env.h1("api.test").await;
+        let (parts, _) = body_bytes(c.send_request(get("api.test", "/echo")).await.unwrap()).await;
+        assert_eq!(parts.status, 200, "request {i}");
+    }
+    // Each response was read to its end before the next request, so the one upstream connection was idle each time.
+    assert_eq!(env.h1_accepts.load(std::sync::atomic::Ordering::SeqCst), 1);
+}

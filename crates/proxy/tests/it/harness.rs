@@ -5,6 +5,7 @@ use std::collections::HashMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use bytes::Bytes;
 use evershell_proxy::{AllowList, ProxyConfig, ProxyServer};
@@ -35,6 +36,8 @@ pub struct Env {
     pub gate: Arc<AllowList>,
     pub platform_roots: Arc<rustls::RootCertStore>,
     pub sse_release: Arc<Notify>,
+    /// TCP connections the HTTP/1.1-only upstream (`api.test`) has accepted.
+    pub h1_accepts: Arc<AtomicUsize>,
     _tmp: tempfile::TempDir,
 }
 
@@ -61,8 +64,9 @@ pub async fn start(gate: AllowList) -> Env {
     let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(leaf_key.serialize_der()));
 
     let sse_release = Arc::new(Notify::new());
-    let h1 = serve_tls(chain.clone(), key.clone_key(), false, sse_release.clone()).await;
-    let h2 = serve_tls(chain, key, true, sse_release.clone()).await;
+    let h1_accepts = Arc::new(AtomicUsize::new(0));
+    let h1 = serve_tls(chain.clone(), key.clone_key(), false, sse_release.clone(), h1_accepts.clone()).await;
+    let h2 = serve_tls(chain, key, true, sse_release.clone(), Arc::new(AtomicUsize::new(0))).await;
     let plain = serve_plain(sse_release.clone()).await;
 
     let mut config = ProxyConfig::new(tmp.path().join("ca"));
@@ -77,7 +81,7 @@ pub async fn start(gate: AllowList) -> Env {
     let proxy = ProxyServer::bind("127.0.0.1:0".parse().unwrap(), config, gate.clone()).await.unwrap();
     let mut roots = rustls::RootCertStore::empty();
     roots.add(proxy.ca().cert_der().clone()).unwrap();
-    Env { proxy, gate, platform_roots: Arc::new(roots), sse_release, _tmp: tmp }
+    Env { proxy, gate, platform_roots: Arc::new(roots), sse_release, h1_accepts, _tmp: tmp }
 }
 
 impl Env {
@@ -155,6 +159,7 @@ async fn serve_tls(
     key: PrivateKeyDer<'static>,
     h2: bool,
     sse: Arc<Notify>,
+    accepts: Arc<AtomicUsize>,
 ) -> SocketAddr {
     let mut cfg = rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
         .with_safe_default_protocol_versions()
@@ -169,6 +174,7 @@ async fn serve_tls(
     tokio::spawn(async move {
         loop {
             let (tcp, _) = listener.accept().await.unwrap();
+            accepts.fetch_add(1, Ordering::SeqCst);
             let (acceptor, sse) = (acceptor.clone(), sse.clone());
             tokio::spawn(async move {
                 let _ = tcp.set_nodelay(true);
