@@ -193,7 +193,12 @@ async fn exchange(
     let (mut parts, body) = req.into_parts();
     let upgrade_headers =
         upgrade.then(|| [header::CONNECTION, header::UPGRADE].map(|n| (n.clone(), parts.headers.get(&n).cloned())));
+    // `TE: trailers` is end-to-end in practice (gRPC requires it); any other TE value is hop-by-hop.
+    let te_trailers = parts.headers.get(header::TE).is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"trailers"));
     strip_hop_by_hop(&mut parts.headers);
+    if te_trailers {
+        parts.headers.insert(header::TE, HeaderValue::from_static("trailers"));
+    }
     parts.headers.remove(header::HOST);
     parts.headers.remove(header::EXPECT);
     for name in &forward.remove_headers {

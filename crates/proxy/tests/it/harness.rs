@@ -231,6 +231,7 @@ async fn route(mut req: Request<Incoming>, sse: Arc<Notify>) -> Result<Response<
                 .header("x-echo-authority", authority)
                 .header("x-echo-version", format!("{:?}", req.version()))
                 .header("x-echo-expect", header_str(&req, "expect"))
+                .header("x-echo-te", header_str(&req, "te"))
                 .body(req.into_body().map_err(Into::into).boxed())
                 .unwrap()
         }

@@ -60,10 +60,11 @@ async fn h2_is_offered_once_the_upstream_has_negotiated_it() {
     assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
     let (mut c, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls)).await.unwrap();
     tokio::spawn(conn);
-    let req = Request::post("https://h2.test/echo").body(full("over h2")).unwrap();
+    let req = Request::post("https://h2.test/echo").header("te", "trailers").body(full("over h2")).unwrap();
     let resp = c.send_request(req).await.unwrap();
     assert_eq!(resp.version(), http::Version::HTTP_2);
     let (parts, body) = body_bytes(resp).await;
     assert_eq!(parts.status, 200);
     assert_eq!(&body[..], b"over h2");
+    assert_eq!(parts.headers["x-echo-te"], "trailers", "TE: trailers survives (gRPC needs it)");
 }
