@@ -1,0 +1,25 @@
+//! The egress proxy: every outbound connection of a pod lands here, is classified by its first bytes, has TLS
+//! terminated with a leaf minted from the platform CA, and each request is put to a `Gate` (the control plane's
+//! policy) before it is forwarded, streamed, and reported back for audit.
+
+pub mod allow_list;
+mod body;
+pub mod ca;
+pub mod config;
+pub mod gate;
+mod handler;
+pub mod orig_dst;
+mod raw_head;
+mod server;
+mod sniff;
+mod upstream;
+
+pub use allow_list::AllowList;
+pub use ca::{CaError, PlatformCa};
+pub use config::ProxyConfig;
+pub use gate::{
+    ConnId, ConnInfo, ConnKind, Decision, Denial, Forward, Gate, Outcome, ProxyRefusal, RequestHead, RequestSummary,
+    Scheme, Verdict,
+};
+pub use server::ProxyServer;
+pub use upstream::is_internal;
