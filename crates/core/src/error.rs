@@ -29,6 +29,7 @@ pub enum ErrorCode {
     ProviderNotFound,
     TaskNotFound,
     CredentialNotFound,
+    SecretNotFound,
     ApiKeyNotFound,
     MembershipNotFound,
     OrgNotFound,
@@ -74,6 +75,8 @@ pub enum ErrorCode {
     PayloadTooLarge,
     /// The organisation's billing posture does not allow create-class calls.
     BillingInactive,
+    /// The call names a feature this deployment does not offer (e.g. the OAuth authorization-code flow).
+    NotSupported,
     /// The agent service inside the pod did not answer.
     AgentUnreachable,
     /// The store (database) is unreachable.
@@ -96,6 +99,7 @@ impl ErrorCode {
         ErrorCode::ProviderNotFound,
         ErrorCode::TaskNotFound,
         ErrorCode::CredentialNotFound,
+        ErrorCode::SecretNotFound,
         ErrorCode::ApiKeyNotFound,
         ErrorCode::MembershipNotFound,
         ErrorCode::OrgNotFound,
@@ -120,6 +124,7 @@ impl ErrorCode {
         ErrorCode::IdempotencyKeyInFlight,
         ErrorCode::PayloadTooLarge,
         ErrorCode::BillingInactive,
+        ErrorCode::NotSupported,
         ErrorCode::AgentUnreachable,
         ErrorCode::Unavailable,
         ErrorCode::Internal,
@@ -139,6 +144,7 @@ impl ErrorCode {
             ErrorCode::ProviderNotFound => "provider_not_found",
             ErrorCode::TaskNotFound => "task_not_found",
             ErrorCode::CredentialNotFound => "credential_not_found",
+            ErrorCode::SecretNotFound => "secret_not_found",
             ErrorCode::ApiKeyNotFound => "api_key_not_found",
             ErrorCode::MembershipNotFound => "membership_not_found",
             ErrorCode::OrgNotFound => "org_not_found",
@@ -163,6 +169,7 @@ impl ErrorCode {
             ErrorCode::IdempotencyKeyInFlight => "idempotency_key_in_flight",
             ErrorCode::PayloadTooLarge => "payload_too_large",
             ErrorCode::BillingInactive => "billing_inactive",
+            ErrorCode::NotSupported => "not_supported",
             ErrorCode::AgentUnreachable => "agent_unreachable",
             ErrorCode::Unavailable => "unavailable",
             ErrorCode::Internal => "internal",

@@ -10,9 +10,15 @@ use sqlx::migrate::{Migration, MigrationType, Migrator};
 /// `(version, description, sql)` per step, oldest first.
 type Ladder = &'static [(i64, &'static str, &'static str)];
 
-pub(crate) const SQLITE: Ladder = &[(1, "initial", include_str!("../migrations/sqlite/0001_initial.sql"))];
+pub(crate) const SQLITE: Ladder = &[
+    (1, "initial", include_str!("../migrations/sqlite/0001_initial.sql")),
+    (4, "secrets_credentials", include_str!("../migrations/sqlite/0004_secrets_credentials.sql")),
+];
 
-pub(crate) const POSTGRES: Ladder = &[(1, "initial", include_str!("../migrations/postgres/0001_initial.sql"))];
+pub(crate) const POSTGRES: Ladder = &[
+    (1, "initial", include_str!("../migrations/postgres/0001_initial.sql")),
+    (4, "secrets_credentials", include_str!("../migrations/postgres/0004_secrets_credentials.sql")),
+];
 
 pub(crate) fn migrator(ladder: Ladder) -> Migrator {
     Migrator::with_migrations(
