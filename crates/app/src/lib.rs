@@ -8,13 +8,16 @@ pub mod audit_log;
 pub mod authn;
 pub mod billing;
 pub mod caller;
+pub mod credentials;
 pub mod files;
 pub mod identity;
 pub mod input;
 pub mod key_cache;
+pub mod org_secrets;
 pub mod providers;
 pub mod reconciler;
 pub mod roles;
+pub mod sealing;
 pub mod secrets;
 pub mod workspaces;
 
@@ -52,6 +55,8 @@ pub struct App {
     pub config: AppConfig,
     session_key: authn::SessionKey,
     key_cache: key_cache::KeyCache,
+    /// Seals secret and credential material; set with `with_master_key` (a server without it refuses those calls).
+    master_key: Option<sealing::MasterKey>,
 }
 
 impl App {
@@ -64,6 +69,21 @@ impl App {
         let reconciler = Reconciler::new(store.clone(), runtime.clone(), snapshots.clone(), config.reconciler.clone());
         // Only a single server can know every revocation as it happens (see `key_cache`).
         let key_cache = key_cache::KeyCache::new(config.reconciler.single_server);
-        Self { store, runtime, snapshots, reconciler, config, session_key: Default::default(), key_cache }
+        Self {
+            store,
+            runtime,
+            snapshots,
+            reconciler,
+            config,
+            session_key: Default::default(),
+            key_cache,
+            master_key: None,
+        }
+    }
+
+    /// The key that seals secrets and credentials at rest (see `sealing`).
+    pub fn with_master_key(mut self, key: sealing::MasterKey) -> Self {
+        self.master_key = Some(key);
+        self
     }
 }

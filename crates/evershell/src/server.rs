@@ -7,6 +7,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use anyhow::Context;
+use evershell_app::sealing::MasterKey;
 use evershell_app::{App, AppConfig, ReconcilerConfig};
 use evershell_runtime::local::{LocalRuntime, LocalRuntimeConfig};
 use evershell_snapshot::SnapshotStore;
@@ -102,7 +103,10 @@ pub async fn start(cfg: Config) -> anyhow::Result<Server> {
         },
         ..Default::default()
     };
-    let app = Arc::new(App::new(store, runtime, snapshots, app_cfg));
+    let (master_key, key_path) = MasterKey::load_or_create(cfg.master_key_file.as_deref(), &cfg.data_dir)?;
+    master_key.verify_against(store.as_ref()).await?;
+    tracing::info!(path = %key_path.display(), "master key loaded");
+    let app = Arc::new(App::new(store, runtime, snapshots, app_cfg).with_master_key(master_key));
     app.reconciler.start().await.context("starting the reconciler")?;
     let limits = evershell_api::Limits {
         max_body_bytes: cfg.limits.max_body_bytes,
