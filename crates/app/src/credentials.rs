@@ -329,7 +329,10 @@ impl App {
         let c = self.get_credential(caller, id).await?;
         Self::check_credential_write(caller, &c)?;
         if c.kind != CredentialKind::Oauth2AuthorizationCode {
-            return Err(Error::invalid_field("kind", "the consent flow applies only to oauth2_authorization_code credentials"));
+            return Err(Error::invalid_field(
+                "kind",
+                "the consent flow applies only to oauth2_authorization_code credentials",
+            ));
         }
         Err(Error::new(
             ErrorCode::NotSupported,

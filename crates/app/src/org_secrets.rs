@@ -126,8 +126,7 @@ impl App {
             .audit(EventType::SecretRotated)
             .target("secret", secret.id)
             .details(serde_json::json!({ "name": secret.name }));
-        let updated =
-            self.store.rotate_secret(caller.org_id, secret.id, &sealed, Timestamp::now(), &[audit]).await?;
+        let updated = self.store.rotate_secret(caller.org_id, secret.id, &sealed, Timestamp::now(), &[audit]).await?;
         tracing::info!(secret_id = %secret.id, org_id = %secret.org_id, "secret rotated");
         Ok(updated)
     }

@@ -69,7 +69,8 @@ impl MasterKey {
 
     /// Read a key file, refusing one its group or others can access.
     pub fn read_file(path: &Path) -> anyhow::Result<Self> {
-        let meta = std::fs::metadata(path).with_context(|| format!("reading the master key file {}", path.display()))?;
+        let meta =
+            std::fs::metadata(path).with_context(|| format!("reading the master key file {}", path.display()))?;
         let mode = meta.permissions().mode() & 0o777;
         if mode & 0o077 != 0 {
             bail!(
@@ -136,7 +137,9 @@ impl MasterKey {
             .decrypt(&XNonce::from(nonce), Payload { msg: ct, aad: aad.as_bytes() })
             .map(Zeroizing::new)
             .map_err(|_| {
-                Error::internal(anyhow!("sealed value of {aad} does not open under this master key (wrong key or tampered)"))
+                Error::internal(anyhow!(
+                    "sealed value of {aad} does not open under this master key (wrong key or tampered)"
+                ))
             })
     }
 

@@ -140,8 +140,7 @@ impl Default for ReconcilerSettings {
 }
 
 /// Top-level keys, for picking `EVERSHELL_*` variables that configure the server.
-const SECTIONS: &[&str] =
-    &[
+const SECTIONS: &[&str] = &[
     "listen",
     "data_dir",
     "database_url",
