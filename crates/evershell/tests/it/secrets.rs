@@ -136,3 +136,20 @@ async fn values_are_sealed_at_rest_and_survive_a_restart_with_the_same_key() {
     let err = format!("{:#}", evershell::server::start(cfg).await.err().expect("a readable key is refused"));
     assert!(err.contains("group or others"), "{err}");
 }
+
+#[tokio::test]
+async fn a_sealed_value_moved_to_another_row_does_not_open() {
+    let mut ts = TestServer::start().await;
+    as_owner(&mut ts).await;
+    ts.post("/v1/secrets", json!({"name": "a", "value": VALUE})).await.ok();
+    let b = ts.post("/v1/secrets", json!({"name": "b", "value": "other"})).await.ok()["id"].as_str().unwrap().parse();
+    let org = ts.org_id.parse().unwrap();
+    // Write a's sealed bytes into b's row, as someone with write access to the database could.
+    let (_, sealed_a) = ts.app.store.secret_material(org, "a").await.unwrap().unwrap();
+    ts.app.store.rotate_secret(org, b.unwrap(), &sealed_a, evershell_core::Timestamp::now(), &[]).await.unwrap();
+    let err = ts.app.secret_value(org, "b").await.unwrap_err();
+    assert_eq!(err.code, evershell_core::ErrorCode::Internal);
+    assert!(!format!("{err:?}").contains(VALUE));
+    assert_eq!(ts.app.secret_value(org, "a").await.unwrap().as_deref().map(String::as_str), Some(VALUE));
+    ts.stop().await;
+}
