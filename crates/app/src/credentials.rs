@@ -184,7 +184,7 @@ fn validate(req: &CreateCredential) -> Result<()> {
     for (field, value) in given {
         match (field == needed, value) {
             (true, None) => errs.add(field, format!("is required for kind {}", req.kind.as_str())),
-            (true, Some(v)) if v.is_empty() => errs.add(field, "must not be empty"),
+            (true, Some("")) => errs.add(field, "must not be empty"),
             (true, Some(v)) if v.len() > MAX_VALUE_BYTES => {
                 errs.add(field, format!("must be at most {MAX_VALUE_BYTES} bytes"))
             }
