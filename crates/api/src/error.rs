@@ -16,7 +16,9 @@ pub fn status_of(code: ErrorCode) -> StatusCode {
         Unauthenticated => StatusCode::UNAUTHORIZED,
         PermissionDenied | WorkspaceNotVisible => StatusCode::FORBIDDEN,
         NotFound | WorkspaceNotFound | RoleNotFound | ProviderNotFound | TaskNotFound | CredentialNotFound
-        | ApiKeyNotFound | MembershipNotFound | OrgNotFound | FileNotFound | SnapshotNotFound => StatusCode::NOT_FOUND,
+        | SecretNotFound | ApiKeyNotFound | MembershipNotFound | OrgNotFound | FileNotFound | SnapshotNotFound => {
+            StatusCode::NOT_FOUND
+        }
         MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
         InvalidState
         | WorkspaceBusy
@@ -39,6 +41,7 @@ pub fn status_of(code: ErrorCode) -> StatusCode {
         UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
         IdempotencyKeyReused => StatusCode::UNPROCESSABLE_ENTITY,
         BillingInactive => StatusCode::LOCKED,
+        NotSupported => StatusCode::NOT_IMPLEMENTED,
         AgentUnreachable => StatusCode::BAD_GATEWAY,
         Unavailable => StatusCode::SERVICE_UNAVAILABLE,
         Internal => StatusCode::INTERNAL_SERVER_ERROR,

@@ -39,6 +39,8 @@ use crate::error::ErrorBody;
         (name = "memberships", description = "People in the organisation"),
         (name = "providers", description = "LLM providers"),
         (name = "agent-roles", description = "Agent roles"),
+        (name = "secrets", description = "Secrets: named values sealed at rest, referenced as `secrets[\"name\"]`"),
+        (name = "credentials", description = "Credentials the egress proxy injects or mints, sealed at rest"),
         (name = "workspaces", description = "Workspaces and their lifecycle"),
         (name = "files", description = "Live and snapshot files of a workspace"),
         (name = "audit", description = "The audit trail"),

@@ -8,14 +8,17 @@ pub mod audit_log;
 pub mod authn;
 pub mod billing;
 pub mod caller;
+pub mod credentials;
 pub mod files;
 pub mod identity;
 pub mod input;
 pub mod key_cache;
+pub mod org_secrets;
 pub mod passwords;
 pub mod providers;
 pub mod reconciler;
 pub mod roles;
+pub mod sealing;
 pub mod secrets;
 pub mod signin;
 pub mod throttle;
@@ -116,6 +119,8 @@ pub struct App {
     /// Where every argon2 computation of the server runs.
     pub passwords: passwords::PasswordPool,
     refusals: throttle::Refusals,
+    /// Seals secret and credential material; set with `with_master_key` (a server without it refuses those calls).
+    master_key: Option<sealing::MasterKey>,
 }
 
 impl App {
@@ -175,6 +180,13 @@ impl App {
             key_cache,
             passwords,
             refusals: Default::default(),
+            master_key: None,
         }
+    }
+
+    /// The key that seals secrets and credentials at rest (see `sealing`).
+    pub fn with_master_key(mut self, key: sealing::MasterKey) -> Self {
+        self.master_key = Some(key);
+        self
     }
 }

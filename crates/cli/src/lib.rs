@@ -6,4 +6,5 @@ pub mod admin;
 pub mod client;
 pub mod output;
 pub mod profile;
+pub mod secrets;
 pub mod workspaces;

@@ -29,6 +29,7 @@ pub enum ErrorCode {
     ProviderNotFound,
     TaskNotFound,
     CredentialNotFound,
+    SecretNotFound,
     ApiKeyNotFound,
     MembershipNotFound,
     OrgNotFound,
@@ -82,6 +83,8 @@ pub enum ErrorCode {
     UnsupportedMediaType,
     /// The organisation's billing posture does not allow create-class calls.
     BillingInactive,
+    /// The call names a feature this deployment does not offer (e.g. the OAuth authorization-code flow).
+    NotSupported,
     /// The agent service inside the pod did not answer.
     AgentUnreachable,
     /// The store (database) is unreachable.
@@ -104,6 +107,7 @@ impl ErrorCode {
         ErrorCode::ProviderNotFound,
         ErrorCode::TaskNotFound,
         ErrorCode::CredentialNotFound,
+        ErrorCode::SecretNotFound,
         ErrorCode::ApiKeyNotFound,
         ErrorCode::MembershipNotFound,
         ErrorCode::OrgNotFound,
@@ -131,6 +135,7 @@ impl ErrorCode {
         ErrorCode::TooManyAttempts,
         ErrorCode::UnsupportedMediaType,
         ErrorCode::BillingInactive,
+        ErrorCode::NotSupported,
         ErrorCode::AgentUnreachable,
         ErrorCode::Unavailable,
         ErrorCode::Internal,
@@ -150,6 +155,7 @@ impl ErrorCode {
             ErrorCode::ProviderNotFound => "provider_not_found",
             ErrorCode::TaskNotFound => "task_not_found",
             ErrorCode::CredentialNotFound => "credential_not_found",
+            ErrorCode::SecretNotFound => "secret_not_found",
             ErrorCode::ApiKeyNotFound => "api_key_not_found",
             ErrorCode::MembershipNotFound => "membership_not_found",
             ErrorCode::OrgNotFound => "org_not_found",
@@ -177,6 +183,7 @@ impl ErrorCode {
             ErrorCode::TooManyAttempts => "too_many_attempts",
             ErrorCode::UnsupportedMediaType => "unsupported_media_type",
             ErrorCode::BillingInactive => "billing_inactive",
+            ErrorCode::NotSupported => "not_supported",
             ErrorCode::AgentUnreachable => "agent_unreachable",
             ErrorCode::Unavailable => "unavailable",
             ErrorCode::Internal => "internal",

@@ -18,6 +18,9 @@ pub struct Config {
     pub database_url: Option<String>,
     /// `text` or `json` logs.
     pub log_format: String,
+    /// The key that seals secrets and credentials at rest (64 hex characters, mode 0600); default
+    /// `<data_dir>/master.key`, generated on first start. Back it up with the database.
+    pub master_key_file: Option<PathBuf>,
     pub runtime: RuntimeConfig,
     pub snapshots: SnapshotConfig,
     pub limits: LimitsConfig,
@@ -184,6 +187,7 @@ impl Default for Config {
             data_dir: PathBuf::from("./.evershell"),
             database_url: None,
             log_format: "text".into(),
+            master_key_file: None,
             runtime: RuntimeConfig::default(),
             snapshots: SnapshotConfig::default(),
             limits: LimitsConfig::default(),
@@ -274,6 +278,7 @@ const SECTIONS: &[&str] = &[
     "data_dir",
     "database_url",
     "log_format",
+    "master_key_file",
     "runtime",
     "snapshots",
     "limits",

@@ -7,6 +7,7 @@ use clap::{Args, Parser, Subcommand};
 use evershell::config::{Config, Overrides};
 use evershell_cli::admin::AdminCommand;
 use evershell_cli::client::Connection;
+use evershell_cli::secrets::{CredentialCommand, SecretCommand};
 use evershell_cli::workspaces::WorkspaceCommand;
 
 #[derive(Parser)]
@@ -82,6 +83,20 @@ enum Command {
         #[command(subcommand)]
         command: WorkspaceCommand,
     },
+    /// Secrets (sealed named values): create, list, rotate, delete. Values come from stdin or --value-file.
+    Secrets {
+        #[command(flatten)]
+        conn: Connection,
+        #[command(subcommand)]
+        command: SecretCommand,
+    },
+    /// Credentials the egress proxy injects: create, list, get, delete. Secrets come from stdin or --value-file.
+    Credentials {
+        #[command(flatten)]
+        conn: Connection,
+        #[command(subcommand)]
+        command: CredentialCommand,
+    },
 }
 
 fn init_tracing(json: bool) {
@@ -133,6 +148,12 @@ fn main() -> anyhow::Result<()> {
         }
         Command::Workspaces { conn, command } => {
             tokio::runtime::Runtime::new()?.block_on(evershell_cli::workspaces::run(&conn, command))
+        }
+        Command::Secrets { conn, command } => {
+            tokio::runtime::Runtime::new()?.block_on(evershell_cli::secrets::run_secrets(&conn, command))
+        }
+        Command::Credentials { conn, command } => {
+            tokio::runtime::Runtime::new()?.block_on(evershell_cli::secrets::run_credentials(&conn, command))
         }
     }
 }

@@ -9,6 +9,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use anyhow::Context;
+use evershell_app::sealing::MasterKey;
 use evershell_app::{App, AppConfig, ReconcilerConfig};
 use evershell_runtime::local::{LocalRuntime, LocalRuntimeConfig};
 use evershell_snapshot::SnapshotStore;
@@ -117,7 +118,10 @@ pub async fn start(cfg: Config) -> anyhow::Result<Server> {
         login: cfg.login.policy(),
         password_hash_concurrency: cfg.login.hash_concurrency,
     };
-    let app = Arc::new(App::new(store, runtime, snapshots, app_cfg));
+    let (master_key, key_path) = MasterKey::load_or_create(cfg.master_key_file.as_deref(), &cfg.data_dir)?;
+    master_key.verify_against(store.as_ref()).await?;
+    tracing::info!(path = %key_path.display(), "master key loaded");
+    let app = Arc::new(App::new(store, runtime, snapshots, app_cfg).with_master_key(master_key));
     app.reconciler.start().await.context("starting the reconciler")?;
     let housekeeping = tokio_util::sync::CancellationToken::new();
     let sweeper = {

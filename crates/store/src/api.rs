@@ -7,10 +7,13 @@ use async_trait::async_trait;
 use evershell_core::Result;
 use evershell_core::Timestamp;
 use evershell_core::audit::{AuditEvent, AuditQuery};
-use evershell_core::ids::{ApiKeyId, OrgId, PodId, ProviderId, RoleId, SessionId, SnapshotId, UserId, WorkspaceId};
+use evershell_core::ids::{
+    ApiKeyId, CredentialId, OrgId, PodId, ProviderId, RoleId, SecretId, SessionId, SnapshotId, UserId, WorkspaceId,
+};
 use evershell_core::lifecycle::WorkspaceStatus;
 use evershell_core::model::{
-    AgentRole, ApiKey, BillingStatus, Membership, Org, Provider, Session, SnapshotRecord, User, WorkspaceRecord,
+    AgentRole, ApiKey, BillingStatus, Credential, CredentialStatus, Membership, Org, Provider, Sealed, Secret, Session,
+    SnapshotRecord, User, WorkspaceRecord,
 };
 use evershell_core::scope::MemberRole;
 
@@ -200,6 +203,56 @@ pub trait Store: Send + Sync + 'static {
         now: Timestamp,
         audit: &[AuditEvent],
     ) -> Result<u64>;
+    // ---- secrets ---------------------------------------------------------------------------------------------------
+    /// `AlreadyExists` (field `name`) when the name is taken in the org.
+    async fn create_secret(&self, s: &Secret, material: &Sealed, audit: &[AuditEvent]) -> Result<()>;
+    /// The org's secrets by name (metadata only).
+    async fn list_secrets(&self, org: OrgId) -> Result<Vec<Secret>>;
+    async fn get_secret(&self, org: OrgId, id: SecretId) -> Result<Option<Secret>>;
+    /// Replace the sealed value. `SecretNotFound` when absent. Returns the updated record.
+    async fn rotate_secret(
+        &self,
+        org: OrgId,
+        id: SecretId,
+        material: &Sealed,
+        now: Timestamp,
+        audit: &[AuditEvent],
+    ) -> Result<Secret>;
+    /// `SecretNotFound` when absent.
+    async fn delete_secret(&self, org: OrgId, id: SecretId, audit: &[AuditEvent]) -> Result<()>;
+    /// The secret named `name` with its sealed value (for the decrypting side only).
+    async fn secret_material(&self, org: OrgId, name: &str) -> Result<Option<(Secret, Sealed)>>;
+
+    // ---- credentials -----------------------------------------------------------------------------------------------
+    /// `AlreadyExists` (field `name`) when the org already has a credential of that name (or, for a personal one, the
+    /// user already has a personal one of that name).
+    async fn create_credential(&self, c: &Credential, material: &Sealed, audit: &[AuditEvent]) -> Result<()>;
+    /// Every credential of the org (personal ones included), by name; the caller narrows.
+    async fn list_credentials(&self, org: OrgId) -> Result<Vec<Credential>>;
+    async fn get_credential(&self, org: OrgId, id: CredentialId) -> Result<Option<Credential>>;
+    /// The org-scoped (not personal) credential named `name`.
+    async fn get_org_credential_by_name(&self, org: OrgId, name: &str) -> Result<Option<Credential>>;
+    /// Delete the record and its material. `CredentialNotFound` when absent.
+    async fn delete_credential(&self, org: OrgId, id: CredentialId, audit: &[AuditEvent]) -> Result<()>;
+    /// What the broker uses for `name` on behalf of `user`: the user's personal credential of that name when there
+    /// is one, else the org's; with its sealed material.
+    async fn credential_material(
+        &self,
+        org: OrgId,
+        name: &str,
+        user: Option<UserId>,
+    ) -> Result<Option<(Credential, Sealed)>>;
+    /// The broker's bookkeeping after a mint attempt: the status, `last_minted_at` (kept when `minted_at` is `None`)
+    /// and `last_minted_status`. `CredentialNotFound` when absent.
+    async fn record_credential_mint(
+        &self,
+        org: OrgId,
+        id: CredentialId,
+        status: CredentialStatus,
+        minted_at: Option<Timestamp>,
+        mint_status: Option<&str>,
+        now: Timestamp,
+    ) -> Result<()>;
 
     // ---- providers -------------------------------------------------------------------------------------------------
     /// `AlreadyExists` (field `name`) when the name is taken in the org.

@@ -77,6 +77,24 @@ const UNIQUES: &[Unique] = &[
         field: "name",
         message: "an agent role with this name already exists",
     },
+    Unique {
+        constraint: "secrets_org_name_key",
+        sqlite: "secrets.org_id, secrets.name",
+        field: "name",
+        message: "a secret with this name already exists",
+    },
+    Unique {
+        constraint: "credentials_org_name_key",
+        sqlite: "credentials.org_id, credentials.name",
+        field: "name",
+        message: "a credential with this name already exists",
+    },
+    Unique {
+        constraint: "credentials_personal_name_key",
+        sqlite: "credentials.org_id, credentials.user_id, credentials.name",
+        field: "name",
+        message: "you already have a personal credential with this name",
+    },
 ];
 
 /// Map a database error to the domain error. Used for every query, in and out of transactions.

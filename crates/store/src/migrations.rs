@@ -14,12 +14,14 @@ pub(crate) const SQLITE: Ladder = &[
     (1, "initial", include_str!("../migrations/sqlite/0001_initial.sql")),
     (2, "login_throttle", include_str!("../migrations/sqlite/0002_login_throttle.sql")),
     (3, "idempotency_leases", include_str!("../migrations/sqlite/0003_idempotency_leases.sql")),
+    (4, "secrets_credentials", include_str!("../migrations/sqlite/0004_secrets_credentials.sql")),
 ];
 
 pub(crate) const POSTGRES: Ladder = &[
     (1, "initial", include_str!("../migrations/postgres/0001_initial.sql")),
     (2, "login_throttle", include_str!("../migrations/postgres/0002_login_throttle.sql")),
     (3, "idempotency_leases", include_str!("../migrations/postgres/0003_idempotency_leases.sql")),
+    (4, "secrets_credentials", include_str!("../migrations/postgres/0004_secrets_credentials.sql")),
 ];
 
 pub(crate) fn migrator(ladder: Ladder) -> Migrator {

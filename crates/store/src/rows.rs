@@ -8,7 +8,8 @@ use std::str::FromStr;
 use anyhow::anyhow;
 use evershell_core::audit::AuditEvent;
 use evershell_core::model::{
-    AgentRole, ApiKey, Membership, Org, Provider, Session, SnapshotRecord, User, WorkspaceRecord,
+    AgentRole, ApiKey, Credential, Membership, Org, Provider, Sealed, Secret, Session, SnapshotRecord, User,
+    WorkspaceRecord,
 };
 use evershell_core::{Error, Result, Timestamp};
 use serde::Serialize;
@@ -465,4 +466,106 @@ pub(crate) struct IdempotencyRow {
     pub response_body: Option<String>,
     pub expires_at: i64,
     pub lease_expires_at: Option<i64>,
+}
+
+/// Sealed material read back from its hex column.
+fn sealed_of(s: &str, what: &str) -> Result<Sealed> {
+    hex_decode(s).map(Sealed).ok_or_else(|| Error::internal(anyhow!("corrupt {what} material in the database")))
+}
+
+#[derive(sqlx::FromRow)]
+pub(crate) struct SecretRow {
+    id: String,
+    org_id: String,
+    name: String,
+    description: Option<String>,
+    created_at: i64,
+    updated_at: i64,
+}
+
+impl TryFrom<SecretRow> for Secret {
+    type Error = Error;
+    fn try_from(r: SecretRow) -> Result<Self> {
+        Ok(Secret {
+            id: parse(&r.id, "secret id")?,
+            org_id: parse(&r.org_id, "org id")?,
+            name: r.name,
+            description: r.description,
+            created_at: ts(r.created_at),
+            updated_at: ts(r.updated_at),
+        })
+    }
+}
+
+/// A secret with its sealed value.
+#[derive(sqlx::FromRow)]
+pub(crate) struct SecretMaterialRow {
+    #[sqlx(flatten)]
+    secret: SecretRow,
+    material: String,
+}
+
+impl SecretMaterialRow {
+    pub(crate) fn into_parts(self) -> Result<(Secret, Sealed)> {
+        let sealed = sealed_of(&self.material, "secret")?;
+        Ok((self.secret.try_into()?, sealed))
+    }
+}
+
+#[derive(sqlx::FromRow)]
+pub(crate) struct CredentialRow {
+    id: String,
+    org_id: String,
+    user_id: Option<String>,
+    name: String,
+    provider: String,
+    kind: String,
+    scopes: String,
+    provider_config: String,
+    allow_user_override: i64,
+    status: String,
+    last_minted_at: Option<i64>,
+    last_minted_status: Option<String>,
+    created_by_user_id: Option<String>,
+    created_at: i64,
+    updated_at: i64,
+}
+
+impl TryFrom<CredentialRow> for Credential {
+    type Error = Error;
+    fn try_from(r: CredentialRow) -> Result<Self> {
+        Ok(Credential {
+            durable_ref: format!("sealed:{}", r.id),
+            id: parse(&r.id, "credential id")?,
+            org_id: parse(&r.org_id, "org id")?,
+            user_id: parse_opt(r.user_id.as_deref(), "user id")?,
+            name: r.name,
+            provider: r.provider,
+            kind: enum_of(&r.kind, "credential kind")?,
+            scopes: json_of(&r.scopes, "credential scopes")?,
+            provider_config: json_of(&r.provider_config, "credential provider_config")?,
+            allow_user_override: r.allow_user_override != 0,
+            status: enum_of(&r.status, "credential status")?,
+            last_minted_at: ts_opt(r.last_minted_at),
+            last_minted_status: r.last_minted_status,
+            created_by_user_id: parse_opt(r.created_by_user_id.as_deref(), "user id")?,
+            created_at: ts(r.created_at),
+            updated_at: ts(r.updated_at),
+        })
+    }
+}
+
+/// A credential with its sealed material.
+#[derive(sqlx::FromRow)]
+pub(crate) struct CredentialMaterialRow {
+    #[sqlx(flatten)]
+    credential: CredentialRow,
+    material: String,
+}
+
+impl CredentialMaterialRow {
+    pub(crate) fn into_parts(self) -> Result<(Credential, Sealed)> {
+        let sealed = sealed_of(&self.material, "credential")?;
+        Ok((self.credential.try_into()?, sealed))
+    }
 }

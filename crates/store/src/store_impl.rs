@@ -8,11 +8,12 @@ macro_rules! impl_store {
             use evershell_core::Timestamp;
             use evershell_core::audit::{AuditEvent, AuditQuery};
             use evershell_core::ids::{
-                ApiKeyId, OrgId, PodId, ProviderId, RoleId, SessionId, SnapshotId, UserId, WorkspaceId,
+                ApiKeyId, CredentialId, OrgId, PodId, ProviderId, RoleId, SecretId, SessionId, SnapshotId, UserId,
+                WorkspaceId,
             };
             use evershell_core::model::{
-                AgentRole, ApiKey, BillingStatus, Membership, Org, Provider, Session, SnapshotRecord, User,
-                WorkspaceRecord,
+                AgentRole, ApiKey, BillingStatus, Credential, CredentialStatus, Membership, Org, Provider, Sealed,
+                Secret, Session, SnapshotRecord, User, WorkspaceRecord,
             };
             use evershell_core::scope::MemberRole;
 
@@ -178,6 +179,71 @@ macro_rules! impl_store {
                     audit: &[AuditEvent],
                 ) -> Result<u64> {
                     ops::throttle::reset_password(self, user, password_hash, now, audit).await
+                }
+                async fn create_secret(&self, s: &Secret, material: &Sealed, audit: &[AuditEvent]) -> Result<()> {
+                    ops::secrets::create_secret(self, s, material, audit).await
+                }
+                async fn list_secrets(&self, org: OrgId) -> Result<Vec<Secret>> {
+                    ops::secrets::list_secrets(self, org).await
+                }
+                async fn get_secret(&self, org: OrgId, id: SecretId) -> Result<Option<Secret>> {
+                    ops::secrets::get_secret(self, org, id).await
+                }
+                async fn rotate_secret(
+                    &self,
+                    org: OrgId,
+                    id: SecretId,
+                    material: &Sealed,
+                    now: Timestamp,
+                    audit: &[AuditEvent],
+                ) -> Result<Secret> {
+                    ops::secrets::rotate_secret(self, org, id, material, now, audit).await
+                }
+                async fn delete_secret(&self, org: OrgId, id: SecretId, audit: &[AuditEvent]) -> Result<()> {
+                    ops::secrets::delete_secret(self, org, id, audit).await
+                }
+                async fn secret_material(&self, org: OrgId, name: &str) -> Result<Option<(Secret, Sealed)>> {
+                    ops::secrets::secret_material(self, org, name).await
+                }
+
+                async fn create_credential(
+                    &self,
+                    c: &Credential,
+                    material: &Sealed,
+                    audit: &[AuditEvent],
+                ) -> Result<()> {
+                    ops::credentials::create_credential(self, c, material, audit).await
+                }
+                async fn list_credentials(&self, org: OrgId) -> Result<Vec<Credential>> {
+                    ops::credentials::list_credentials(self, org).await
+                }
+                async fn get_credential(&self, org: OrgId, id: CredentialId) -> Result<Option<Credential>> {
+                    ops::credentials::get_credential(self, org, id).await
+                }
+                async fn get_org_credential_by_name(&self, org: OrgId, name: &str) -> Result<Option<Credential>> {
+                    ops::credentials::get_org_credential_by_name(self, org, name).await
+                }
+                async fn delete_credential(&self, org: OrgId, id: CredentialId, audit: &[AuditEvent]) -> Result<()> {
+                    ops::credentials::delete_credential(self, org, id, audit).await
+                }
+                async fn credential_material(
+                    &self,
+                    org: OrgId,
+                    name: &str,
+                    user: Option<UserId>,
+                ) -> Result<Option<(Credential, Sealed)>> {
+                    ops::credentials::credential_material(self, org, name, user).await
+                }
+                async fn record_credential_mint(
+                    &self,
+                    org: OrgId,
+                    id: CredentialId,
+                    status: CredentialStatus,
+                    minted_at: Option<Timestamp>,
+                    mint_status: Option<&str>,
+                    now: Timestamp,
+                ) -> Result<()> {
+                    ops::credentials::record_credential_mint(self, org, id, status, minted_at, mint_status, now).await
                 }
 
                 async fn create_provider(&self, p: &Provider, audit: &[AuditEvent]) -> Result<()> {

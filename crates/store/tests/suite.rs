@@ -99,6 +99,8 @@ mod catalog;
 mod concurrency;
 #[path = "suite/identity.rs"]
 mod identity;
+#[path = "suite/secrets.rs"]
+mod secrets;
 #[path = "suite/throttle.rs"]
 mod throttle;
 #[path = "suite/workspaces.rs"]

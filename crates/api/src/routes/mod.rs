@@ -2,10 +2,12 @@
 //! declaration (`security`), see `access.rs`.
 
 pub mod audit;
+pub mod credentials;
 pub mod identity;
 pub mod meta;
 pub mod providers;
 pub mod roles;
+pub mod secrets;
 pub mod workspace_files;
 pub mod workspaces;
 
@@ -19,6 +21,8 @@ pub fn all() -> OpenApiRouter<AppState> {
         .merge(identity::router())
         .merge(providers::router())
         .merge(roles::router())
+        .merge(secrets::router())
+        .merge(credentials::router())
         .merge(audit::router())
         .merge(workspaces::router())
         .merge(workspace_files::router())

@@ -60,6 +60,8 @@ fn concrete(path: &str, ids: &Value) -> String {
                 "agent-roles" => ids["role"].as_str(),
                 "api-keys" => ids["key"].as_str(),
                 "orgs" => ids["org"].as_str(),
+                "secrets" => ids["secret"].as_str(),
+                "credentials" => ids["cred"].as_str(),
                 other => panic!("unmapped id parameter after {other}"),
             },
             "{user_id}" => ids["user"].as_str(),
@@ -117,8 +119,17 @@ async fn every_route_enforces_authentication_scopes_and_tenancy() {
             .await
             .unwrap()
     };
-    let ids =
-        json!({"ws": ws, "prov": pid, "role": rid, "key": own_key.id.to_string(), "org": ts.org_id, "user": member_id});
+    // Keys hold neither secrets:write nor auth:write: the Owner makes these.
+    let owner = ts.login(&ts.owner_email).await;
+    let secret = ts
+        .call(Method::POST, "/v1/secrets", Some(&owner), Some(json!({"name": "walk", "value": "v"})))
+        .await
+        .ok()["id"]
+        .clone();
+    let cred_body = json!({"name": "walk", "provider": "github", "kind": "api_key", "api_key": "k"});
+    let cred = ts.call(Method::POST, "/v1/credentials", Some(&owner), Some(cred_body)).await.ok()["id"].clone();
+    let ids = json!({"ws": ws, "prov": pid, "role": rid, "key": own_key.id.to_string(), "org": ts.org_id,
+        "user": member_id, "secret": secret, "cred": cred});
     let doc = ts.call(Method::GET, "/v1/openapi.json", None, None).await.json;
     let all = routes(&doc);
     assert!(all.len() >= 40, "only {} operations in the document", all.len());
@@ -141,6 +152,7 @@ async fn every_route_enforces_authentication_scopes_and_tenancy() {
             ("POST", "/v1/orgs/{id}/memberships") => Some(json!({"email": "walk@acme.example", "role": "member"})),
             ("PATCH", "/v1/orgs/{id}/memberships/{user_id}") => Some(json!({"role": "member"})),
             ("POST", "/v1/workspaces/{id}/sandbox/exec") => Some(json!({"argv": ["true"]})),
+            ("PUT", "/v1/secrets/{id}") => Some(json!({"value": "v2"})),
             ("POST" | "PATCH", _) => Some(json!({})),
             _ => None,
         };

@@ -147,3 +147,99 @@ async fn workspace_verbs_drive_the_lifecycle() {
     assert!(!ok && err.contains("401"), "{err}");
     ts.stop().await;
 }
+
+/// Run the binary with `stdin` piped in.
+async fn evershell_stdin(ts: &TestServer, token: &str, args: &[&str], stdin: &str) -> (bool, String, String) {
+    use tokio::io::AsyncWriteExt;
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_evershell"))
+        .args(args)
+        .current_dir(ts.dir.path())
+        .env("EVERSHELL_URL", &ts.url)
+        .env("EVERSHELL_API_KEY", token)
+        .env("HOME", ts.dir.path())
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut input = child.stdin.take().unwrap();
+    input.write_all(stdin.as_bytes()).await.unwrap();
+    drop(input);
+    let out = child.wait_with_output().await.unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[tokio::test]
+async fn secrets_and_credentials_from_the_command_line_take_values_from_stdin_or_a_file() {
+    let ts = TestServer::start().await;
+    let owner = ts.login(&ts.owner_email).await;
+    let org = ts.org_id.parse().unwrap();
+    macro_rules! run {
+        ($args:expr, $stdin:expr $(,)?) => {
+            evershell_stdin(&ts, &owner, $args, $stdin)
+        };
+    }
+
+    let (ok, out, err) =
+        run!(&["secrets", "create", "tenant", "--description", "Acme", "--json"], "from-stdin\n").await;
+    assert!(ok, "{err}");
+    let created: Value = serde_json::from_str(&out).unwrap();
+    assert!(!out.contains("from-stdin"));
+    assert_eq!(ts.app.secret_value(org, "tenant").await.unwrap().as_deref().map(String::as_str), Some("from-stdin"));
+
+    std::fs::write(ts.dir.path().join("v.txt"), "from-file\n").unwrap();
+    let (ok, _, err) = run!(&["secrets", "rotate", "tenant", "--value-file", "v.txt"], "").await;
+    assert!(ok, "{err}");
+    assert_eq!(ts.app.secret_value(org, "tenant").await.unwrap().as_deref().map(String::as_str), Some("from-file"));
+    let (ok, out, _) = run!(&["secrets", "list"], "").await;
+    assert!(ok && out.contains("tenant") && !out.contains("from-file"), "{out}");
+    let (ok, _, err) = run!(&["secrets", "create", "tenant", "--value", "x"], "").await;
+    assert!(!ok && err.contains("already_exists"), "{err}");
+    let (ok, _, err) = run!(&["secrets", "create", "blank"], "").await;
+    assert!(!ok && err.contains("empty"), "{err}");
+
+    let (ok, out, err) = run!(
+        &[
+            "credentials",
+            "create",
+            "jira",
+            "--provider",
+            "jira",
+            "--kind",
+            "basic_auth",
+            "--config",
+            "username=bot",
+            "--json",
+        ],
+        "hunter2\n",
+    )
+    .await;
+    assert!(ok, "{err}");
+    assert!(!out.contains("hunter2"));
+    let cred: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(cred["status"], "active");
+    match ts.app.credential_for_use(org, "jira", None).await.unwrap() {
+        evershell_app::credentials::CredentialUse::Ready { secret, .. } => {
+            assert_eq!(secret.password.as_deref(), Some("hunter2"))
+        }
+        other => panic!("{other:?}"),
+    }
+    // A missing field is named.
+    let (ok, _, err) = run!(&["credentials", "create", "j2", "--provider", "jira", "--kind", "basic_auth"], "pw").await;
+    assert!(!ok && err.contains("provider_config.username"), "{err}");
+    let (ok, out, _) = run!(&["credentials", "list"], "").await;
+    assert!(ok && out.contains("jira") && out.contains("basic_auth"), "{out}");
+    let id = cred["id"].as_str().unwrap().to_string();
+    let (ok, out, _) = run!(&["credentials", "get", &id], "").await;
+    assert!(ok && out.contains(&id), "{out}");
+    let (ok, out, _) = run!(&["credentials", "delete", &id], "").await;
+    assert!(ok && out.contains("deleted"), "{out}");
+    let (ok, out, _) = run!(&["secrets", "delete", "tenant"], "").await;
+    assert!(ok && out.contains("deleted"), "{out}");
+    assert_eq!(created["name"], "tenant");
+    ts.stop().await;
+}

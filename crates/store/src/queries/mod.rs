@@ -11,11 +11,13 @@
 
 pub(crate) mod audit;
 pub(crate) mod auth;
+pub(crate) mod credentials;
 pub(crate) mod idempotency;
 pub(crate) mod members;
 pub(crate) mod orgs;
 pub(crate) mod providers;
 pub(crate) mod roles;
+pub(crate) mod secrets;
 pub(crate) mod snapshots;
 pub(crate) mod throttle;
 pub(crate) mod workspaces;
@@ -30,6 +32,10 @@ macro_rules! expand {
         pub(crate) mod auth {
             use super::*;
             $crate::queries::auth::ops!();
+        }
+        pub(crate) mod credentials {
+            use super::*;
+            $crate::queries::credentials::ops!();
         }
         pub(crate) mod idempotency {
             use super::*;
@@ -50,6 +56,10 @@ macro_rules! expand {
         pub(crate) mod roles {
             use super::*;
             $crate::queries::roles::ops!();
+        }
+        pub(crate) mod secrets {
+            use super::*;
+            $crate::queries::secrets::ops!();
         }
         pub(crate) mod snapshots {
             use super::*;
