@@ -113,7 +113,9 @@ pub struct RuntimeConfig {
     /// a restore over it is refused. 0: no cap.
     pub max_workspace_bytes: u64,
     /// Give each pod a network namespace of its own (veth to the host) whose outbound TCP goes to the egress proxy
-    /// port and DNS to the DNS port on the host; needs root and `ip`/`nft`, else pods have loopback only.
+    /// port and DNS to the DNS port on the host; needs root and `ip`/`nft`, else pods have loopback only. Off by
+    /// default until the server runs the egress proxy on those ports (until then it changes nothing a pod can
+    /// reach, and setting a namespace up costs a pod's creation ~150 ms of `ip`/`nft` calls).
     pub network: bool,
     pub proxy_port: u16,
     pub dns_port: u16,
@@ -213,7 +215,7 @@ impl Default for RuntimeConfig {
             pod_uid_count: evershell_runtime::local::DEFAULT_POD_UID_COUNT,
             sandbox_log_bytes: evershell_runtime::local::DEFAULT_SANDBOX_LOG_BYTES,
             max_workspace_bytes: 50 << 30,
-            network: true,
+            network: false,
             proxy_port: evershell_runtime::local::DEFAULT_PROXY_PORT,
             dns_port: evershell_runtime::local::DEFAULT_DNS_PORT,
         }
