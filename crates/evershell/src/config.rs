@@ -115,7 +115,7 @@ pub struct RuntimeConfig {
     /// Give each pod a network namespace of its own (veth to the host) whose outbound TCP goes to the egress proxy
     /// port and DNS to the DNS port on the host; needs root and `ip`/`nft`, else pods have loopback only. Off by
     /// default until the server runs the egress proxy on those ports (until then it changes nothing a pod can
-    /// reach, and setting a namespace up costs a pod's creation ~150 ms of `ip`/`nft` calls).
+    /// reach, and its six `ip`/`nft` calls per pod made 200 concurrent creates take 37.5 s instead of 2.7 s).
     pub network: bool,
     pub proxy_port: u16,
     pub dns_port: u16,
