@@ -1,6 +1,7 @@
 //! evershell-core: the domain without I/O — typed ids, timestamps, scopes and roles, the workspace state machine,
 //! caps.yaml parsing and the pure caps policy evaluation, the audit model and the one domain error.
 
+pub mod agent_wire;
 pub mod audit;
 pub mod caps;
 pub mod error;
