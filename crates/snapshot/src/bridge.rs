@@ -18,8 +18,8 @@ use object_store::path::Path;
 use object_store::{GetResultPayload, ObjectStore, ObjectStoreExt};
 use tokio::sync::mpsc;
 
-use crate::SnapshotError;
-use crate::store::ByteStream;
+use crate::error::SnapshotError;
+use crate::types::ByteStream;
 
 /// Size of the chunks handed across a channel.
 pub(crate) const CHUNK: usize = 1 << 20;
@@ -189,6 +189,24 @@ pub(crate) fn store_error(err: object_store::Error, path: &Path, what: &str) -> 
     match err {
         object_store::Error::NotFound { .. } => SnapshotError::Missing(format!("{what} `{path}` is not in the store")),
         other => SnapshotError::Io(anyhow::Error::new(other).context(format!("accessing {what} `{path}`"))),
+    }
+}
+
+/// Delete `path`; an absent object is fine.
+pub(crate) async fn delete_object(store: &Arc<dyn ObjectStore>, path: &Path) -> anyhow::Result<()> {
+    match store.delete(path).await {
+        Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+        Err(e) => Err(anyhow::Error::new(e).context(format!("deleting `{path}`"))),
+    }
+}
+
+/// A decode-looking error is really the store's when the source itself failed.
+pub(crate) fn classify(err: SnapshotError, health: &SourceHealth) -> SnapshotError {
+    match (err, health.failure()) {
+        (SnapshotError::Corrupt(_), Some(source)) => {
+            SnapshotError::Io(anyhow::anyhow!("reading the archive from the store failed: {source}"))
+        }
+        (err, _) => err,
     }
 }
 

@@ -12,13 +12,14 @@ use object_store::ObjectStore;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::bridge::{
-    CHANNEL_DEPTH, CancelOnDrop, Cancelled, SourceHealth, SourceReader, open_object, receiver_stream, run_cancellable,
+    CHANNEL_DEPTH, CancelOnDrop, Cancelled, SourceHealth, SourceReader, classify, open_object, receiver_stream,
+    run_cancellable,
 };
-use crate::restore::classify;
+use crate::error::{SnapshotError, corrupt};
+use crate::keys::SnapshotKeys;
 use crate::sparse::{FileBody, file_body};
-use crate::store::{ByteStream, FileRead};
-use crate::tarmeta::{corrupt, entry_path, file_entry, is_regular};
-use crate::{SnapshotError, SnapshotKeys};
+use crate::tarmeta::{entry_path, file_entry, is_regular};
+use crate::types::{ByteStream, FileRead, Listing};
 
 /// Bytes per chunk of a download stream.
 const DOWNLOAD_CHUNK: usize = 256 * 1024;
@@ -29,17 +30,6 @@ fn open_tar(source: SourceReader) -> Result<TarStream, SnapshotError> {
     let decoder = zstd::stream::read::Decoder::new(source)
         .map_err(|e| SnapshotError::Io(anyhow::Error::new(e).context("setting up zstd")))?;
     Ok(tar::Archive::new(decoder))
-}
-
-/// Most entries a listing returns by default (the live listing's cap).
-pub const MAX_LIST_ENTRIES: usize = 100_000;
-
-/// A snapshot listing, cut at its cap.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Listing {
-    pub entries: Vec<FileEntry>,
-    /// The archive holds more entries than were listed.
-    pub truncated: bool,
 }
 
 pub(crate) async fn list_files(

@@ -23,11 +23,14 @@ use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
 use tokio::io::AsyncWriteExt;
 use tokio::sync::mpsc;
 
-use crate::bridge::{CHANNEL_DEPTH, ChunkSender, open_object, run_blocking};
+use crate::bridge::{CHANNEL_DEPTH, ChunkSender, delete_object, open_object, run_blocking};
+use crate::error::SnapshotError;
 use crate::hashing::{Digest, Fingerprint, drain};
+use crate::keys::SnapshotKeys;
+use crate::manifest::{FORMAT_VERSION, Manifest};
+use crate::options::CaptureOptions;
 use crate::pack::{PackStats, content_size, pack};
 use crate::writeback::EarlyWriteback;
-use crate::{CaptureOptions, FORMAT_VERSION, Manifest, SnapshotError, SnapshotKeys};
 
 /// Multipart part size (S3 needs ≥ 5 MiB for all but the last part).
 const PART_SIZE: usize = 8 << 20;
@@ -36,14 +39,6 @@ const PART_CONCURRENCY: usize = 4;
 
 fn store_io(err: impl Into<anyhow::Error>, what: &str) -> SnapshotError {
     SnapshotError::Io(err.into().context(what.to_string()))
-}
-
-/// Delete `path`; an absent object is fine.
-pub(crate) async fn delete_object(store: &Arc<dyn ObjectStore>, path: &object_store::path::Path) -> anyhow::Result<()> {
-    match store.delete(path).await {
-        Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
-        Err(e) => Err(anyhow::Error::new(e).context(format!("deleting `{path}`"))),
-    }
 }
 
 /// What the upload produced.

@@ -18,10 +18,11 @@ use std::path::{Path, PathBuf};
 
 use filetime::FileTime;
 
-use crate::SnapshotError;
 use crate::confine::{self, join};
+use crate::error::SnapshotError;
+use crate::error::corrupt;
 use crate::sparse::{read_map, sparse_size};
-use crate::tarmeta::{corrupt, entry_mode, entry_mtime, is_regular};
+use crate::tarmeta::{entry_mode, entry_mtime, is_regular};
 
 const COPY_BUF: usize = 256 * 1024;
 /// Mode bits restored: permissions and sticky, never setuid/setgid.

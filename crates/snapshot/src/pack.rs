@@ -14,8 +14,8 @@ use std::path::Path;
 
 use tar::{Builder, Header, HeaderMode};
 
-use crate::SnapshotError;
 use crate::confine;
+use crate::error::SnapshotError;
 use crate::sparse::{self, Segment};
 use crate::tarmeta::PAX_MTIME;
 

@@ -14,13 +14,15 @@ use std::sync::mpsc::sync_channel;
 
 use object_store::ObjectStore;
 
-use crate::bridge::{CHANNEL_DEPTH, Cancelled, ChunkReader, SourceHealth, SourceReader, open_object, run_cancellable};
+use crate::bridge::{CHANNEL_DEPTH, Cancelled, ChunkReader, SourceReader, classify, open_object, run_cancellable};
+use crate::error::{SnapshotError, corrupt};
 use crate::extract::{Budget, Extractor};
 use crate::hashing::{drain, feed};
+use crate::keys::SnapshotKeys;
+use crate::manifest::Manifest;
+use crate::options::RestoreOptions;
 use crate::space::check_fits;
-use crate::tarmeta::corrupt;
 use crate::verify::{check_digest, read_manifest};
-use crate::{Manifest, RestoreOptions, SnapshotError, SnapshotKeys};
 
 pub(crate) async fn restore(
     store: &Arc<dyn ObjectStore>,
@@ -49,16 +51,6 @@ pub(crate) async fn restore(
     })
     .await?;
     Ok(manifest)
-}
-
-/// A decode-looking error is really the store's when the source itself failed.
-pub(crate) fn classify(err: SnapshotError, health: &SourceHealth) -> SnapshotError {
-    match (err, health.failure()) {
-        (SnapshotError::Corrupt(_), Some(source)) => {
-            SnapshotError::Io(anyhow::anyhow!("reading the archive from the store failed: {source}"))
-        }
-        (err, _) => err,
-    }
 }
 
 fn unpack(

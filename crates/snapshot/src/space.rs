@@ -7,7 +7,7 @@ use std::io;
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 
-use crate::{SnapshotError, SpaceUnit};
+use crate::error::{SnapshotError, SpaceUnit};
 
 /// Bytes kept free beyond the data itself (on top of one filesystem block per entry, for the rounding of every file
 /// to whole blocks and for directory blocks).

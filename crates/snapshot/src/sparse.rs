@@ -14,8 +14,7 @@ use std::fs::File;
 use std::io::{self, Read};
 use std::os::fd::AsRawFd;
 
-use crate::SnapshotError;
-use crate::tarmeta::corrupt;
+use crate::error::{SnapshotError, corrupt};
 
 pub(crate) const PAX_MAJOR: &str = "GNU.sparse.major";
 pub(crate) const PAX_MINOR: &str = "GNU.sparse.minor";

@@ -6,29 +6,18 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::Context;
-use bytes::Bytes;
 use evershell_core::files::{FileEntry, RelPath};
 use evershell_core::ids::{OrgId, SnapshotId, WorkspaceId};
-use futures::stream::BoxStream;
 use object_store::ObjectStore;
 use object_store::local::LocalFileSystem;
 
-use crate::{
-    CaptureOptions, Manifest, RestoreOptions, SnapshotError, SnapshotKeys, browse, capture, restore, sweep, verify,
-};
-
-/// A stream of file bytes.
-pub type ByteStream = BoxStream<'static, std::io::Result<Bytes>>;
-
-/// One file read from a snapshot as JSON-able content.
-#[derive(Debug, Clone, PartialEq)]
-pub struct FileRead {
-    pub entry: FileEntry,
-    /// At most `max_bytes` bytes of the file.
-    pub bytes: Vec<u8>,
-    /// The file is longer than `max_bytes`.
-    pub truncated: bool,
-}
+use crate::bridge::delete_object;
+use crate::error::SnapshotError;
+use crate::keys::SnapshotKeys;
+use crate::manifest::Manifest;
+use crate::options::{CaptureOptions, RestoreOptions};
+use crate::types::{ByteStream, FileRead, Listing};
+use crate::{browse, capture, restore, sweep, verify};
 
 #[derive(Clone)]
 pub struct SnapshotStore {
@@ -130,11 +119,7 @@ impl SnapshotStore {
     }
 
     /// At most `max_entries` entries of the archive, and whether there are more.
-    pub async fn list_files_capped(
-        &self,
-        keys: &SnapshotKeys,
-        max_entries: usize,
-    ) -> Result<browse::Listing, SnapshotError> {
+    pub async fn list_files_capped(&self, keys: &SnapshotKeys, max_entries: usize) -> Result<Listing, SnapshotError> {
         browse::list_files(&self.store, keys, max_entries).await
     }
 
@@ -160,8 +145,8 @@ impl SnapshotStore {
     /// Delete the archive and the manifest (the manifest first, so none is left vouching for a missing archive).
     /// Absent objects are not an error.
     pub async fn delete(&self, keys: &SnapshotKeys) -> Result<(), SnapshotError> {
-        capture::delete_object(&self.store, &keys.manifest).await?;
-        capture::delete_object(&self.store, &keys.archive).await?;
+        delete_object(&self.store, &keys.manifest).await?;
+        delete_object(&self.store, &keys.archive).await?;
         Ok(())
     }
 

@@ -8,17 +8,12 @@ use evershell_core::files::FileEntry;
 use filetime::FileTime;
 use tar::EntryType;
 
-use crate::SnapshotError;
 use crate::confine;
+use crate::error::{SnapshotError, corrupt};
 use crate::sparse::sparse_size;
 
 /// PAX record carrying a sub-second mtime (`<secs>.<fraction>`).
 pub(crate) const PAX_MTIME: &str = "mtime";
-
-/// A tar read failure: the archive does not decode.
-pub(crate) fn corrupt(what: &str, err: impl std::fmt::Display) -> SnapshotError {
-    SnapshotError::Corrupt(format!("{what}: {err}"))
-}
 
 /// The entry's path as safe components joined with `/` (no `./`, no trailing `/`); `None` for the root entry.
 /// Absolute paths and `..` are `Unsafe`.

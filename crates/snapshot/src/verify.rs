@@ -7,9 +7,11 @@ use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt};
 
 use crate::bridge::{open_object, run_blocking, store_error};
+use crate::error::SnapshotError;
 use crate::hashing::{Digest, drain};
+use crate::keys::SnapshotKeys;
 use crate::manifest::OLDEST_FORMAT_VERSION;
-use crate::{FORMAT_VERSION, Manifest, SnapshotError, SnapshotKeys};
+use crate::manifest::{FORMAT_VERSION, Manifest};
 
 /// The manifest at `path`: `Missing` when absent, `Corrupt` when unparseable or of a format version this build does
 /// not read (newer than [`FORMAT_VERSION`]).
