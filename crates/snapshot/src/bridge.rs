@@ -8,14 +8,15 @@
 //! - [`receiver_stream`]: the async end of a blocking producer, as a [`ByteStream`];
 //! - [`run_cancellable`]: blocking work that stops at its next check once the awaiting future is dropped.
 
-use std::io::{self, Read, Write};
+use std::io::{self, Read, Seek, Write};
+use std::ops::Range;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use bytes::{Buf, Bytes, BytesMut};
 use futures::StreamExt;
 use object_store::path::Path;
-use object_store::{GetResultPayload, ObjectStore, ObjectStoreExt};
+use object_store::{GetOptions, GetRange, GetResultPayload, ObjectStore, ObjectStoreExt};
 use tokio::sync::mpsc;
 
 use crate::error::SnapshotError;
@@ -163,10 +164,36 @@ pub(crate) async fn open_object(
     path: &Path,
     what: &str,
 ) -> Result<SourceReader, SnapshotError> {
-    let got = store.get(path).await.map_err(|e| store_error(e, path, what))?;
+    open_with(store, path, what, GetOptions::default()).await
+}
+
+/// Open bytes `range` of `path` for a blocking reader (a range read: only those bytes are fetched);
+/// [`SourceReader::size`] is still the whole object's size.
+pub(crate) async fn open_range(
+    store: &Arc<dyn ObjectStore>,
+    path: &Path,
+    range: Range<u64>,
+    what: &str,
+) -> Result<SourceReader, SnapshotError> {
+    open_with(store, path, what, GetOptions { range: Some(GetRange::Bounded(range)), ..Default::default() }).await
+}
+
+async fn open_with(
+    store: &Arc<dyn ObjectStore>,
+    path: &Path,
+    what: &str,
+    opts: GetOptions,
+) -> Result<SourceReader, SnapshotError> {
+    let got = store.get_opts(path, opts).await.map_err(|e| store_error(e, path, what))?;
     let size = got.meta.size;
+    let (start, len) = (got.range.start, got.range.end.saturating_sub(got.range.start));
     let inner = match got.payload {
-        GetResultPayload::File(file, _) => Inner::File(file.take(size)),
+        GetResultPayload::File(mut file, _) => {
+            // A local file comes whole: the range is ours to seek to.
+            file.seek(io::SeekFrom::Start(start))
+                .map_err(|e| SnapshotError::Io(anyhow::Error::new(e).context(format!("seeking in {what} `{path}`"))))?;
+            Inner::File(file.take(len))
+        }
         GetResultPayload::Stream(mut stream) => {
             let (tx, rx) = mpsc::channel(CHANNEL_DEPTH);
             tokio::spawn(async move {

@@ -6,7 +6,8 @@
 //!    the staged file (`writeback`), so the closing fsync is short.
 //!
 //! Then the archive is read back from the store and its size and fingerprint compared with what was uploaded;
-//! only then is the manifest written. Any failure removes what was written, so a manifest never vouches for a bad
+//! then the entry index the packer built (`index`) is stored, and only then is the manifest, naming the index's
+//! sha256, written. Any failure removes what was written, so a manifest never vouches for a bad
 //! archive.
 //!
 //! With a content cap (`CaptureOptions::max_content_bytes`), a workspace whose files' apparent sizes add up to more
@@ -26,10 +27,11 @@ use tokio::sync::mpsc;
 use crate::bridge::{CHANNEL_DEPTH, ChunkSender, delete_object, open_object, run_blocking};
 use crate::error::SnapshotError;
 use crate::hashing::{Digest, Fingerprint, drain};
+use crate::index::{IndexBlob, IndexRef};
 use crate::keys::SnapshotKeys;
 use crate::manifest::{FORMAT_VERSION, Manifest};
 use crate::options::CaptureOptions;
-use crate::pack::{PackStats, content_size, pack};
+use crate::pack::{PackStats, Packed, content_size, pack_framed};
 use crate::writeback::EarlyWriteback;
 
 /// Multipart part size (S3 needs ≥ 5 MiB for all but the last part).
@@ -44,6 +46,8 @@ fn store_io(err: impl Into<anyhow::Error>, what: &str) -> SnapshotError {
 /// What the upload produced.
 struct Uploaded {
     stats: PackStats,
+    index: Option<IndexBlob>,
+    frames: u64,
     sha256: String,
     fingerprint: String,
     bytes: u64,
@@ -56,21 +60,30 @@ pub(crate) async fn capture(
     keys: &SnapshotKeys,
     (org_id, workspace_id, snapshot_id): (OrgId, WorkspaceId, SnapshotId),
     opts: &CaptureOptions,
+    frame_bytes: u64,
 ) -> Result<Manifest, SnapshotError> {
     // A manifest vouches for whatever archive sits at its key: drop any old one before that archive is replaced.
     delete_object(store, &keys.manifest).await?;
     let result = async {
         let begun = std::time::Instant::now();
         let early = local_root.and_then(|root| EarlyWriteback::new(&root.join(keys.archive.as_ref())));
-        let up = upload_archive(store, src, keys, early, opts.max_content_bytes).await?;
+        let mut up = upload_archive(store, src, keys, early, opts.max_content_bytes, frame_bytes).await?;
         let uploaded = begun.elapsed();
         check_read_back(store, keys, &up).await?;
         tracing::debug!(
             upload_ms = uploaded.as_secs_f64() * 1e3,
             read_back_ms = (begun.elapsed() - uploaded).as_secs_f64() * 1e3,
             archive_bytes = up.bytes,
+            frames = up.frames,
             "archive uploaded and checked"
         );
+        let index = match up.index.take() {
+            Some(blob) => Some(put_index(store, keys, blob).await?),
+            None => {
+                delete_object(store, &keys.index).await?;
+                None
+            }
+        };
         let manifest = Manifest {
             format_version: FORMAT_VERSION,
             snapshot_id,
@@ -82,6 +95,7 @@ pub(crate) async fn capture(
             content_bytes: up.stats.content_bytes,
             data_bytes: up.stats.data_bytes,
             created_at: Timestamp::now(),
+            index,
         };
         let json = serde_json::to_vec_pretty(&manifest).map_err(|e| store_io(e, "encoding the manifest"))?;
         store.put(&keys.manifest, PutPayload::from(json)).await.map_err(|e| store_io(e, "writing the manifest"))?;
@@ -105,9 +119,22 @@ async fn measured(err: SnapshotError, src: &Path) -> SnapshotError {
     SnapshotError::TooLarge { limit, found: total.max(found) }
 }
 
+/// Store the entry index; what the manifest says about it.
+async fn put_index(
+    store: &Arc<dyn ObjectStore>,
+    keys: &SnapshotKeys,
+    blob: IndexBlob,
+) -> Result<IndexRef, SnapshotError> {
+    let mut digest = Digest::default();
+    digest.update(&blob.bytes);
+    let (sha256, bytes) = digest.finish();
+    store.put(&keys.index, PutPayload::from(blob.bytes)).await.map_err(|e| store_io(e, "writing the entry index"))?;
+    Ok(IndexRef { sha256, bytes, entries: blob.entries })
+}
+
 /// Best-effort removal of a failed capture's objects.
 async fn cleanup(store: &Arc<dyn ObjectStore>, keys: &SnapshotKeys) {
-    for path in [&keys.manifest, &keys.archive] {
+    for path in [&keys.manifest, &keys.archive, &keys.index] {
         if let Err(e) = delete_object(store, path).await {
             tracing::warn!(error = %format!("{e:#}"), "could not remove a failed snapshot's object");
         }
@@ -144,14 +171,15 @@ async fn upload_archive(
     keys: &SnapshotKeys,
     mut early: Option<EarlyWriteback>,
     limit: Option<u64>,
+    frame_bytes: u64,
 ) -> Result<Uploaded, SnapshotError> {
     let (packed_tx, mut packed_rx) = mpsc::channel::<Bytes>(CHANNEL_DEPTH);
     let (hashed_tx, mut hashed_rx) = mpsc::channel::<Bytes>(CHANNEL_DEPTH);
     let src = src.to_path_buf();
-    let packer = tokio::task::spawn_blocking(move || -> Result<PackStats, SnapshotError> {
-        let (stats, sender) = pack(&src, ChunkSender::new(packed_tx), limit)?;
-        sender.finish().map_err(|e| store_io(e, "writing the archive"))?;
-        Ok(stats)
+    let packer = tokio::task::spawn_blocking(move || -> Result<_, SnapshotError> {
+        let Packed { stats, index, frames, out } = pack_framed(&src, ChunkSender::new(packed_tx), limit, frame_bytes)?;
+        out.finish().map_err(|e| store_io(e, "writing the archive"))?;
+        Ok((stats, index, frames))
     });
     let hasher = tokio::task::spawn_blocking(move || {
         let (mut digest, mut fingerprint) = (Digest::default(), Fingerprint::default());
@@ -183,9 +211,9 @@ async fn upload_archive(
     let failure = match (upload_err, packed, hashed) {
         (Some(e), _, _) => store_io(e, "uploading the archive"),
         (None, Err(e), _) | (None, Ok(_), Err(e)) => e,
-        (None, Ok(stats), Ok(((sha256, bytes), fingerprint))) => {
+        (None, Ok((stats, index, frames)), Ok(((sha256, bytes), fingerprint))) => {
             writer.shutdown().await.map_err(|e| store_io(e, "completing the archive upload"))?;
-            return Ok(Uploaded { stats, sha256, fingerprint, bytes });
+            return Ok(Uploaded { stats, index, frames, sha256, fingerprint, bytes });
         }
     };
     if let Err(e) = writer.abort().await {

@@ -5,7 +5,8 @@
 //! capture or restore can be capped in content size, a restore is refused when its data will not fit the
 //! destination's free space, and a restore can give every entry an owner.
 //!
-//! Keys: `orgs/{org}/workspaces/{ws}/snapshots/{snap}.tar.zst` and `….manifest.json`.
+//! Keys: `orgs/{org}/workspaces/{ws}/snapshots/{snap}.tar.zst`, `….manifest.json` and `….index.zst` (an entry
+//! index: listing a snapshot reads only it, and reading one file only the zstd frame holding it).
 
 mod bridge;
 mod browse;
@@ -13,7 +14,9 @@ mod capture;
 mod confine;
 mod error;
 mod extract;
+mod frames;
 mod hashing;
+mod index;
 mod keys;
 mod manifest;
 mod options;
@@ -29,6 +32,7 @@ mod verify;
 mod writeback;
 
 pub use error::{SnapshotError, SpaceUnit};
+pub use index::IndexRef;
 pub use keys::SnapshotKeys;
 pub use manifest::{FORMAT_VERSION, Manifest, OLDEST_FORMAT_VERSION};
 pub use options::{CaptureOptions, RestoreOptions};

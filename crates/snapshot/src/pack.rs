@@ -4,6 +4,9 @@
 //! precision); hardlinks become copies; sockets, fifos and devices are skipped with a warning. A file with holes is
 //! stored as a GNU sparse 1.0 entry holding only its data segments (`sparse`). With a content cap, packing stops
 //! with `TooLarge` as soon as the files' apparent sizes pass it.
+//!
+//! The zstd stream is cut into independent frames at entry boundaries (`frames`), and every entry written is
+//! recorded in the entry index (`index`) with the tar offset it starts at and the frame holding it.
 
 use std::ffi::OsString;
 use std::fs::{self, File, Metadata, OpenOptions};
@@ -16,6 +19,8 @@ use tar::{Builder, Header, HeaderMode};
 
 use crate::confine;
 use crate::error::SnapshotError;
+use crate::frames::{FrameStart, FrameWriter};
+use crate::index::{IndexBlob, IndexEntry, IndexWriter, Kind};
 use crate::sparse::{self, Segment};
 use crate::tarmeta::PAX_MTIME;
 
@@ -23,7 +28,7 @@ use crate::tarmeta::PAX_MTIME;
 pub(crate) const ZSTD_LEVEL: i32 = 3;
 /// zstd worker threads. Measured on the 2-core reference box (benches/snapshot.rs): 2 workers take the packer
 /// from ~880 ms to ~650 ms on 100 MiB for the same total CPU, because reading/tar, compression and hashing (its own
-/// stage) then overlap. Still one zstd frame with one checksum.
+/// stage) then overlap. Every frame has its own checksum.
 const ZSTD_WORKERS: u32 = 2;
 /// File read size.
 const READ_BUF: usize = 256 * 1024;
@@ -43,32 +48,62 @@ fn io_err(err: io::Error, what: impl std::fmt::Display) -> SnapshotError {
     SnapshotError::Io(anyhow::Error::new(err).context(what.to_string()))
 }
 
-/// Archive `src` into `out`; returns the stats and `out` once the zstd frame is complete. With `limit`, fails with
-/// `TooLarge` (its `found` the content seen so far) once the files' apparent sizes add up to more.
-pub(crate) fn pack<W: Write>(src: &Path, out: W, limit: Option<u64>) -> Result<(PackStats, W), SnapshotError> {
+/// What packing produced besides the archive bytes.
+pub(crate) struct Packed<W> {
+    pub stats: PackStats,
+    /// The entry index, unless the workspace had too many entries for one.
+    pub index: Option<IndexBlob>,
+    pub frames: u64,
+    pub out: W,
+}
+
+/// Archive `src` into `out`; returns the stats, the index and `out` once the last zstd frame is complete. With
+/// `limit`, fails with `TooLarge` (its `found` the content seen so far) once the files' apparent sizes add up to
+/// more.
+/// Frames are closed at the first entry boundary after `frame_bytes` (`frames::FRAME_BYTES` by default).
+pub(crate) fn pack_framed<W: Write>(
+    src: &Path,
+    out: W,
+    limit: Option<u64>,
+    frame_bytes: u64,
+) -> Result<Packed<W>, SnapshotError> {
     let meta = fs::metadata(src).map_err(|e| io_err(e, format!("workspace directory `{}`", src.display())))?;
     if !meta.is_dir() {
         return Err(SnapshotError::Io(anyhow::anyhow!("workspace path `{}` is not a directory", src.display())));
     }
     let zstd_err = |e| io_err(e, "setting up zstd");
-    let mut enc = zstd::stream::write::Encoder::new(out, ZSTD_LEVEL).map_err(zstd_err)?;
-    enc.include_checksum(true).map_err(zstd_err)?;
-    enc.multithread(ZSTD_WORKERS).map_err(zstd_err)?;
-    let mut packer =
-        Packer { root: src, builder: Builder::new(enc), stats: PackStats::default(), limit, buf: vec![0; READ_BUF] };
+    let enc = FrameWriter::new(out, ZSTD_LEVEL, ZSTD_WORKERS).map_err(zstd_err)?;
+    let mut packer = Packer {
+        root: src,
+        builder: Builder::new(enc),
+        stats: PackStats::default(),
+        limit,
+        buf: vec![0; READ_BUF],
+        index: IndexWriter::new(),
+        frame_bytes,
+    };
     packer.dir_children(Path::new(""))?;
-    let stats = packer.stats;
-    let enc = packer.builder.into_inner().map_err(|e| io_err(e, "finishing the tar stream"))?;
-    let out = enc.finish().map_err(|e| io_err(e, "finishing the zstd stream"))?;
-    Ok((stats, out))
+    let Packer { stats, index, builder, .. } = packer;
+    let enc = builder.into_inner().map_err(|e| io_err(e, "finishing the tar stream"))?;
+    let (out, frames) = enc.finish().map_err(|e| io_err(e, "finishing the zstd stream"))?;
+    Ok(Packed { stats, index: index.finish(), frames, out })
 }
 
 struct Packer<'a, W: Write> {
     root: &'a Path,
-    builder: Builder<W>,
+    builder: Builder<FrameWriter<W>>,
     stats: PackStats,
     limit: Option<u64>,
     buf: Vec<u8>,
+    index: IndexWriter,
+    frame_bytes: u64,
+}
+
+/// Where an entry starts, taken before anything of it is written.
+#[derive(Clone, Copy)]
+struct Start {
+    frame: FrameStart,
+    offset: u64,
 }
 
 impl<W: Write> Packer<'_, W> {
@@ -92,7 +127,32 @@ impl<W: Write> Packer<'_, W> {
         Ok(())
     }
 
+    /// An entry boundary: maybe close the zstd frame, then say where the next entry starts.
+    fn start(&mut self) -> Result<Start, SnapshotError> {
+        let frames = self.builder.get_mut();
+        frames.boundary(self.frame_bytes).map_err(|e| io_err(e, "writing the archive"))?;
+        let (frame, offset) = frames.position();
+        Ok(Start { frame, offset })
+    }
+
+    /// Record an entry written from `start`.
+    fn indexed(&mut self, start: Start, rel: &Path, kind: Kind, meta: &Metadata, size: u64, link: Option<String>) {
+        let (mtime, nanos) = if meta.mtime() < 0 { (0, 0) } else { (meta.mtime(), meta.mtime_nsec().max(0) as u32) };
+        self.index.add(&IndexEntry {
+            path: rel.to_string_lossy().into_owned(),
+            kind,
+            mode: meta.mode() & 0o7777,
+            size,
+            mtime,
+            nanos,
+            link,
+            offset: start.offset,
+            frame: start.frame,
+        });
+    }
+
     fn entry(&mut self, rel: &Path) -> Result<(), SnapshotError> {
+        let start = self.start()?;
         let abs = self.root.join(rel);
         let meta = match fs::symlink_metadata(&abs) {
             Ok(m) => m,
@@ -108,18 +168,19 @@ impl<W: Write> Packer<'_, W> {
             self.pax(&mtime_record(&meta))?;
             self.builder.append_data(&mut header, rel, io::empty()).map_err(|e| self.write_err(e))?;
             self.stats.entries += 1;
+            self.indexed(start, rel, Kind::Dir, &meta, 0, None);
             self.dir_children(rel)
         } else if kind.is_file() {
-            self.file(rel, &abs)
+            self.file(rel, &abs, start)
         } else if kind.is_symlink() {
-            self.symlink(rel, &abs, &meta)
+            self.symlink(rel, &abs, &meta, start)
         } else {
             tracing::warn!(path = %rel.display(), "skipping a socket, fifo or device file");
             Ok(())
         }
     }
 
-    fn file(&mut self, rel: &Path, abs: &Path) -> Result<(), SnapshotError> {
+    fn file(&mut self, rel: &Path, abs: &Path, start: Start) -> Result<(), SnapshotError> {
         // O_NOFOLLOW: a file swapped for a symlink after the lstat is refused, never followed.
         let file = match OpenOptions::new().read(true).custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK).open(abs) {
             Ok(f) => f,
@@ -172,10 +233,11 @@ impl<W: Write> Packer<'_, W> {
         self.stats.entries += 1;
         self.stats.content_bytes = found;
         self.stats.data_bytes += data;
+        self.indexed(start, rel, Kind::File, &meta, len, None);
         Ok(())
     }
 
-    fn symlink(&mut self, rel: &Path, abs: &Path, meta: &Metadata) -> Result<(), SnapshotError> {
+    fn symlink(&mut self, rel: &Path, abs: &Path, meta: &Metadata, start: Start) -> Result<(), SnapshotError> {
         let target = fs::read_link(abs).map_err(|e| io_err(e, format!("reading symlink `{}`", abs.display())))?;
         let comps = confine::entry_components(rel).map_err(SnapshotError::Unsafe)?;
         confine::check_link_lexical(&comps, &target)
@@ -187,6 +249,8 @@ impl<W: Write> Packer<'_, W> {
         self.pax(&mtime_record(meta))?;
         self.builder.append_link(&mut header, rel, &target).map_err(|e| self.write_err(e))?;
         self.stats.entries += 1;
+        let shown = target.to_string_lossy().into_owned();
+        self.indexed(start, rel, Kind::Symlink, meta, target.as_os_str().len() as u64, Some(shown));
         Ok(())
     }
 

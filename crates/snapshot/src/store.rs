@@ -13,6 +13,7 @@ use object_store::local::LocalFileSystem;
 
 use crate::bridge::delete_object;
 use crate::error::SnapshotError;
+use crate::frames::FRAME_BYTES;
 use crate::keys::SnapshotKeys;
 use crate::manifest::Manifest;
 use crate::options::{CaptureOptions, RestoreOptions};
@@ -24,6 +25,8 @@ pub struct SnapshotStore {
     store: Arc<dyn ObjectStore>,
     /// Set for [`SnapshotStore::local`]: the directory [`SnapshotStore::sweep_incomplete`] cleans.
     local_root: Option<PathBuf>,
+    /// zstd frame size of captures (`frames::FRAME_BYTES` unless a test asks for small frames).
+    frame_bytes: u64,
 }
 
 impl SnapshotStore {
@@ -39,12 +42,20 @@ impl SnapshotStore {
             .with_fsync(true)
             .with_automatic_cleanup(true);
         let root = root.canonicalize().with_context(|| format!("resolving `{}`", root.display()))?;
-        Ok(Self { store: Arc::new(fs), local_root: Some(root) })
+        Ok(Self { store: Arc::new(fs), local_root: Some(root), frame_bytes: FRAME_BYTES })
     }
 
     /// Snapshots in any object store (S3, memory, …).
     pub fn new(store: Arc<dyn ObjectStore>) -> Self {
-        Self { store, local_root: None }
+        Self { store, local_root: None, frame_bytes: FRAME_BYTES }
+    }
+
+    /// Captures close a zstd frame at the first entry boundary after `bytes` of tar stream (16 MiB by default): what
+    /// reading one file decompresses before reaching it. For tests of multi-frame archives.
+    #[doc(hidden)]
+    pub fn with_frame_bytes(mut self, bytes: u64) -> Self {
+        self.frame_bytes = bytes.max(1);
+        self
     }
 
     /// Save `src_dir` (the pod's `/workspace`) as a snapshot: tar → zstd → object store, sha256 computed on the way;
@@ -71,17 +82,21 @@ impl SnapshotStore {
         ids: (OrgId, WorkspaceId, SnapshotId),
         opts: &CaptureOptions,
     ) -> Result<Manifest, SnapshotError> {
-        let manifest = capture::capture(&self.store, self.local_root.as_deref(), src_dir, keys, ids, opts).await?;
+        let local = self.local_root.as_deref();
+        let manifest = capture::capture(&self.store, local, src_dir, keys, ids, opts, self.frame_bytes).await?;
         self.make_private(keys)?;
         Ok(manifest)
     }
 
-    /// A local store's archive and manifest files are `0600` (`LocalFileSystem` creates them with the umask).
+    /// A local store's archive, index and manifest files are `0600` (`LocalFileSystem` creates them with the umask).
     fn make_private(&self, keys: &SnapshotKeys) -> Result<(), SnapshotError> {
         use std::os::unix::fs::PermissionsExt;
         let Some(root) = &self.local_root else { return Ok(()) };
-        for key in [&keys.archive, &keys.manifest] {
+        for key in [&keys.archive, &keys.index, &keys.manifest] {
             let file = root.join(key.as_ref());
+            if key == &keys.index && !file.exists() {
+                continue; // not indexed
+            }
             std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600))
                 .with_context(|| format!("making `{}` private", file.display()))?;
         }
@@ -142,10 +157,11 @@ impl SnapshotStore {
         browse::download(&self.store, keys, path).await
     }
 
-    /// Delete the archive and the manifest (the manifest first, so none is left vouching for a missing archive).
-    /// Absent objects are not an error.
+    /// Delete the archive, its index and the manifest (the manifest first, so none is left vouching for a missing
+    /// archive). Absent objects are not an error.
     pub async fn delete(&self, keys: &SnapshotKeys) -> Result<(), SnapshotError> {
         delete_object(&self.store, &keys.manifest).await?;
+        delete_object(&self.store, &keys.index).await?;
         delete_object(&self.store, &keys.archive).await?;
         Ok(())
     }

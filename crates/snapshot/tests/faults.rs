@@ -224,6 +224,8 @@ async fn a_store_read_failure_is_io_not_corrupt() {
     assert!(matches!(&err, SnapshotError::Io(_)) && format!("{err}").contains("connection reset"), "{err}");
     let err = snaps.verify(&keys).await.unwrap_err();
     assert!(matches!(&err, SnapshotError::Io(_)), "{err}");
-    let err = snaps.list_files(&keys).await.unwrap_err();
+    // Listing reads only the entry index; reading the file reads the archive.
+    let err =
+        snaps.read_file(&keys, &evershell_core::files::RelPath::parse("big.bin").unwrap(), 1 << 30).await.unwrap_err();
     assert!(matches!(&err, SnapshotError::Io(_)), "{err}");
 }

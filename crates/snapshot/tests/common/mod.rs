@@ -205,6 +205,7 @@ pub async fn store_crafted(h: &Harness, tar: tar::Builder<Vec<u8>>, entries: u64
         content_bytes: content,
         data_bytes: data,
         created_at: evershell_core::Timestamp::now(),
+        index: None,
     };
     h.put(&keys.archive, archive).await;
     h.put(&keys.manifest, serde_json::to_vec(&manifest).unwrap()).await;
