@@ -63,6 +63,10 @@ fn snapshot_error(e: SnapshotError) -> Error {
         SnapshotError::FileNotFound(p) => {
             Error::new(ErrorCode::FileNotFound, format!("no such file in the snapshot: {p}"))
         }
+        // A damaged archive or entry index: the envelope says so (the snapshot, not the server, is at fault).
+        e @ (SnapshotError::Corrupt(_) | SnapshotError::Missing(_) | SnapshotError::Unsafe(_)) => {
+            Error::new(ErrorCode::Internal, format!("the snapshot cannot be read: {e}"))
+        }
         other => Error::internal(anyhow::anyhow!("reading snapshot: {other}")),
     }
 }

@@ -7,6 +7,7 @@ mod idempotency_secrets;
 mod metrics_labels;
 mod quotas_paging;
 mod smaller_hardening;
+mod snapshot_index;
 
 mod api_account_takeover;
 mod api_audit;
