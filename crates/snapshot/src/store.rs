@@ -1,6 +1,6 @@
 //! `SnapshotStore`: the public face of the crate — capture, verify, restore, browse and delete snapshots in an
 //! object store. Each method delegates to the module that owns the work (`capture`, `verify`, `restore`, `browse`,
-//! `sweep`).
+//! `sweep`); nothing below imports this module.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -128,7 +128,8 @@ impl SnapshotStore {
         restore::restore(&self.store, keys, dest_dir, opts).await
     }
 
-    /// Every entry of the archive, read from the stream without unpacking to disk.
+    /// Every entry of the archive: from the entry index when the snapshot has one (the archive is not read), else
+    /// read from the archive's stream without unpacking to disk. A damaged index is `Corrupt`.
     pub async fn list_files(&self, keys: &SnapshotKeys) -> Result<Vec<FileEntry>, SnapshotError> {
         Ok(browse::list_files(&self.store, keys, usize::MAX).await?.entries)
     }
@@ -138,7 +139,8 @@ impl SnapshotStore {
         browse::list_files(&self.store, keys, max_entries).await
     }
 
-    /// One regular file's first `max_bytes` bytes. `FileNotFound` when absent (or not a regular file).
+    /// One regular file's first `max_bytes` bytes. `FileNotFound` when absent (or not a regular file). With an entry
+    /// index, only the zstd frame holding the file is fetched.
     pub async fn read_file(
         &self,
         keys: &SnapshotKeys,
