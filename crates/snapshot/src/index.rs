@@ -250,12 +250,11 @@ pub(crate) fn read_index(
 fn check_entry(e: &IndexEntry, prev: Option<&IndexEntry>, archive_bytes: u64) -> Result<(), String> {
     check_path(&e.path).map_err(|why| format!("has a path that {why}"))?;
     match (e.kind, &e.link) {
-        (Kind::Symlink, Some(target)) => {
-            // (`size` is the target's length in bytes on disk; `target` is shown lossily, so they may differ.)
-            if target.is_empty() || target.len() > MAX_PATH || target.contains('\0') {
-                return Err("has an empty, overlong or NUL-holding link target".into());
-            }
+        // (`size` is the target's length in bytes on disk; `target` is shown lossily, so they may differ.)
+        (Kind::Symlink, Some(target)) if target.is_empty() || target.len() > MAX_PATH || target.contains('\0') => {
+            return Err("has an empty, overlong or NUL-holding link target".into());
         }
+        (Kind::Symlink, Some(_)) => {}
         (Kind::Symlink, None) => return Err("is a symlink without a target".into()),
         (_, Some(_)) => return Err("has a link target but is not a symlink".into()),
         (Kind::Dir, None) if e.size != 0 => return Err("is a directory with a size".into()),
