@@ -32,6 +32,7 @@ impl Default for AuditSinkConfig {
 pub struct AuditSink {
     tx: Mutex<Option<mpsc::Sender<AuditEvent>>>,
     writer: Mutex<Option<JoinHandle<()>>>,
+    queued: std::sync::atomic::AtomicU64,
 }
 
 impl AuditSink {
@@ -39,7 +40,7 @@ impl AuditSink {
     pub fn start<D: Directory>(dir: Arc<D>, cfg: AuditSinkConfig) -> Self {
         let (tx, rx) = mpsc::channel(cfg.capacity.max(1));
         let writer = tokio::spawn(write_loop(dir, rx, cfg));
-        Self { tx: Mutex::new(Some(tx)), writer: Mutex::new(Some(writer)) }
+        Self { tx: Mutex::new(Some(tx)), writer: Mutex::new(Some(writer)), queued: Default::default() }
     }
 
     /// Queue a row. After `close` the row is written by nobody: it is logged and dropped.
@@ -49,10 +50,17 @@ impl AuditSink {
             Some(tx) => {
                 if tx.send(row).await.is_err() {
                     tracing::warn!("audit writer gone; an egress audit row was dropped");
+                } else {
+                    self.queued.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 }
             }
             None => tracing::warn!("egress audit row after shutdown dropped"),
         }
+    }
+
+    /// Rows queued so far (written or not).
+    pub fn queued(&self) -> u64 {
+        self.queued.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Stop taking rows, write every queued one, and wait for the writer.

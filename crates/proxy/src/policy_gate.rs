@@ -80,6 +80,11 @@ impl<D: Directory> PolicyGate<D> {
         self.audit.close().await;
     }
 
+    /// Audit rows handed to the writer so far.
+    pub fn audit_rows_queued(&self) -> u64 {
+        self.audit.queued()
+    }
+
     /// Drop the cached identity of `addr` (a pod started or stopped there).
     pub fn invalidate(&self, addr: IpAddr) {
         self.identities.lock().unwrap_or_else(|p| p.into_inner()).remove(&addr);
