@@ -20,7 +20,7 @@ mod upstream;
 
 pub use allow_list::AllowList;
 pub use ca::{CaError, PlatformCa};
-pub use config::ProxyConfig;
+pub use config::{ProxyConfig, parse_cidr};
 pub use directory::{
     BudgetKey, BudgetMove, ClientCredentialsGrant, CredentialForUse, Directory, MintResult, PodIdentity,
 };

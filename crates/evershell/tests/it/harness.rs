@@ -312,6 +312,8 @@ pub fn config(data_dir: &std::path::Path, db_url: &str) -> Config {
     };
     cfg.runtime.agent_binary = Some(agent_binary());
     cfg.reconciler.interval_ms = 500;
+    // The in-process egress proxy on an ephemeral port: tests run side by side.
+    cfg.runtime.proxy_port = 0;
     cfg
 }
 
