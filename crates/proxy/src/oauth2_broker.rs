@@ -38,11 +38,14 @@ struct Cached {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MintFailure(pub String);
 
+/// Held while a credential is being minted.
+type MintLock = Arc<tokio::sync::Mutex<()>>;
+
 pub struct Oauth2Broker {
     client: Client<HttpsConnector<Dialer>, Full<Bytes>>,
     cache: std::sync::Mutex<HashMap<(OrgId, String), Cached>>,
     /// One mint at a time per credential.
-    minting: std::sync::Mutex<HashMap<(OrgId, String), Arc<tokio::sync::Mutex<()>>>>,
+    minting: std::sync::Mutex<HashMap<(OrgId, String), MintLock>>,
 }
 
 impl Oauth2Broker {

@@ -53,10 +53,13 @@ struct Pending {
     request_bytes: u64,
 }
 
+/// When an identity was looked up, and what was found (`None`: nobody at that address).
+type CachedIdentity = (Instant, Option<Arc<PodIdentity>>);
+
 pub struct PolicyGate<D: Directory> {
     dir: Arc<D>,
     cfg: PolicyGateConfig,
-    identities: Mutex<HashMap<IpAddr, (Instant, Option<Arc<PodIdentity>>)>>,
+    identities: Mutex<HashMap<IpAddr, CachedIdentity>>,
     broker: Oauth2Broker,
     audit: AuditSink,
     pending: Mutex<HashMap<ConnId, Vec<Pending>>>,
