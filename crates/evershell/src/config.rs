@@ -48,7 +48,7 @@ pub struct ProxySettings {
     pub upstream_hosts: std::collections::BTreeMap<String, String>,
     /// Extra PEM CAs trusted for upstreams, besides the system roots (also `EVERSHELL_UPSTREAM_CA_FILE`).
     pub upstream_ca_file: Option<PathBuf>,
-    /// Where the platform CA (`ca.pem`, `ca.key`) lives; default `<data_dir>/proxy-ca`.
+    /// Where the platform CA (`ca.pem`, `ca.key`) lives; default `<data_dir>/egress-ca`.
     pub ca_dir: Option<PathBuf>,
     /// Peers the proxy serves (CIDRs); any other connection is closed at once. Default: the pod network.
     pub allowed_peers: Vec<String>,

@@ -15,7 +15,7 @@ use crate::config::Config;
 /// `[proxy]` as the proxy crate takes it.
 pub fn proxy_config(cfg: &Config) -> anyhow::Result<ProxyConfig> {
     let p = &cfg.proxy;
-    let mut out = ProxyConfig::new(p.ca_dir.clone().unwrap_or_else(|| cfg.data_dir.join("proxy-ca")));
+    let mut out = ProxyConfig::new(p.ca_dir.clone().unwrap_or_else(|| cfg.data_dir.join("egress-ca")));
     for (host, addr) in &p.upstream_hosts {
         let addr: SocketAddr = addr
             .parse()

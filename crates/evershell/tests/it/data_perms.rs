@@ -64,7 +64,7 @@ async fn the_server_keeps_its_data_private_and_refuses_a_readable_data_dir() {
     assert!(names.iter().any(|n| n.ends_with(".manifest.json")), "no manifest in {names:?}");
     for f in &files {
         // The platform CA's certificate is public by design (pods trust it); its key is 0600 like the rest.
-        if f.ends_with("proxy-ca/ca.pem") {
+        if f.ends_with("egress-ca/ca.pem") {
             assert_eq!(mode(f), 0o644, "{}", f.display());
             continue;
         }
