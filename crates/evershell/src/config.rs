@@ -31,6 +31,40 @@ pub struct Config {
     pub sessions: SessionConfig,
     pub reconciler: ReconcilerSettings,
     pub login: LoginSettings,
+    pub proxy: ProxySettings,
+}
+
+/// The egress proxy (`[proxy]`): `evershell serve` runs it in-process on `runtime.proxy_port` unless `enabled` is
+/// false; `evershell proxy` runs it as its own process over the same store and configuration.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ProxySettings {
+    pub enabled: bool,
+    /// Address the proxy listens on (the port is `runtime.proxy_port`): pods' redirected connections arrive on the
+    /// host side of their veth, so the default is every address.
+    pub listen_address: String,
+    /// Host name → fixed `ip:port`, for private upstreams and tests: such names skip DNS and the internal-address
+    /// refusal, e.g. `upstream_hosts = { "api.example.com" = "10.0.0.5:443" }`.
+    pub upstream_hosts: std::collections::BTreeMap<String, String>,
+    /// Extra PEM CAs trusted for upstreams, besides the system roots (also `EVERSHELL_UPSTREAM_CA_FILE`).
+    pub upstream_ca_file: Option<PathBuf>,
+    /// Where the platform CA (`ca.pem`, `ca.key`) lives; default `<data_dir>/egress-ca`.
+    pub ca_dir: Option<PathBuf>,
+    /// Peers the proxy serves (CIDRs); any other connection is closed at once. Default: the pod network.
+    pub allowed_peers: Vec<String>,
+}
+
+impl Default for ProxySettings {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            listen_address: "0.0.0.0".into(),
+            upstream_hosts: Default::default(),
+            upstream_ca_file: None,
+            ca_dir: None,
+            allowed_peers: vec!["10.212.0.0/14".into()],
+        }
+    }
 }
 
 /// Sign-in throttling and the password-hashing pool (`[login]`).
@@ -199,6 +233,7 @@ impl Default for Config {
             sessions: SessionConfig::default(),
             reconciler: ReconcilerSettings::default(),
             login: LoginSettings::default(),
+            proxy: ProxySettings::default(),
         }
     }
 }
@@ -288,6 +323,7 @@ const SECTIONS: &[&str] = &[
     "sessions",
     "reconciler",
     "login",
+    "proxy",
 ];
 
 /// Flags that override the file and the environment.

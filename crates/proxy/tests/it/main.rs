@@ -2,5 +2,6 @@
 
 mod forwarding;
 mod harness;
+mod policy_gate;
 mod protocols;
 mod refusals;

@@ -618,6 +618,13 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> std::io::Result<T> + Se
 
 #[async_trait]
 impl PodRuntime for LocalRuntime {
+    fn pod_address(&self, pod: PodId) -> Option<std::net::IpAddr> {
+        self.launcher.network?;
+        let ids = self.identities.as_ref()?;
+        let owner = self.ownership(&self.dir(pod))?;
+        Some(std::net::IpAddr::V4(netns::addresses(ids.index(owner.pod)).1))
+    }
+
     fn name(&self) -> &'static str {
         "local"
     }
