@@ -119,6 +119,10 @@ pub struct RuntimeConfig {
     pub network: bool,
     pub proxy_port: u16,
     pub dns_port: u16,
+    /// The egress proxy's platform CA certificate, which every pod trusts (bound over the distro bundle paths
+    /// with the host's bundle, and named by `SSL_CERT_FILE` and friends); default `<data_dir>/egress-ca/ca.pem`,
+    /// the `ca.pem` the proxy creates in its CA directory (`Config::egress_ca_dir`). Its key is never given to pods.
+    pub egress_ca_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, Default)]
@@ -218,6 +222,7 @@ impl Default for RuntimeConfig {
             network: false,
             proxy_port: evershell_runtime::local::DEFAULT_PROXY_PORT,
             dns_port: evershell_runtime::local::DEFAULT_DNS_PORT,
+            egress_ca_file: None,
         }
     }
 }
@@ -299,6 +304,20 @@ pub struct Overrides {
 }
 
 impl Config {
+    /// The egress proxy's CA directory (`ca.pem`, `ca.key`): `<data_dir>/egress-ca`, or the directory of
+    /// `runtime.egress_ca_file` when that is set.
+    pub fn egress_ca_dir(&self) -> PathBuf {
+        match &self.runtime.egress_ca_file {
+            Some(f) => f.parent().map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from(".")),
+            None => self.data_dir.join("egress-ca"),
+        }
+    }
+
+    /// The platform CA certificate pods trust (`runtime.egress_ca_file`, default `<egress_ca_dir>/ca.pem`).
+    pub fn egress_ca_file(&self) -> PathBuf {
+        self.runtime.egress_ca_file.clone().unwrap_or_else(|| self.egress_ca_dir().join("ca.pem"))
+    }
+
     /// defaults → `file` → `EVERSHELL_*` env → `overrides`.
     pub fn load(file: Option<&Path>, overrides: &Overrides) -> anyhow::Result<Self> {
         let mut fig = Figment::from(Serialized::defaults(Config::default()));

@@ -100,6 +100,7 @@ pub async fn start(cfg: Config) -> anyhow::Result<Server> {
         .runtime
         .network
         .then_some(evershell_runtime::local::NetworkPorts { proxy: cfg.runtime.proxy_port, dns: cfg.runtime.dns_port });
+    rcfg.egress_ca_file = Some(cfg.egress_ca_file());
     let runtime = Arc::new(LocalRuntime::new(rcfg)?);
     let app_cfg = AppConfig {
         session_ttl_ms: cfg.sessions.ttl_seconds * 1000,

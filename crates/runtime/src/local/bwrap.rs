@@ -10,6 +10,7 @@ use anyhow::{Context, bail};
 
 use super::layout::{PodDir, SANDBOX_UID, SANDBOX_USER};
 use super::seccomp;
+use super::trust;
 
 /// Where the agent binary appears inside the sandbox.
 pub const AGENT_PATH: &str = "/opt/evershell/bin/evershell";
@@ -170,11 +171,20 @@ pub fn sandbox_args(
     seccomp: SeccompFds,
     disable_userns: bool,
     joined_netns: bool,
+    trust: Option<&trust::Binds>,
 ) -> Vec<OsString> {
     let mut a = base_args_net(disable_userns, joined_netns);
     push_seccomp(&mut a, seccomp);
     for etc in HOST_ETC {
         push(&mut a, &["--ro-bind-try", etc, etc]);
+    }
+    // The CA bundle (system + platform CA) over the distro paths, after the host's `/etc/ssl` it lands in.
+    if let Some(t) = trust {
+        push_path(&mut a, "--ro-bind", &t.bundle, trust::POD_BUNDLE);
+        push_path(&mut a, "--ro-bind", &t.platform_ca, trust::POD_PLATFORM_CA);
+        for p in &t.over {
+            push_path(&mut a, "--ro-bind", &t.bundle, p);
+        }
     }
     for name in POD_ETC {
         push_path(&mut a, "--ro-bind", &dir.etc().join(name), &format!("/etc/{name}"));
@@ -207,6 +217,17 @@ pub fn sandbox_args(
             "--setenv",
             "LANG",
             "C.UTF-8",
+        ],
+    );
+    // After `--clearenv` (bubblewrap applies its options in order).
+    if trust.is_some() {
+        for (k, v) in trust::ENV {
+            push(&mut a, &["--setenv", k, v]);
+        }
+    }
+    push(
+        &mut a,
+        &[
             "--new-session",
             "--json-status-fd",
             &fd,
@@ -326,11 +347,19 @@ mod tests {
     #[test]
     fn sandbox_args_isolate_and_run_the_agent() {
         let dir = PodDir::new(Path::new("/pods"), "pod_x");
-        let args: Vec<String> =
-            sandbox_args(&dir, "pod_x", Path::new("/bin/evershell"), 7, SeccompFds { deny: 8, guard: 9 }, true, false)
-                .into_iter()
-                .map(|s| s.into_string().unwrap())
-                .collect();
+        let args: Vec<String> = sandbox_args(
+            &dir,
+            "pod_x",
+            Path::new("/bin/evershell"),
+            7,
+            SeccompFds { deny: 8, guard: 9 },
+            true,
+            false,
+            None,
+        )
+        .into_iter()
+        .map(|s| s.into_string().unwrap())
+        .collect();
         let joined = args.join(" ");
         for flag in ["--unshare-user", "--unshare-pid", "--unshare-net", "--unshare-ipc", "--unshare-uts"] {
             assert!(args.iter().any(|a| a == flag), "{flag}");

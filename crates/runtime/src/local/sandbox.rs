@@ -21,7 +21,7 @@ use tokio::process::Child;
 use super::bwrap;
 use super::layout::{self, PodDir};
 use super::procfs;
-use super::{logpipe, netns, seccomp};
+use super::{logpipe, netns, seccomp, trust};
 
 /// How long a stop waits after SIGTERM before SIGKILL.
 pub const STOP_GRACE: Duration = Duration::from_secs(3);
@@ -168,6 +168,8 @@ pub struct Launcher {
     /// Pods get a network namespace of their own (`netns.rs`), redirected to these host ports, when they have a
     /// network index.
     pub network: Option<netns::Ports>,
+    /// The CA bundle bound into every sandbox (`trust.rs`), when the egress proxy's CA is configured.
+    pub trust: Option<Arc<trust::Trust>>,
 }
 
 /// A spawned sandbox: the child (for the reaper), its record, and the relay of its output into `sandbox.log`.
@@ -214,6 +216,7 @@ pub async fn spawn(
         _ => None,
     };
     let net_fd = net.as_ref().map(|f| f.as_raw_fd());
+    let trusted = launcher.trust.as_ref().and_then(|t| t.refresh().binds);
 
     let mut cmd = tokio::process::Command::new(&launcher.bwrap);
     let args = bwrap::sandbox_args(
@@ -224,6 +227,7 @@ pub async fn spawn(
         fds,
         launcher.disable_userns,
         net_fd.is_some(),
+        trusted.as_ref(),
     );
     cmd.args(args)
         .stdin(Stdio::null())
