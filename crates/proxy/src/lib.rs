@@ -6,6 +6,7 @@ pub mod allow_list;
 mod body;
 pub mod ca;
 pub mod config;
+pub mod dns;
 pub mod gate;
 mod handler;
 pub mod orig_dst;
@@ -17,6 +18,7 @@ mod upstream;
 pub use allow_list::AllowList;
 pub use ca::{CaError, PlatformCa};
 pub use config::ProxyConfig;
+pub use dns::{DnsAllowList, DnsAnswer, DnsConfig, DnsDenial, DnsPolicy, DnsServer, DnsTransport};
 pub use gate::{
     ConnId, ConnInfo, ConnKind, Decision, Denial, Forward, Gate, Outcome, ProxyRefusal, RequestHead, RequestSummary,
     Scheme, Verdict,
