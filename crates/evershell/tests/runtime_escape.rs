@@ -378,6 +378,16 @@ fn original_dst(s: &tokio::net::TcpStream) -> std::net::SocketAddrV4 {
     std::net::SocketAddrV4::new(u32::from_be(addr.sin_addr.s_addr).into(), u16::from_be(addr.sin_port))
 }
 
+/// Deletes a test runtime's host rules when the test ends (a server leaves them in place for its running pods).
+struct HostRules(evershell_runtime::local::NetworkPorts);
+
+impl Drop for HostRules {
+    fn drop(&mut self) {
+        let t = evershell_runtime::local::network_table(self.0);
+        let _ = std::process::Command::new("nft").args(["delete", "table", "inet", &t]).status();
+    }
+}
+
 #[tokio::test]
 async fn a_networked_pod_reaches_only_the_proxy_and_the_dns_responder() {
     if !root() {
@@ -397,11 +407,16 @@ async fn a_networked_pod_reaches_only_the_proxy_and_the_dns_responder() {
         LocalRuntimeConfig::new(tmp.path().join("pods"), PathBuf::from(env!("CARGO_BIN_EXE_evershell")), snapshots);
     cfg.network = Some(ports);
     let e = Env { rt: LocalRuntime::new(cfg).unwrap(), _tmp: tmp };
+    let _rules = HostRules(ports);
     assert!(e.rt.networked(), "this host (root, ip, nft) must give pods a network");
     let pod = running_pod(&e.rt).await.pod_id;
     let info = e.rt.agent(pod).info().await.unwrap();
     let ifaces: Vec<String> = serde_json::from_value(info["interfaces"].clone()).unwrap();
-    assert!(ifaces.contains(&"lo".to_string()) && ifaces.iter().any(|i| i.starts_with("evp")), "{ifaces:?}");
+    let pod_if = format!("ev{:x}p", ports.proxy);
+    assert!(ifaces.contains(&"lo".to_string()) && ifaces.iter().any(|i| i.starts_with(&pod_if)), "{ifaces:?}");
+    // No IPv6 inside: no address, not even on loopback.
+    let r = sh(&e.rt, pod, "cat /proc/net/if_inet6 | wc -l").await;
+    assert_eq!(r.stdout.trim(), "0", "{r:?}");
 
     // Any TCP destination lands on the proxy, which can read where it was going (TEST-NET: nothing is sent out).
     let connect = tokio::spawn({

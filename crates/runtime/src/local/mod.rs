@@ -37,7 +37,9 @@ use layout::PodDir;
 pub use bwrap::{AGENT_PATH, AGENT_SOCKET};
 pub use identity::{DEFAULT_BASE as DEFAULT_POD_UID_BASE, DEFAULT_COUNT as DEFAULT_POD_UID_COUNT, PodIdentity};
 pub use logpipe::DEFAULT_CAP as DEFAULT_SANDBOX_LOG_BYTES;
-pub use netns::{DEFAULT_DNS_PORT, DEFAULT_PROXY_PORT, Ports as NetworkPorts, addresses as pod_addresses};
+pub use netns::{
+    DEFAULT_DNS_PORT, DEFAULT_PROXY_PORT, Ports as NetworkPorts, addresses as pod_addresses, table as network_table,
+};
 pub use sandbox::kill_all_under as kill_all_sandboxes;
 pub use seccomp::denied_names as seccomp_denied_syscalls;
 pub use trust::{ENV as CA_ENV, POD_BUNDLE as POD_CA_BUNDLE, POD_PLATFORM_CA};
@@ -152,7 +154,7 @@ impl LocalRuntime {
                 tracing::warn!("pods get no network: pod networking needs a control plane running as root");
                 None
             }
-            (Some(ports), Some(_)) => match netns::check_host() {
+            (Some(ports), Some(_)) => match netns::setup_host(ports) {
                 Ok(()) => {
                     tracing::info!(proxy_port = ports.proxy, dns_port = ports.dns, "pods get their own network");
                     Some(ports)
