@@ -172,11 +172,16 @@ pub fn sandbox_args(
     disable_userns: bool,
     joined_netns: bool,
     trust: Option<&trust::Binds>,
+    resolv_conf: Option<&Path>,
 ) -> Vec<OsString> {
     let mut a = base_args_net(disable_userns, joined_netns);
     push_seccomp(&mut a, seccomp);
     for etc in HOST_ETC {
         push(&mut a, &["--ro-bind-try", etc, etc]);
+    }
+    // A networked pod asks the DNS responder (through its gateway), not the host's resolvers (often on loopback).
+    if let Some(r) = resolv_conf {
+        push_path(&mut a, "--ro-bind", r, "/etc/resolv.conf");
     }
     // The CA bundle (system + platform CA) over the distro paths, after the host's `/etc/ssl` it lands in.
     if let Some(t) = trust {
@@ -355,6 +360,7 @@ mod tests {
             SeccompFds { deny: 8, guard: 9 },
             true,
             false,
+            None,
             None,
         )
         .into_iter()

@@ -211,10 +211,14 @@ pub async fn spawn(
         (Some(index), Some(ports)) => {
             let id = pod_id.to_string();
             tokio::task::spawn_blocking(move || netns::create(&id, index, ports)).await.context("netns task")??;
-            Some(netns::open(pod_id)?)
+            let resolv = dir.etc().join("resolv.conf");
+            let text = format!("nameserver {}\noptions timeout:2 attempts:2\n", netns::addresses(index).0);
+            layout::write_atomic(&resolv, text.as_bytes()).context("writing resolv.conf")?;
+            Some((netns::open(pod_id)?, resolv))
         }
         _ => None,
     };
+    let (net, resolv) = net.unzip();
     let net_fd = net.as_ref().map(|f| f.as_raw_fd());
     let trusted = launcher.trust.as_ref().and_then(|t| t.refresh().binds);
 
@@ -228,6 +232,7 @@ pub async fn spawn(
         launcher.disable_userns,
         net_fd.is_some(),
         trusted.as_ref(),
+        resolv.as_deref(),
     );
     cmd.args(args)
         .stdin(Stdio::null())
