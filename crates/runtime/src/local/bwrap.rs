@@ -382,6 +382,47 @@ mod tests {
     }
 
     #[test]
+    fn the_ca_bundle_is_bound_and_named_after_the_environment_is_cleared() {
+        let dir = PodDir::new(Path::new("/pods"), "pod_x");
+        let binds = trust::Binds {
+            bundle: "/pods/.trust/ca-bundle.pem".into(),
+            platform_ca: "/pods/.trust/platform-ca.pem".into(),
+            over: vec!["/etc/ssl/certs/ca-certificates.crt"],
+        };
+        let args: Vec<String> = sandbox_args(
+            &dir,
+            "pod_x",
+            Path::new("/bin/evershell"),
+            7,
+            SeccompFds { deny: 8, guard: 9 },
+            true,
+            true,
+            Some(&binds),
+            Some(Path::new("/pods/pod_x/etc/resolv.conf")),
+        )
+        .into_iter()
+        .map(|s| s.into_string().unwrap())
+        .collect();
+        let joined = args.join(" ");
+        assert!(joined.contains("--ro-bind /pods/.trust/ca-bundle.pem /etc/ssl/certs/ca-certificates.crt"));
+        assert!(joined.contains("--ro-bind /pods/.trust/ca-bundle.pem /etc/evershell/ca-bundle.pem"));
+        assert!(joined.contains("--ro-bind /pods/.trust/platform-ca.pem /etc/evershell/platform-ca.pem"));
+        assert!(joined.contains("--ro-bind /pods/pod_x/etc/resolv.conf /etc/resolv.conf"));
+        assert!(!args.iter().any(|a| a == "--unshare-net"), "the joined namespace is the pod's network");
+        let clear = args.iter().position(|a| a == "--clearenv").unwrap();
+        for (k, v) in trust::ENV {
+            let at = args.windows(3).position(|w| w[0] == "--setenv" && w[1] == *k && w[2] == *v).unwrap();
+            assert!(at > clear, "{k} set before --clearenv");
+        }
+        // The bundle lands over the host's /etc/ssl, so it comes after it; the resolver config after the host's.
+        let ssl = args.iter().position(|a| a == "/etc/ssl").unwrap();
+        let bundle = args.iter().position(|a| a == "/etc/ssl/certs/ca-certificates.crt").unwrap();
+        assert!(bundle > ssl);
+        let host_resolv = args.iter().position(|a| a == "/etc/resolv.conf").unwrap();
+        assert!(args.iter().rposition(|a| a == "/etc/resolv.conf").unwrap() > host_resolv);
+    }
+
+    #[test]
     fn missing_bwrap_names_the_package() {
         let err = probe(Path::new("/nonexistent/bwrap"), Path::new("/bin/true"), None, &seccomp::build().unwrap())
             .unwrap_err()
