@@ -160,7 +160,13 @@ impl Tasks {
             async move {
                 tracing::info!(model = %d.model.model, "task started");
                 let task_id = d.task_id.clone();
-                let runner = runner::Runner { tasks: this.clone(), d, status: shared.clone(), stop: local_rx };
+                let runner = runner::Runner {
+                    tasks: this.clone(),
+                    d,
+                    status: shared.clone(),
+                    stop: local_rx,
+                    cache: Default::default(),
+                };
                 let end = runner.run().await;
                 let snapshot = {
                     let mut st = shared.lock().unwrap();

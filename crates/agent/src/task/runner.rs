@@ -6,7 +6,7 @@
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use evershell_core::agent_wire::{AgentTaskState, AgentTaskStatus, TaskDelivery};
+use evershell_core::agent_wire::{AgentTaskState, AgentTaskStatus, ModelWire, TaskDelivery};
 use evershell_core::time::Timestamp;
 use serde_json::{Value, json};
 
@@ -17,6 +17,8 @@ use super::model::{self, Block, Message, ModelError, ModelTurn, Role, ToolSpec, 
 use super::session::{Record, Session};
 use super::stop::{self, Stop, StopKind, StopRx};
 
+/// Tool calls run per model turn; further ones get an error result.
+const MAX_CALLS_PER_TURN: usize = 64;
 /// Bytes of the final answer kept in the task's status.
 const MAX_RESULT_BYTES: usize = 64 * 1024;
 
@@ -57,6 +59,36 @@ pub struct Runner {
     pub d: TaskDelivery,
     pub status: Arc<Mutex<AgentTaskStatus>>,
     pub stop: StopRx,
+    pub cache: WireCache,
+}
+
+/// The wire JSON of the context's final messages (all but the last), kept between turns: a turn serialises only
+/// the messages added since, so a long session costs the same per turn as a short one.
+#[derive(Default)]
+pub struct WireCache {
+    key: Option<(ModelWire, String, u64)>,
+    len: usize,
+    joined: String,
+}
+
+impl WireCache {
+    /// The comma-joined wire messages of `s.context`.
+    fn messages_json(&mut self, wire: ModelWire, s: &Session) -> String {
+        let key = (wire, s.session_id.clone(), s.generation);
+        let n = s.context.len();
+        if self.key.as_ref() != Some(&key) || self.len > n.saturating_sub(1) {
+            *self = WireCache { key: Some(key), len: 0, joined: String::new() };
+        }
+        for m in &s.context[self.len..n.saturating_sub(1)] {
+            model::join_into(&mut self.joined, &model::fragment(wire, m));
+        }
+        self.len = n.saturating_sub(1);
+        let mut out = self.joined.clone();
+        if let Some(last) = s.context.last() {
+            model::join_into(&mut out, &model::fragment(wire, last));
+        }
+        out
+    }
 }
 
 impl Runner {
@@ -185,13 +217,19 @@ impl Runner {
                 ));
             }
             let iter_started = Instant::now();
-            let context = self.with_session(|s| Ok(s.context.clone()))?;
+            let wire = d.model.wire;
+            let messages = {
+                let g = self.tasks.session.lock().unwrap();
+                let s = g.as_ref().ok_or_else(|| End::failed("internal_error", "the session is not open"))?;
+                self.cache.messages_json(wire, s)
+            };
             let t_model = Instant::now();
-            let turn = match self.model_turn(&d, &context, &tools, d.thinking_effort).await {
+            let turn = match self.model_turn(&d, &[], Some(&messages), &tools, d.thinking_effort).await {
                 Ok(t) => t,
                 Err(end) => return Ok(end),
             };
-            let model_ms = t_model.elapsed().as_secs_f64() * 1000.0;
+            // The model's share: the call's wall time less what the client itself spent building and parsing.
+            let model_ms = (t_model.elapsed().saturating_sub(turn.client_time)).as_secs_f64() * 1000.0;
             model_calls += 1;
             let usage = turn.usage.unwrap_or_default();
             {
@@ -210,9 +248,14 @@ impl Runner {
             let mut tool_ms = 0.0;
             let mut tool_summaries = Vec::new();
             let mut results_tokens = 0;
-            for (id, name, input, raw) in &calls {
+            for (n, (id, name, input, raw)) in calls.iter().enumerate() {
                 let t_tool = Instant::now();
-                let (content, is_error, summary) = self.tool_call(&d, id, name, input, raw.as_deref()).await;
+                let (content, is_error, summary) = if n < MAX_CALLS_PER_TURN {
+                    self.tool_call(&d, id, name, input, raw.as_deref()).await
+                } else {
+                    let why = format!("[not run: at most {MAX_CALLS_PER_TURN} tool calls are run per turn]");
+                    (why.clone(), true, json!({ "tool": name, "error": why }))
+                };
                 tool_ms += t_tool.elapsed().as_secs_f64() * 1000.0;
                 results_tokens += (content.len() as u64).div_ceil(4);
                 self.with_session(|s| s.push_message(Message::tool_result(id, content, is_error)))?;
@@ -248,10 +291,11 @@ impl Runner {
         &mut self,
         d: &TaskDelivery,
         messages: &[Message],
+        prebuilt: Option<&str>,
         tools: &[ToolSpec],
         thinking: Option<evershell_core::agent_wire::ThinkingEffort>,
     ) -> Result<ModelTurn, End> {
-        let req = TurnRequest { model: &d.model.model, system: &d.system_prompt, messages, tools, thinking };
+        let req = TurnRequest { model: &d.model.model, system: &d.system_prompt, messages, tools, thinking, prebuilt };
         let events = self.tasks.events.clone();
         let task_id = d.task_id.clone();
         let mut stop_for_call = self.stop.clone();
@@ -375,7 +419,7 @@ impl Runner {
             )));
         };
         let request = compaction::summary_request(&context, split);
-        let turn = match self.model_turn(d, &request, tools, None).await {
+        let turn = match self.model_turn(d, &request, None, tools, None).await {
             Ok(t) => t,
             Err(end) => return Ok(Some(end)),
         };
@@ -393,8 +437,8 @@ impl Runner {
             })
             .collect();
         let summary = if summary.trim().is_empty() { "(the model gave no summary)".to_string() } else { summary };
-        let instructions = format!("{}\n\n(Current task:) {}", "", d.description);
-        let new = compaction::compacted(&context, split, instructions.trim(), &summary);
+        let instructions = format!("The current task: {}", d.description);
+        let new = compaction::compacted(&context, split, &instructions, &summary);
         let after = model::estimate_tokens(&new);
         self.with_session(|s| s.append(Record::Context { messages: new, compaction: true, at: Timestamp::now() }))?;
         self.emit(
@@ -409,4 +453,69 @@ impl Runner {
 
 fn round(ms: f64) -> f64 {
     (ms * 1000.0).round() / 1000.0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::task::model::{Block, anthropic, openai};
+
+    /// The kept wire JSON, extended turn by turn, is exactly what serialising the whole context gives.
+    #[test]
+    fn the_wire_cache_matches_a_full_serialisation() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (mut s, _) = Session::open(tmp.path(), false).unwrap();
+        let mut caches = [WireCache::default(), WireCache::default()];
+        let call = |id: &str| Message {
+            role: Role::Assistant,
+            content: vec![
+                Block::Text { text: "thinking aloud".into() },
+                Block::ToolUse {
+                    id: id.into(),
+                    name: "bash".into(),
+                    input: json!({"command": "ls"}),
+                    invalid_arguments: None,
+                },
+            ],
+        };
+        let steps = vec![
+            Message::user_text("task one"),
+            call("a"),
+            Message::tool_result("a", "out a", false),
+            Message::user_text(""),
+            call("b"),
+            Message::tool_result("b", "out b", true),
+            Message { role: Role::Assistant, content: vec![Block::Text { text: "done".into() }] },
+            Message::user_text("task two"),
+        ];
+        for (i, m) in steps.into_iter().enumerate() {
+            s.push_message(m).unwrap();
+            if i == 5 {
+                let ctx = s.context.clone();
+                s.append(Record::Context { messages: ctx, compaction: true, at: Timestamp::now() }).unwrap();
+            }
+            for (wire, cache) in
+                [ModelWire::AnthropicMessages, ModelWire::OpenaiChat].into_iter().zip(caches.iter_mut())
+            {
+                let cached = cache.messages_json(wire, &s);
+                let base = |prebuilt| TurnRequest {
+                    model: "m",
+                    system: "sys",
+                    messages: &s.context,
+                    tools: &[],
+                    thinking: None,
+                    prebuilt,
+                };
+                let (full, fast) = match wire {
+                    ModelWire::AnthropicMessages => {
+                        (anthropic::body(&base(None)), anthropic::body(&base(Some(&cached))))
+                    }
+                    ModelWire::OpenaiChat => (openai::body(&base(None)), openai::body(&base(Some(&cached)))),
+                };
+                assert_eq!(full, fast, "step {i}, {wire:?}");
+                let v: Value = serde_json::from_str(&full).unwrap();
+                assert!(v["messages"].is_array());
+            }
+        }
+    }
 }

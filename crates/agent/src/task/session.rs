@@ -88,6 +88,8 @@ pub struct Session {
     pub tasks: Vec<TaskEntry>,
     pub compactions: u32,
     pub records: usize,
+    /// Changes whenever the context is replaced rather than appended to (compaction, repair).
+    pub generation: u64,
     syncer: Arc<Syncer>,
 }
 
@@ -139,6 +141,7 @@ impl Session {
             tasks: Vec::new(),
             compactions: 0,
             records: 0,
+            generation: 0,
             syncer,
         };
         report.records = records.len();
@@ -163,9 +166,13 @@ impl Session {
             Record::TaskStarted { task_id, at } => {
                 self.tasks.push(TaskEntry { task_id, started_at: at, state: None, reason: None, iterations: 0 })
             }
-            Record::Message { message } => self.context.push(message),
+            Record::Message { message } => push_merged(&mut self.context, message),
             Record::Context { messages, compaction, .. } => {
-                self.context = messages;
+                self.context = Vec::new();
+                for m in messages {
+                    push_merged(&mut self.context, m);
+                }
+                self.generation += 1;
                 if compaction {
                     self.compactions += 1;
                 }
@@ -228,6 +235,19 @@ impl Session {
         }
         tracing::warn!(added, "tool calls without a result got an interrupted result");
         Ok(added)
+    }
+}
+
+/// Keep the context in merged form (turns alternate, no empty text, no empty message): a message of the same role
+/// as the last one joins it. Every message but the last is then final, which lets the loop keep its wire form.
+fn push_merged(context: &mut Vec<Message>, mut m: Message) {
+    m.content.retain(|b| !matches!(b, Block::Text { text } if text.is_empty()));
+    if m.content.is_empty() {
+        return;
+    }
+    match context.last_mut() {
+        Some(last) if last.role == m.role => last.content.extend(m.content),
+        _ => context.push(m),
     }
 }
 
@@ -381,7 +401,8 @@ mod tests {
         drop(s);
         let (s, r) = Session::open(tmp.path(), false).unwrap();
         assert!(!r.torn_record_skipped && r.bad_records_skipped == 0);
-        assert_eq!(s.context.len(), 2);
+        assert_eq!(s.context.len(), 1, "two user messages in a row are one turn");
+        assert_eq!(s.context[0].content.len(), 2);
     }
 
     #[tokio::test]
@@ -397,7 +418,9 @@ mod tests {
         }
         let (s, r) = Session::open(tmp.path(), false).unwrap();
         assert_eq!(r.interrupted_results_added, 1);
-        assert_eq!(s.context.last().unwrap(), &Message::tool_result("b", INTERRUPTED, true));
+        let last = &s.context.last().unwrap().content;
+        assert_eq!(last.len(), 2, "both results in the turn after the calls");
+        assert_eq!(last[1], Message::tool_result("b", INTERRUPTED, true).content[0]);
         drop(s);
         let (_, r) = Session::open(tmp.path(), false).unwrap();
         assert_eq!(r.interrupted_results_added, 0, "the repair was written");

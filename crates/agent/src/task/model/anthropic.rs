@@ -6,7 +6,7 @@ use evershell_core::agent_wire::ThinkingEffort;
 use serde_json::{Value, json};
 
 use super::stream::SseEvent;
-use super::{Block, Message, ModelTurn, Role, TurnRequest, Usage, merged};
+use super::{Block, Message, ModelTurn, Role, TurnRequest, Usage};
 use crate::task::model::client::StreamError;
 
 pub const PATH: &str = "/v1/messages";
@@ -22,14 +22,16 @@ fn thinking_budget(e: Option<ThinkingEffort>) -> Option<u64> {
     }
 }
 
-pub fn body(req: &TurnRequest<'_>) -> Value {
-    let messages: Vec<Value> = merged(req.messages).iter().map(message).collect();
+pub fn fragment(m: &Message) -> String {
+    message(m).to_string()
+}
+
+pub fn body(req: &TurnRequest<'_>) -> String {
     let budget = thinking_budget(req.thinking);
     let mut b = json!({
         "model": req.model,
         "max_tokens": MAX_TOKENS + budget.unwrap_or(0),
         "stream": true,
-        "messages": messages,
     });
     if !req.system.is_empty() {
         b["system"] = json!(req.system);
@@ -44,7 +46,7 @@ pub fn body(req: &TurnRequest<'_>) -> Value {
     if let Some(budget) = budget {
         b["thinking"] = json!({ "type": "enabled", "budget_tokens": budget });
     }
-    b
+    super::splice(&b, &super::messages_json(req, fragment))
 }
 
 fn message(m: &Message) -> Value {
@@ -195,6 +197,11 @@ impl Assembler {
                 Partial::Other => None,
             })
             .collect();
-        ModelTurn { content, stop_reason: self.stop_reason, usage: self.saw_usage.then_some(self.usage) }
+        ModelTurn {
+            content,
+            stop_reason: self.stop_reason,
+            usage: self.saw_usage.then_some(self.usage),
+            client_time: Default::default(),
+        }
     }
 }

@@ -122,16 +122,21 @@ impl ModelClient {
         stop: &mut StopRx,
         mut on_retry: impl FnMut(RetryNote<'_>),
     ) -> Result<ModelTurn, ModelError> {
+        let prep_started = Instant::now();
         let (path, body) = match target.wire {
             ModelWire::AnthropicMessages => (anthropic::PATH, anthropic::body(req)),
             ModelWire::OpenaiChat => (openai::PATH, openai::body(req)),
         };
         let url = format!("{}{}", target.base_url.trim_end_matches('/'), path);
-        let body = Bytes::from(serde_json::to_vec(&body).map_err(|e| ModelError::Failed(e.to_string()))?);
+        let body = Bytes::from(body);
+        let prep = prep_started.elapsed();
         let mut attempt = 0u32;
         loop {
             let cause = match self.attempt(target.wire, &url, body.clone()).await {
-                Ok(turn) => return Ok(turn),
+                Ok(mut turn) => {
+                    turn.client_time += prep;
+                    return Ok(turn);
+                }
                 Err(Attempt::Permanent(cause)) => return Err(ModelError::Failed(cause)),
                 Err(Attempt::Transient(cause, retry_after)) => (cause, retry_after),
             };
@@ -186,6 +191,7 @@ impl ModelClient {
         let mut anth = anthropic::Assembler::default();
         let mut oai = openai::Assembler::default();
         let mut done = false;
+        let mut parse_time = Duration::ZERO;
         while !done {
             let frame = match tokio::time::timeout(self.cfg.idle_timeout, body.frame()).await {
                 Err(_) => return Err(Attempt::Transient("the model's stream stalled".into(), None)),
@@ -203,6 +209,7 @@ impl ModelClient {
                     self.cfg.max_answer_bytes
                 )));
             }
+            let parse_started = Instant::now();
             let events = parser.feed(&data).map_err(Attempt::Permanent)?;
             for ev in &events {
                 let r = match wire {
@@ -226,13 +233,19 @@ impl ModelClient {
                     }
                 }
             }
+            parse_time += parse_started.elapsed();
         }
         tracing::debug!(ms = started.elapsed().as_millis() as u64, bytes = total, "model stream read");
-        match wire {
-            ModelWire::AnthropicMessages if done => Ok(anth.finish()),
-            ModelWire::OpenaiChat if done || oai.finished() => Ok(oai.finish()),
-            _ => Err(Attempt::Transient("the model's stream ended before the answer was complete".into(), None)),
-        }
+        let finish_started = Instant::now();
+        let mut turn = match wire {
+            ModelWire::AnthropicMessages if done => anth.finish(),
+            ModelWire::OpenaiChat if done || oai.finished() => oai.finish(),
+            _ => {
+                return Err(Attempt::Transient("the model's stream ended before the answer was complete".into(), None));
+            }
+        };
+        turn.client_time = parse_time + finish_started.elapsed();
+        Ok(turn)
     }
 }
 

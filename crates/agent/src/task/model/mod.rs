@@ -128,6 +128,9 @@ pub struct ModelTurn {
     pub stop_reason: Option<String>,
     /// None when the server reported no usage.
     pub usage: Option<Usage>,
+    /// Time the client itself spent on this turn (building the request, parsing and assembling the stream): the
+    /// agent's overhead inside the model call.
+    pub client_time: std::time::Duration,
 }
 
 /// A rough token estimate (4 bytes a token) for when the model reports no usage.
@@ -190,6 +193,54 @@ pub struct TurnRequest<'a> {
     pub messages: &'a [Message],
     pub tools: &'a [ToolSpec],
     pub thinking: Option<evershell_core::agent_wire::ThinkingEffort>,
+    /// The wire JSON of `messages` already built (their [`fragment`]s joined by commas); `messages` is then unused.
+    /// The loop keeps the serialised history between turns, so a turn serialises only what is new.
+    pub prebuilt: Option<&'a str>,
+}
+
+/// One message in the wire format's JSON (possibly several wire messages, comma-separated; empty for none).
+/// Messages must be in [`merged`] form.
+pub fn fragment(wire: evershell_core::agent_wire::ModelWire, m: &Message) -> String {
+    match wire {
+        evershell_core::agent_wire::ModelWire::AnthropicMessages => anthropic::fragment(m),
+        evershell_core::agent_wire::ModelWire::OpenaiChat => openai::fragment(m),
+    }
+}
+
+/// Append `fragment` to a comma-joined list.
+pub fn join_into(list: &mut String, fragment: &str) {
+    if fragment.is_empty() {
+        return;
+    }
+    if !list.is_empty() {
+        list.push(',');
+    }
+    list.push_str(fragment);
+}
+
+/// The request body: `head` (a JSON object) with `"messages": [messages]` added.
+fn splice(head: &Value, messages: &str) -> String {
+    let mut s = head.to_string();
+    s.pop(); // the closing brace
+    if s.len() > 1 {
+        s.push(',');
+    }
+    s.push_str("\"messages\":[");
+    s.push_str(messages);
+    s.push_str("]}");
+    s
+}
+
+/// The messages of `req` as a comma-joined wire list.
+fn messages_json(req: &TurnRequest<'_>, fragment: impl Fn(&Message) -> String) -> String {
+    if let Some(p) = req.prebuilt {
+        return p.to_string();
+    }
+    let mut out = String::new();
+    for m in merged(req.messages) {
+        join_into(&mut out, &fragment(&m));
+    }
+    out
 }
 
 #[cfg(test)]

@@ -6,24 +6,31 @@ use evershell_core::agent_wire::ThinkingEffort;
 use serde_json::{Value, json};
 
 use super::stream::SseEvent;
-use super::{Block, Message, ModelTurn, Role, TurnRequest, Usage, merged};
+use super::{Block, Message, ModelTurn, Role, TurnRequest, Usage};
 use crate::task::model::client::StreamError;
 
 pub const PATH: &str = "/v1/chat/completions";
 
-pub fn body(req: &TurnRequest<'_>) -> Value {
-    let mut messages = Vec::new();
+pub fn fragment(m: &Message) -> String {
+    let mut v = Vec::new();
+    push_message(&mut v, m);
+    let mut out = String::new();
+    for x in v {
+        super::join_into(&mut out, &x.to_string());
+    }
+    out
+}
+
+pub fn body(req: &TurnRequest<'_>) -> String {
+    let mut messages = String::new();
     if !req.system.is_empty() {
-        messages.push(json!({ "role": "system", "content": req.system }));
+        messages = json!({ "role": "system", "content": req.system }).to_string();
     }
-    for m in merged(req.messages) {
-        push_message(&mut messages, &m);
-    }
+    super::join_into(&mut messages, &super::messages_json(req, fragment));
     let mut b = json!({
         "model": req.model,
         "stream": true,
         "stream_options": { "include_usage": true },
-        "messages": messages,
     });
     if !req.tools.is_empty() {
         b["tools"] = req
@@ -44,7 +51,7 @@ pub fn body(req: &TurnRequest<'_>) -> Value {
     if let Some(e) = effort {
         b["reasoning_effort"] = json!(e);
     }
-    b
+    super::splice(&b, &messages)
 }
 
 fn push_message(out: &mut Vec<Value>, m: &Message) {
@@ -187,6 +194,6 @@ impl Assembler {
             let id = if c.id.is_empty() { format!("call_{i}") } else { c.id };
             content.push(super::client::tool_use(id, c.name, &c.args));
         }
-        ModelTurn { content, stop_reason: self.finish_reason, usage: self.usage }
+        ModelTurn { content, stop_reason: self.finish_reason, usage: self.usage, client_time: Default::default() }
     }
 }
