@@ -12,7 +12,6 @@ use evershell_core::agent_wire::{EventPage, ModelTarget, ModelWire, TaskDelivery
 use evershell_core::ids::TaskId;
 
 #[path = "../tests/common/mod.rs"]
-#[allow(dead_code)]
 mod common;
 
 fn pct(sorted: &[f64], p: f64) -> f64 {

@@ -159,29 +159,23 @@ async fn deliver_task(
     }
 }
 
-fn parse_task_id(raw: &str) -> Result<evershell_core::ids::TaskId, Response> {
-    raw.parse().map_err(|_| envelope(StatusCode::NOT_FOUND, "not_found", "no such task"))
+fn unknown_task() -> Response {
+    envelope(StatusCode::NOT_FOUND, "not_found", "this agent process never saw that task")
 }
 
 async fn task_status(State(state): State<Arc<AgentState>>, Path(raw): Path<String>) -> Response {
-    let id = match parse_task_id(&raw) {
-        Ok(id) => id,
-        Err(r) => return r,
-    };
+    let Ok(id) = raw.parse::<evershell_core::ids::TaskId>() else { return unknown_task() };
     match state.tasks.status(&id) {
         Some(s) => Json(s).into_response(),
-        None => envelope(StatusCode::NOT_FOUND, "not_found", "this agent process never saw that task"),
+        None => unknown_task(),
     }
 }
 
 async fn cancel_task(State(state): State<Arc<AgentState>>, Path(raw): Path<String>) -> Response {
-    let id = match parse_task_id(&raw) {
-        Ok(id) => id,
-        Err(r) => return r,
-    };
+    let Ok(id) = raw.parse::<evershell_core::ids::TaskId>() else { return unknown_task() };
     match state.tasks.cancel(&id) {
         Some(s) => (StatusCode::ACCEPTED, Json(s)).into_response(),
-        None => envelope(StatusCode::NOT_FOUND, "not_found", "this agent process never saw that task"),
+        None => unknown_task(),
     }
 }
 

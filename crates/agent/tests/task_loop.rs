@@ -427,3 +427,19 @@ async fn events_long_poll_and_carry_the_agent_instance() {
     assert_eq!(code, 404, "a restarted agent does not know the task");
     agent.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_connect_error_is_retried_then_fails_with_the_cause() {
+    // A port nobody listens on any more.
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let mut agent = Agent::start().await;
+    let d = delivery(&format!("http://127.0.0.1:{port}"), ModelWire::AnthropicMessages, "go");
+    agent.deliver(&d).await;
+    let st = agent.wait_end(&d.task_id).await;
+    assert_eq!((st.state, st.reason.as_deref()), (AgentTaskState::Failed, Some("model_error")));
+    let cause = st.result.unwrap();
+    assert!(cause.contains("model request failed") && cause.contains("5 retries"), "{cause}");
+    let retries = agent.all_events().await.into_iter().filter(|e| e.event_type == "model_retry").count();
+    assert_eq!(retries, 5);
+    agent.shutdown().await;
+}

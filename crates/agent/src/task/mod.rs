@@ -120,11 +120,11 @@ impl Tasks {
         if let Some(cur) = &g.current {
             let running = g.statuses.get(&cur.task_id).is_some_and(|s| !s.lock().unwrap().state.is_terminal());
             if running {
-                return Err(DeliverError::Busy(cur.task_id.clone()));
+                return Err(DeliverError::Busy(cur.task_id));
             }
         }
         let status = AgentTaskStatus {
-            task_id: d.task_id.clone(),
+            task_id: d.task_id,
             state: AgentTaskState::Running,
             reason: None,
             result: None,
@@ -135,8 +135,8 @@ impl Tasks {
             tokens_out: 0,
         };
         let shared = Arc::new(Mutex::new(status.clone()));
-        g.statuses.insert(d.task_id.clone(), shared.clone());
-        g.order.push_back(d.task_id.clone());
+        g.statuses.insert(d.task_id, shared.clone());
+        g.order.push_back(d.task_id);
         while g.order.len() > MAX_REMEMBERED {
             if let Some(old) = g.order.pop_front() {
                 g.statuses.remove(&old);
@@ -145,7 +145,7 @@ impl Tasks {
         let (stop_tx, stop_rx) = stop::channel();
         let (local_tx, local_rx) = stop::channel();
         g.current = Some(Current {
-            task_id: d.task_id.clone(),
+            task_id: d.task_id,
             stop: stop_tx,
             grace: Duration::from_millis(d.cancel_grace_ms),
             cancel_requested: false,
@@ -159,7 +159,7 @@ impl Tasks {
         tokio::spawn(
             async move {
                 tracing::info!(model = %d.model.model, "task started");
-                let task_id = d.task_id.clone();
+                let task_id = d.task_id;
                 let runner = runner::Runner {
                     tasks: this.clone(),
                     d,

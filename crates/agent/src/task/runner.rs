@@ -116,7 +116,7 @@ impl Runner {
             let mut g = self.tasks.session.lock().unwrap();
             g.as_mut().map(|s| {
                 if let Err(e) = s.append(Record::TaskEnded {
-                    task_id: self.d.task_id.clone(),
+                    task_id: self.d.task_id,
                     state: state.clone().unwrap_or_default(),
                     reason: end.reason.clone(),
                     iterations,
@@ -156,7 +156,7 @@ impl Runner {
         }
         self.with_session(|s| {
             s.repair()?;
-            s.append(Record::TaskStarted { task_id: d.task_id.clone(), at: Timestamp::now() })?;
+            s.append(Record::TaskStarted { task_id: d.task_id, at: Timestamp::now() })?;
             let mut text = d.description.clone();
             if !d.uploads.is_empty() {
                 text.push_str(&format!(
@@ -297,7 +297,7 @@ impl Runner {
     ) -> Result<ModelTurn, End> {
         let req = TurnRequest { model: &d.model.model, system: &d.system_prompt, messages, tools, thinking, prebuilt };
         let events = self.tasks.events.clone();
-        let task_id = d.task_id.clone();
+        let task_id = d.task_id;
         let mut stop_for_call = self.stop.clone();
         let mut deadline = self.stop.clone();
         let call = self.tasks.client.turn(&d.model, &req, &mut stop_for_call, |n| {

@@ -227,7 +227,8 @@ impl Session {
             return Ok(0);
         }
         if appended_only {
-            for m in fixed[self.context.len()..].to_vec() {
+            let n = self.context.len();
+            for m in fixed.into_iter().skip(n) {
                 self.push_message(m)?;
             }
         } else {
