@@ -101,6 +101,8 @@ mod concurrency;
 mod identity;
 #[path = "suite/secrets.rs"]
 mod secrets;
+#[path = "suite/tasks.rs"]
+mod tasks;
 #[path = "suite/throttle.rs"]
 mod throttle;
 #[path = "suite/workspaces.rs"]
