@@ -22,5 +22,6 @@ mod credentials;
 mod exec;
 mod openapi_drift;
 mod secrets;
+mod tasks;
 mod workspace_faults;
 mod workspaces;
