@@ -122,8 +122,11 @@ fn options_of(
 }
 
 impl App {
-    /// `POST /v1/workspaces/{id}/tasks`. Order of checks: 400 → 404 → 403 ownership → 423 → 409.
+    /// `POST /v1/workspaces/{id}/tasks`. Order of checks: 404 → 403 ownership → 400 → 423 → 409 (another org's
+    /// workspace is a 404 whatever the body).
     pub async fn submit_task(&self, caller: &Caller, workspace: &str, req: SubmitTask) -> Result<TaskAccepted> {
+        let ws = self.load_workspace(caller, workspace).await?;
+        caller.check_owner(Scope::TasksWrite, ws.created_by_user_id, ErrorCode::PermissionDenied)?;
         let mut errs = FieldErrors::default();
         let options = options_of(
             &mut errs,
@@ -135,8 +138,6 @@ impl App {
             req.metadata,
         );
         errs.into_result()?;
-        let ws = self.load_workspace(caller, workspace).await?;
-        caller.check_owner(Scope::TasksWrite, ws.created_by_user_id, ErrorCode::PermissionDenied)?;
         self.ensure_billing(caller).await?;
         self.check_model(&ws).await?;
         self.enqueue(caller, &ws, req.description, options).await
