@@ -111,11 +111,12 @@ fn options_of(
     }
     match &metadata {
         None => {}
-        Some(serde_json::Value::Object(_)) => {
-            if serde_json::to_vec(&metadata).map_or(usize::MAX, |v| v.len()) > MAX_METADATA {
-                errs.add("metadata", format!("is larger than {MAX_METADATA} bytes"));
-            }
+        Some(serde_json::Value::Object(_))
+            if serde_json::to_vec(&metadata).map_or(usize::MAX, |v| v.len()) > MAX_METADATA =>
+        {
+            errs.add("metadata", format!("is larger than {MAX_METADATA} bytes"))
         }
+        Some(serde_json::Value::Object(_)) => {}
         Some(_) => errs.add("metadata", "must be an object"),
     }
     TaskOptions { thinking_effort, max_continuations, max_context_tokens, reset_session, metadata, uploads: vec![] }

@@ -130,7 +130,9 @@ async fn task_updates_are_guarded_by_status(ctx: Ctx) {
     ctx.store.insert_task(&t, &[]).await.unwrap();
     let delivered = TaskUpdate { delivered_at: Some(ts(3_000)), ..moved(TaskStatus::Delivered) };
     let audit = event(w.org.id, EventType::TaskDelivered).workspace(ws.id);
-    assert!(ctx.store.update_task(t.id, TaskStatus::Submitted, &delivered, &[audit.clone()]).await.unwrap());
+    assert!(
+        ctx.store.update_task(t.id, TaskStatus::Submitted, &delivered, std::slice::from_ref(&audit)).await.unwrap()
+    );
     // The same move again names a status the task has left: refused, and its audit row is not written.
     assert!(!ctx.store.update_task(t.id, TaskStatus::Submitted, &delivered, &[audit]).await.unwrap());
     assert_eq!(audit_count(&ctx, w.org.id, EventType::TaskDelivered).await, 1);
