@@ -43,6 +43,7 @@ use crate::error::ErrorBody;
         (name = "credentials", description = "Credentials the egress proxy injects or mints, sealed at rest"),
         (name = "workspaces", description = "Workspaces and their lifecycle"),
         (name = "files", description = "Live and snapshot files of a workspace"),
+        (name = "tasks", description = "Tasks: submitted to a workspace's agent, queued, run one at a time"),
         (name = "audit", description = "The audit trail"),
     )
 )]

@@ -22,6 +22,7 @@ pub mod roles;
 pub mod sealing;
 pub mod secrets;
 pub mod signin;
+pub mod tasks;
 pub mod throttle;
 pub mod workspaces;
 
@@ -112,6 +113,8 @@ pub struct App {
     pub runtime: Arc<dyn PodRuntime>,
     pub snapshots: SnapshotStore,
     pub reconciler: Reconciler,
+    /// Hands queued tasks to agents and follows them (see `tasks::dispatcher`).
+    pub dispatcher: tasks::Dispatcher,
     pub config: AppConfig,
     /// This server process, as the owner of the idempotency keys it is running requests for.
     pub instance_id: String,
@@ -166,6 +169,7 @@ impl App {
         config: AppConfig,
     ) -> Self {
         let reconciler = Reconciler::new(store.clone(), runtime.clone(), snapshots.clone(), config.reconciler.clone());
+        let dispatcher = tasks::Dispatcher::new(store.clone(), runtime.clone(), Default::default());
         // Only a single server can know every revocation as it happens (see `key_cache`).
         let key_cache = key_cache::KeyCache::new(config.reconciler.single_server);
         let instance_id = uuid::Uuid::now_v7().simple().to_string();
@@ -175,6 +179,7 @@ impl App {
             runtime,
             snapshots,
             reconciler,
+            dispatcher,
             config,
             instance_id,
             session_key: Default::default(),

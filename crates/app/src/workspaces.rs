@@ -196,6 +196,11 @@ impl App {
                 Error::invalid_field("status", "must be one of provisioning, idle, busy, stopping, stopped, failed")
             })?);
         }
+        // `busy` is derived: both it and `idle` are stored as `idle` and told apart after the tasks are read.
+        let wanted = filter.status;
+        if wanted == Some(WorkspaceStatus::Busy) {
+            filter.status = Some(WorkspaceStatus::Idle);
+        }
         if let Some(name) = &q.role_name {
             // An unknown name is a 404, not an empty list that would hide a typo.
             filter.role_id =
@@ -216,13 +221,18 @@ impl App {
         } else {
             self.store.get_snapshots(&snapshot_ids).await?.into_iter().map(|s| (s.id, s)).collect()
         };
-        Ok(records
+        let mut views: Vec<Workspace> = records
             .iter()
             .map(|ws| {
                 let snap = ws.snapshot_id.and_then(|id| snapshots.remove(&id));
                 view_of(ws, roles.get(&ws.role_id), snap)
             })
-            .collect())
+            .collect();
+        self.derive_busy(&mut views).await?;
+        if let Some(w) = wanted {
+            views.retain(|v| v.status == w);
+        }
+        Ok(views)
     }
 
     /// Load a workspace the caller may read: 404 for unknown or another org's, 403 `workspace_not_visible` for a
@@ -303,7 +313,8 @@ impl App {
             None => None,
         };
         let facts = Facts {
-            status: ws.status,
+            // `busy` is derived from the tasks (a restart without `force` refuses it).
+            status: self.derived_status(ws).await?,
             archived: ws.archived_at.is_some(),
             has_snapshot: ws.snapshot_id.is_some(),
             has_retained_pod: ws.status == WorkspaceStatus::Failed && ws.pod_id.is_some(),
@@ -418,7 +429,9 @@ impl App {
                 fetched.as_ref()
             }
         };
-        Ok(view_of(ws, role, snapshot))
+        let mut view = view_of(ws, role, snapshot);
+        view.status = self.derived_status(ws).await?;
+        Ok(view)
     }
 }
 

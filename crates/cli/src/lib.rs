@@ -7,4 +7,5 @@ pub mod client;
 pub mod output;
 pub mod profile;
 pub mod secrets;
+pub mod tasks;
 pub mod workspaces;

@@ -111,6 +111,28 @@ event_types! {
     /// The egress proxy decided a pod's outbound request (or refused its connection): destination, method, redacted
     /// path, decision and reason, with capability, transforms, credentials, budgets, bytes and latency in `details`.
     EgressRequest = "egress_request" => Activity,
+    /// A task was submitted (queued on its workspace).
+    TaskSubmitted = "task_submitted" => Activity,
+    /// The agent accepted a task.
+    TaskDelivered = "task_delivered" => Activity,
+    /// A task could not be delivered after bounded retries.
+    TaskDeliveryFailed = "task_delivery_failed" => Activity,
+    /// A caller asked for the running task to be cancelled.
+    TaskCancelRequested = "task_cancel_requested" => Audit,
+    /// The control plane ended a task the agent could not (stop, restart, pod loss, agent restart, recovery).
+    TaskInterrupted = "task_interrupted" => Activity,
+    // Events the agent emits (actor `agent`), see `agent_wire::AgentEvent`.
+    SessionStarted = "session_started" => Activity,
+    SessionResumed = "session_resumed" => Activity,
+    TaskStarted = "task_started" => Activity,
+    IterationCompleted = "iteration_completed" => Activity,
+    ToolCallCompleted = "tool_call_completed" => Activity,
+    CompactionStarted = "compaction_started" => Activity,
+    CompactionCompleted = "compaction_completed" => Activity,
+    /// The agent ended a task (`details.status`: completed, failed or cancelled).
+    TaskCompleted = "task_completed" => Activity,
+    /// An agent event of a type not listed above (`details.agent_event_type` names it).
+    AgentEvent = "agent_event" => Activity,
 }
 
 /// `audit` (a caller changed something) or `activity` (workspace state and agent events).

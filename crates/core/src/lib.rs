@@ -13,6 +13,7 @@ pub mod model;
 pub mod names;
 pub mod policy;
 pub mod scope;
+pub mod task;
 pub mod time;
 
 pub use error::{Error, ErrorCode, FieldErrors, Result};

@@ -89,6 +89,13 @@ enum Command {
         #[command(subcommand)]
         command: WorkspaceCommand,
     },
+    /// Tasks: submit (to a workspace or a new one of a role), list, get, cancel; `--follow` waits for the end.
+    Tasks {
+        #[command(flatten)]
+        conn: Connection,
+        #[command(subcommand)]
+        command: evershell_cli::tasks::TaskCommand,
+    },
     /// Secrets (sealed named values): create, list, rotate, delete. Values come from stdin or --value-file.
     Secrets {
         #[command(flatten)]
@@ -159,6 +166,9 @@ fn main() -> anyhow::Result<()> {
         }
         Command::Workspaces { conn, command } => {
             tokio::runtime::Runtime::new()?.block_on(evershell_cli::workspaces::run(&conn, command))
+        }
+        Command::Tasks { conn, command } => {
+            tokio::runtime::Runtime::new()?.block_on(evershell_cli::tasks::run(&conn, command))
         }
         Command::Secrets { conn, command } => {
             tokio::runtime::Runtime::new()?.block_on(evershell_cli::secrets::run_secrets(&conn, command))

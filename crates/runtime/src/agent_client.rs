@@ -51,14 +51,14 @@ const ENTRY_HEADER: &str = "x-evershell-entry";
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 const HEALTH_TIMEOUT: Duration = Duration::from_millis(500);
 const LIST_TIMEOUT: Duration = Duration::from_secs(60);
-const HEAD_TIMEOUT: Duration = Duration::from_secs(30);
+pub(crate) const HEAD_TIMEOUT: Duration = Duration::from_secs(30);
 /// Longest pause between two chunks of a download, and longest an upload may go unread.
 const STALL_TIMEOUT: Duration = Duration::from_secs(10);
 const UPLOAD_STALL: Duration = Duration::from_secs(30);
 /// Largest error body read from the agent.
 const MAX_ERROR_BODY: usize = 64 * 1024;
 /// Largest JSON answer other than a listing.
-const MAX_JSON_BODY: usize = 1024 * 1024;
+pub(crate) const MAX_JSON_BODY: usize = 1024 * 1024;
 /// Largest file listing (the agent's own cap of 100,000 entries fits well inside).
 const MAX_LIST_BODY: usize = 64 * 1024 * 1024;
 /// Entries of a listing beyond this are dropped (and the listing reported truncated).
@@ -67,7 +67,7 @@ pub const MAX_LIST_ENTRIES: usize = 100_000;
 /// Everything but RFC 3986 unreserved characters is escaped inside a path segment.
 const SEGMENT: &AsciiSet = &NON_ALPHANUMERIC.remove(b'-').remove(b'.').remove(b'_').remove(b'~');
 
-type ReqBody = UnsyncBoxBody<Bytes, std::io::Error>;
+pub(crate) type ReqBody = UnsyncBoxBody<Bytes, std::io::Error>;
 
 #[derive(Debug, Clone)]
 pub struct AgentClient {
@@ -198,7 +198,12 @@ impl AgentClient {
     }
 
     /// Connect, send one request, return the response head (body still streaming).
-    async fn send(&self, method: Method, uri: String, body: ReqBody) -> Result<Response<Incoming>, AgentError> {
+    pub(crate) async fn send(
+        &self,
+        method: Method,
+        uri: String,
+        body: ReqBody,
+    ) -> Result<Response<Incoming>, AgentError> {
         let socket = &self.socket;
         let stream = tokio::time::timeout(CONNECT_TIMEOUT, connect_nofollow(socket))
             .await
@@ -226,7 +231,7 @@ impl AgentClient {
         self.json_limited(res, MAX_JSON_BODY).await
     }
 
-    async fn json_limited<T: serde::de::DeserializeOwned>(
+    pub(crate) async fn json_limited<T: serde::de::DeserializeOwned>(
         &self,
         res: Response<Incoming>,
         limit: usize,
@@ -245,7 +250,7 @@ impl AgentClient {
 
     /// Map a non-200 answer: 404 → `NotFound`, other 4xx and 507 (workspace volume full) → `Rejected`, anything
     /// else → `Unreachable`.
-    async fn failure(&self, res: Response<Incoming>) -> AgentError {
+    pub(crate) async fn failure(&self, res: Response<Incoming>) -> AgentError {
         let status = res.status();
         let limited = http_body_util::Limited::new(res.into_body(), MAX_ERROR_BODY);
         let message = match tokio::time::timeout(CONNECT_TIMEOUT * 5, limited.collect()).await {
@@ -326,7 +331,7 @@ fn cap_message(m: &str) -> String {
     line
 }
 
-fn empty() -> ReqBody {
+pub(crate) fn empty() -> ReqBody {
     Empty::<Bytes>::new().map_err(|never| match never {}).boxed_unsync()
 }
 

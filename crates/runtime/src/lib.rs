@@ -6,9 +6,11 @@
 //! saved to a snapshot, and a failed sandbox's files survive for a later resume.
 
 mod agent_client;
+mod agent_tasks;
 pub mod local;
 mod pod;
 
 pub use agent_client::{AgentClient, AgentError, Download};
+pub use agent_tasks::DeliveryAnswer;
 pub use local::{LocalRuntime, LocalRuntimeConfig};
 pub use pod::{PodError, PodRuntime, PodSpec, PrepareReport};

@@ -8,14 +8,16 @@ use evershell_core::Result;
 use evershell_core::Timestamp;
 use evershell_core::audit::{AuditEvent, AuditQuery};
 use evershell_core::ids::{
-    ApiKeyId, CredentialId, OrgId, PodId, ProviderId, RoleId, SecretId, SessionId, SnapshotId, UserId, WorkspaceId,
+    ApiKeyId, CredentialId, OrgId, PodId, ProviderId, RoleId, SecretId, SessionId, SnapshotId, TaskId, UserId,
+    WorkspaceId,
 };
 use evershell_core::lifecycle::WorkspaceStatus;
 use evershell_core::model::{
     AgentRole, ApiKey, BillingStatus, Credential, CredentialStatus, Membership, Org, Provider, Sealed, Secret, Session,
-    SnapshotRecord, User, WorkspaceRecord,
+    SnapshotRecord, TaskRecord, User, WorkspaceRecord,
 };
 use evershell_core::scope::MemberRole;
+use evershell_core::task::{TaskReason, TaskStatus};
 
 /// Which database a store runs on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -48,6 +50,17 @@ pub struct WorkspaceQuota {
     pub per_role: Option<u64>,
     /// Workspaces created by the new workspace's creator (only when it has one).
     pub per_user: Option<u64>,
+}
+
+/// A task's move to a new status: the timestamps given are set only where still empty, `result` only when given.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TaskUpdate {
+    pub status: TaskStatus,
+    pub reason: Option<TaskReason>,
+    pub delivered_at: Option<Timestamp>,
+    pub started_at: Option<Timestamp>,
+    pub completed_at: Option<Timestamp>,
+    pub result: Option<String>,
 }
 
 /// The result of starting an idempotent request.
@@ -421,4 +434,30 @@ pub trait Store: Send + Sync + 'static {
     async fn idempotency_abandon(&self, org: OrgId, key: &str, owner: &str) -> Result<()>;
     /// Delete up to `limit` keys that expired by `now`; returns how many.
     async fn idempotency_sweep(&self, now: Timestamp, limit: u32) -> Result<u64>;
+
+    // ---- tasks
+    /// Queue `task` on its workspace (its `queue_seq` is assigned here, behind every earlier task; returned). Under the
+    /// workspace's row lock: 404 `workspace_not_found`; 409 `workspace_archived`, `workspace_stopped` (stopped or
+    /// stopping) or `workspace_failed`.
+    async fn insert_task(&self, task: &TaskRecord, audit: &[AuditEvent]) -> Result<i64>;
+    async fn get_task(&self, org: OrgId, ws: WorkspaceId, id: TaskId) -> Result<Option<TaskRecord>>;
+    /// A workspace's tasks, newest first.
+    async fn list_tasks(&self, org: OrgId, ws: WorkspaceId) -> Result<Vec<TaskRecord>>;
+    /// A workspace's tasks that have not ended, in queue order (the first runs or runs next).
+    async fn open_tasks(&self, ws: WorkspaceId) -> Result<Vec<TaskRecord>>;
+    /// Every workspace with a task that has not ended.
+    async fn workspaces_with_open_tasks(&self) -> Result<Vec<WorkspaceId>>;
+    /// The org's workspaces with a delivered, running or compacting task (they read `busy`).
+    async fn busy_workspaces(&self, org: OrgId) -> Result<Vec<WorkspaceId>>;
+    /// How many of a workspace's tasks are in `status`.
+    async fn count_tasks(&self, ws: WorkspaceId, status: TaskStatus) -> Result<u64>;
+    /// Move a task from `expected` (`… WHERE id = ? AND status = ?`) with its audit rows; `false` when it was no
+    /// longer in `expected` (another writer moved it first).
+    async fn update_task(
+        &self,
+        id: TaskId,
+        expected: TaskStatus,
+        update: &TaskUpdate,
+        audit: &[AuditEvent],
+    ) -> Result<bool>;
 }

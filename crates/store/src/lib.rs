@@ -21,7 +21,7 @@ use std::sync::Arc;
 
 pub use api::{
     Backend, BudgetCounterMove, IdempotencyBegin, IdempotencyClaim, LoginClaim, LoginCounter, PodNetwork, Store,
-    WorkspaceFilter, WorkspaceQuota,
+    TaskUpdate, WorkspaceFilter, WorkspaceQuota,
 };
 pub use postgres::PgStore;
 pub use sqlite::SqliteStore;

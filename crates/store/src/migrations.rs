@@ -16,6 +16,7 @@ pub(crate) const SQLITE: Ladder = &[
     (3, "idempotency_leases", include_str!("../migrations/sqlite/0003_idempotency_leases.sql")),
     (4, "secrets_credentials", include_str!("../migrations/sqlite/0004_secrets_credentials.sql")),
     (5, "egress", include_str!("../migrations/sqlite/0005_egress.sql")),
+    (7, "tasks", include_str!("../migrations/sqlite/0007_tasks.sql")),
 ];
 
 pub(crate) const POSTGRES: Ladder = &[
@@ -24,6 +25,7 @@ pub(crate) const POSTGRES: Ladder = &[
     (3, "idempotency_leases", include_str!("../migrations/postgres/0003_idempotency_leases.sql")),
     (4, "secrets_credentials", include_str!("../migrations/postgres/0004_secrets_credentials.sql")),
     (5, "egress", include_str!("../migrations/postgres/0005_egress.sql")),
+    (7, "tasks", include_str!("../migrations/postgres/0007_tasks.sql")),
 ];
 
 pub(crate) fn migrator(ladder: Ladder) -> Migrator {

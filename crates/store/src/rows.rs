@@ -8,8 +8,8 @@ use std::str::FromStr;
 use anyhow::anyhow;
 use evershell_core::audit::AuditEvent;
 use evershell_core::model::{
-    AgentRole, ApiKey, Credential, Membership, Org, Provider, Sealed, Secret, Session, SnapshotRecord, User,
-    WorkspaceRecord,
+    AgentRole, ApiKey, Credential, Membership, Org, Provider, Sealed, Secret, Session, SnapshotRecord, TaskRecord,
+    User, WorkspaceRecord,
 };
 use evershell_core::{Error, Result, Timestamp};
 use serde::Serialize;
@@ -567,5 +567,45 @@ impl CredentialMaterialRow {
     pub(crate) fn into_parts(self) -> Result<(Credential, Sealed)> {
         let sealed = sealed_of(&self.material, "credential")?;
         Ok((self.credential.try_into()?, sealed))
+    }
+}
+
+#[derive(sqlx::FromRow)]
+pub(crate) struct TaskRow {
+    id: String,
+    org_id: String,
+    workspace_id: String,
+    created_by_user_id: Option<String>,
+    description: String,
+    status: String,
+    reason: Option<String>,
+    options: String,
+    queue_seq: i64,
+    result: Option<String>,
+    created_at: i64,
+    delivered_at: Option<i64>,
+    started_at: Option<i64>,
+    completed_at: Option<i64>,
+}
+
+impl TryFrom<TaskRow> for TaskRecord {
+    type Error = Error;
+    fn try_from(r: TaskRow) -> Result<Self> {
+        Ok(TaskRecord {
+            id: parse(&r.id, "task id")?,
+            org_id: parse(&r.org_id, "org id")?,
+            workspace_id: parse(&r.workspace_id, "workspace id")?,
+            created_by_user_id: parse_opt(r.created_by_user_id.as_deref(), "user id")?,
+            description: r.description,
+            status: enum_of(&r.status, "task status")?,
+            reason: r.reason.as_deref().map(|s| enum_of(s, "task reason")).transpose()?,
+            options: json_of(&r.options, "task options")?,
+            queue_seq: r.queue_seq,
+            result: r.result,
+            created_at: ts(r.created_at),
+            delivered_at: ts_opt(r.delivered_at),
+            started_at: ts_opt(r.started_at),
+            completed_at: ts_opt(r.completed_at),
+        })
     }
 }

@@ -8,17 +8,19 @@ macro_rules! impl_store {
             use evershell_core::Timestamp;
             use evershell_core::audit::{AuditEvent, AuditQuery};
             use evershell_core::ids::{
-                ApiKeyId, CredentialId, OrgId, PodId, ProviderId, RoleId, SecretId, SessionId, SnapshotId, UserId,
-                WorkspaceId,
+                ApiKeyId, CredentialId, OrgId, PodId, ProviderId, RoleId, SecretId, SessionId, SnapshotId, TaskId,
+                UserId, WorkspaceId,
             };
             use evershell_core::model::{
                 AgentRole, ApiKey, BillingStatus, Credential, CredentialStatus, Membership, Org, Provider, Sealed,
-                Secret, Session, SnapshotRecord, User, WorkspaceRecord,
+                Secret, Session, SnapshotRecord, TaskRecord, User, WorkspaceRecord,
             };
             use evershell_core::scope::MemberRole;
+            use evershell_core::task::TaskStatus;
 
             use $crate::api::{
-                IdempotencyBegin, IdempotencyClaim, LoginClaim, LoginCounter, WorkspaceFilter, WorkspaceQuota,
+                IdempotencyBegin, IdempotencyClaim, LoginClaim, LoginCounter, TaskUpdate, WorkspaceFilter,
+                WorkspaceQuota,
             };
 
             #[async_trait::async_trait]
@@ -358,6 +360,37 @@ macro_rules! impl_store {
                 }
                 async fn clear_leases(&self) -> Result<()> {
                     ops::workspaces::clear_leases(self).await
+                }
+
+                async fn insert_task(&self, task: &TaskRecord, audit: &[AuditEvent]) -> Result<i64> {
+                    ops::tasks::insert_task(self, task, audit).await
+                }
+                async fn get_task(&self, org: OrgId, ws: WorkspaceId, id: TaskId) -> Result<Option<TaskRecord>> {
+                    ops::tasks::get_task(self, org, ws, id).await
+                }
+                async fn list_tasks(&self, org: OrgId, ws: WorkspaceId) -> Result<Vec<TaskRecord>> {
+                    ops::tasks::list_tasks(self, org, ws).await
+                }
+                async fn open_tasks(&self, ws: WorkspaceId) -> Result<Vec<TaskRecord>> {
+                    ops::tasks::open_tasks(self, ws).await
+                }
+                async fn workspaces_with_open_tasks(&self) -> Result<Vec<WorkspaceId>> {
+                    ops::tasks::workspaces_with_open_tasks(self).await
+                }
+                async fn busy_workspaces(&self, org: OrgId) -> Result<Vec<WorkspaceId>> {
+                    ops::tasks::busy_workspaces(self, org).await
+                }
+                async fn count_tasks(&self, ws: WorkspaceId, status: TaskStatus) -> Result<u64> {
+                    ops::tasks::count_tasks(self, ws, status).await
+                }
+                async fn update_task(
+                    &self,
+                    id: TaskId,
+                    expected: TaskStatus,
+                    update: &TaskUpdate,
+                    audit: &[AuditEvent],
+                ) -> Result<bool> {
+                    ops::tasks::update_task(self, id, expected, update, audit).await
                 }
 
                 async fn insert_snapshot(&self, s: &SnapshotRecord) -> Result<()> {

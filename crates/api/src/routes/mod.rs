@@ -8,6 +8,7 @@ pub mod meta;
 pub mod providers;
 pub mod roles;
 pub mod secrets;
+pub mod tasks;
 pub mod workspace_files;
 pub mod workspaces;
 
@@ -26,4 +27,5 @@ pub fn all() -> OpenApiRouter<AppState> {
         .merge(audit::router())
         .merge(workspaces::router())
         .merge(workspace_files::router())
+        .merge(tasks::router())
 }

@@ -5,10 +5,12 @@ mod identity;
 mod provider;
 mod role;
 mod secret;
+mod task;
 mod workspace;
 
 pub use identity::*;
 pub use provider::*;
 pub use role::*;
 pub use secret::*;
+pub use task::*;
 pub use workspace::*;

@@ -66,6 +66,7 @@ fn concrete(path: &str, ids: &Value) -> String {
             },
             "{user_id}" => ids["user"].as_str(),
             "{path}" => Some("notes.txt"),
+            "{tid}" => Some("task_01JD8X3Q5M2N4P6R8T0V2W4Y6Z"),
             s if s.starts_with('{') => panic!("unmapped parameter {s} in {path}"),
             s => Some(s),
         };
@@ -152,6 +153,7 @@ async fn every_route_enforces_authentication_scopes_and_tenancy() {
             ("POST", "/v1/orgs/{id}/memberships") => Some(json!({"email": "walk@acme.example", "role": "member"})),
             ("PATCH", "/v1/orgs/{id}/memberships/{user_id}") => Some(json!({"role": "member"})),
             ("POST", "/v1/workspaces/{id}/sandbox/exec") => Some(json!({"argv": ["true"]})),
+            ("POST", "/v1/workspaces/{id}/tasks") => Some(json!({"description": "walk"})),
             ("PUT", "/v1/secrets/{id}") => Some(json!({"value": "v2"})),
             ("POST" | "PATCH", _) => Some(json!({})),
             _ => None,

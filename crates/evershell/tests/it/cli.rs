@@ -243,3 +243,37 @@ async fn secrets_and_credentials_from_the_command_line_take_values_from_stdin_or
     assert_eq!(created["name"], "tenant");
     ts.stop().await;
 }
+
+#[tokio::test]
+async fn tasks_submit_list_get_follow_and_cancel() {
+    let ts = TestServer::start().await;
+    let p = ts
+        .post(
+            "/v1/providers",
+            serde_json::json!({"name": "p", "kind": "anthropic", "domain": "api.anthropic.com", "default_model": "m"}),
+        )
+        .await;
+    let pid = p.ok()["id"].as_str().unwrap().to_string();
+    ts.post("/v1/agent-roles", serde_json::json!({"name": "coder", "provider_id": pid})).await.ok();
+    let v = json(&ts, &["tasks", "submit", "--role", "coder", "say hi", "--max-continuations", "2", "--json"]).await;
+    let (ws, task) = (v["workspace_id"].as_str().unwrap().to_string(), v["task_id"].as_str().unwrap().to_string());
+    assert_eq!(v["status"], "submitted");
+    // --follow waits for the end and says by its exit status whether the task completed.
+    let (ok, out, err) = evershell(&ts, &["tasks", "get", &task, "--workspace", &ws, "--follow"], &[]).await;
+    let t = ts.get(&format!("/v1/workspaces/{ws}/tasks/{task}")).await.ok().clone();
+    assert!(["completed", "failed", "cancelled", "delivery_failed"].contains(&t["status"].as_str().unwrap()));
+    assert_eq!(ok, t["status"] == "completed", "{out} {err}");
+    assert!(out.contains(&task), "{out}");
+    if !ok {
+        assert!(err.contains(t["status"].as_str().unwrap()), "{err}");
+    }
+    let list = json(&ts, &["tasks", "list", "--workspace", &ws, "--json"]).await;
+    assert_eq!(list.as_array().unwrap().len(), 1);
+    let (ok, _, err) = evershell(&ts, &["tasks", "cancel", "--workspace", &ws], &[]).await;
+    assert!(!ok && err.contains("invalid_state"), "{err}");
+    let (ok, _, err) = evershell(&ts, &["tasks", "submit", "--workspace", &ws, "x", "--file", "a.txt"], &[]).await;
+    assert!(!ok && err.contains("--file"), "{err}");
+    let (ok, _, err) = evershell(&ts, &["tasks", "submit", "x"], &[]).await;
+    assert!(!ok && err.contains("--workspace"), "{err}");
+    ts.stop().await;
+}

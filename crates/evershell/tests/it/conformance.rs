@@ -23,7 +23,13 @@ use crate::harness::{PASSWORD, Resp, TestServer};
 /// the 503 of `/healthz`).
 /// Operations this deployment answers only with an error: the authorization-code flow is not offered (`501
 /// not_supported`, documented on the operation).
-const NO_SUCCESS: &[(&str, &str)] = &[("POST", "/v1/credentials/{id}/oauth/start")];
+// The task cancel and the session view answer 2xx only from an agent that speaks the task wire (the agent loop);
+// until it is in this build they are exercised against a scripted agent in `crates/app/tests/dispatcher.rs`.
+const NO_SUCCESS: &[(&str, &str)] = &[
+    ("POST", "/v1/credentials/{id}/oauth/start"),
+    ("POST", "/v1/workspaces/{id}/task/cancel"),
+    ("GET", "/v1/workspaces/{id}/session"),
+];
 
 const NO_CLIENT_ERROR: &[(&str, &str)] = &[("GET", "/healthz"), ("GET", "/metrics"), ("GET", "/v1/openapi.json")];
 
@@ -281,6 +287,7 @@ impl Fixture {
                 }
                 "{user_id}" => self.params["user_id"].clone(),
                 "{path}" => self.params["path"].clone(),
+                "{tid}" => self.params["tid"].clone(),
                 s => s.to_string(),
             })
             .collect();
@@ -460,6 +467,28 @@ async fn real_answers_match_the_committed_document() {
     c.get(&format!("{wsp}/sandbox/download/missing.txt"), &key).await;
     c.post(&format!("{wsp}/sandbox/exec"), &key, json!({"argv": ["sh", "-c", "echo hi"]})).await.ok();
     c.post(&format!("{wsp}/sandbox/exec"), &key, json!({"argv": []})).await;
+    // Tasks: queued on the idle workspace and handed to its agent.
+    let body =
+        json!({"description": "say hi", "thinking_effort": "high", "max_continuations": 3, "metadata": {"k": 1}});
+    let task = c.post(&format!("{wsp}/tasks"), &key, body).await.ok()["task_id"].as_str().unwrap().to_string();
+    c.post(&format!("{wsp}/tasks"), &key, json!({"description": ""})).await;
+    c.post(&format!("{wsp}/tasks"), &key, json!({"description": "x", "max_continuations": -1, "metadata": []})).await;
+    c.post(&format!("{wsp}/tasks"), &key, json!({"description": "x", "thinking_effort": "maximal"})).await;
+    c.get(&format!("{wsp}/tasks"), &key).await.ok();
+    c.get(&format!("{wsp}/tasks/{task}"), &key).await.ok();
+    c.get(&format!("{wsp}/tasks/task_01JD8X3Q5M2N4P6R8T0V2W4Y6Z"), &key).await;
+    c.post_empty(&format!("{wsp}/task/cancel"), &key).await;
+    c.get(&format!("{wsp}/session"), &key).await;
+    let first = c.post("/v1/tasks", &key, json!({"role_name": "coder", "description": "first"})).await;
+    let first_ws = first.ok()["workspace_id"].as_str().unwrap().to_string();
+    c.post("/v1/tasks", &key, json!({"role_name": "nobody", "description": "first"})).await;
+    c.post("/v1/tasks", &key, json!({"description": "no role"})).await;
+    ts.wait_status(&first_ws, "idle", 120).await;
+    c.post_empty(&format!("/v1/workspaces/{first_ws}/task/cancel"), &key).await;
+    c.post_empty(&format!("/v1/workspaces/{first_ws}/stop?wait=true&timeout_ms=60000"), &key).await.ok();
+    c.post(&format!("/v1/workspaces/{first_ws}/tasks"), &key, json!({"description": "late"})).await;
+    c.post_empty(&format!("/v1/workspaces/{first_ws}/task/cancel"), &key).await;
+    c.get(&format!("/v1/workspaces/{first_ws}/session"), &key).await;
     c.post_empty(&format!("{wsp}/resume"), &key).await;
     c.post_empty(&format!("{wsp}/archive"), &key).await;
     c.post_empty(&format!("{wsp}/unarchive"), &key).await;
@@ -524,6 +553,7 @@ async fn real_answers_match_the_committed_document() {
     params.insert("credentials", cred.clone());
     params.insert("user_id", "usr_01JD8X3Q5M2N4P6R8T0V2W4Y6Z".to_string());
     params.insert("path", "notes/a.txt".to_string());
+    params.insert("tid", task.clone());
     let mut bodies = HashMap::new();
     let b = |m: &str, t: &str| (m.to_string(), t.to_string());
     bodies.insert(b("POST", "/v1/providers"), json!({"name": "swept", "kind": "vertex", "domain": "vertex.example"}));
@@ -539,6 +569,8 @@ async fn real_answers_match_the_committed_document() {
         json!({"name": "swept", "provider": "github", "kind": "api_key", "api_key": "k"}),
     );
     bodies.insert(b("POST", "/v1/workspaces/{id}/sandbox/exec"), json!({"argv": ["true"]}));
+    bodies.insert(b("POST", "/v1/workspaces/{id}/tasks"), json!({"description": "swept"}));
+    bodies.insert(b("POST", "/v1/tasks"), json!({"role_name": "coder", "description": "swept"}));
     bodies.insert(b("POST", "/v1/orgs/{id}/memberships"), json!({"email": "swept@acme.example", "role": "member"}));
     bodies.insert(b("PATCH", "/v1/orgs/{id}/memberships/{user_id}"), json!({"role": "member"}));
     bodies.insert(b("POST", "/v1/auth/login"), login(&ts.owner_email, PASSWORD));
@@ -577,7 +609,10 @@ async fn real_answers_match_the_committed_document() {
     // Unknown ids of the right shape.
     for (m, t) in &ops {
         if t.contains("{id}") && !t.starts_with("/v1/orgs") {
-            let unknown = t.replace("{id}", &unknown_id(t)).replace("{path}", "a.txt");
+            let unknown = t
+                .replace("{id}", &unknown_id(t))
+                .replace("{path}", "a.txt")
+                .replace("{tid}", "task_01JD8X3Q5M2N4P6R8T0V2W4Y6Z");
             c.send(method(m), &unknown, Some(&owner), fx.body(m, t)).await;
         }
     }

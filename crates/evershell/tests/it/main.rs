@@ -24,5 +24,6 @@ mod egress;
 mod exec;
 mod openapi_drift;
 mod secrets;
+mod tasks;
 mod workspace_faults;
 mod workspaces;

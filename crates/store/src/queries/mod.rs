@@ -20,6 +20,7 @@ pub(crate) mod providers;
 pub(crate) mod roles;
 pub(crate) mod secrets;
 pub(crate) mod snapshots;
+pub(crate) mod tasks;
 pub(crate) mod throttle;
 pub(crate) mod workspaces;
 
@@ -69,6 +70,10 @@ macro_rules! expand {
         pub(crate) mod snapshots {
             use super::*;
             $crate::queries::snapshots::ops!();
+        }
+        pub(crate) mod tasks {
+            use super::*;
+            $crate::queries::tasks::ops!();
         }
         pub(crate) mod throttle {
             use super::*;
