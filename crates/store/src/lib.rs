@@ -6,6 +6,7 @@
 
 mod api;
 mod errors;
+mod feed;
 mod migrations;
 mod postgres;
 mod queries;
@@ -22,6 +23,7 @@ use std::sync::Arc;
 pub use api::{
     Backend, IdempotencyBegin, IdempotencyClaim, LoginClaim, LoginCounter, Store, WorkspaceFilter, WorkspaceQuota,
 };
+pub use feed::{ActivityFeed, FEED_CAPACITY};
 pub use postgres::PgStore;
 pub use sqlite::SqliteStore;
 
