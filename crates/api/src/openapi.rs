@@ -44,6 +44,7 @@ use crate::error::ErrorBody;
         (name = "workspaces", description = "Workspaces and their lifecycle"),
         (name = "files", description = "Live and snapshot files of a workspace"),
         (name = "audit", description = "The audit trail"),
+        (name = "activity", description = "Workspace activity: its history and live SSE streams"),
     )
 )]
 pub struct ApiDoc;

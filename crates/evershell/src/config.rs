@@ -31,6 +31,8 @@ pub struct Config {
     pub sessions: SessionConfig,
     pub reconciler: ReconcilerSettings,
     pub login: LoginSettings,
+    /// Timing of the activity SSE streams (heartbeat, longest stream, store poll).
+    pub activity: evershell_app::activity::StreamSettings,
 }
 
 /// Sign-in throttling and the password-hashing pool (`[login]`).
@@ -199,6 +201,7 @@ impl Default for Config {
             sessions: SessionConfig::default(),
             reconciler: ReconcilerSettings::default(),
             login: LoginSettings::default(),
+            activity: Default::default(),
         }
     }
 }
@@ -288,6 +291,7 @@ const SECTIONS: &[&str] = &[
     "sessions",
     "reconciler",
     "login",
+    "activity",
 ];
 
 /// Flags that override the file and the environment.

@@ -117,6 +117,7 @@ pub async fn start(cfg: Config) -> anyhow::Result<Server> {
         idempotency_sweep_interval_ms: cfg.idempotency.sweep_interval_ms,
         login: cfg.login.policy(),
         password_hash_concurrency: cfg.login.hash_concurrency,
+        activity: cfg.activity,
     };
     let (master_key, key_path) = MasterKey::load_or_create(cfg.master_key_file.as_deref(), &cfg.data_dir)?;
     master_key.verify_against(store.as_ref()).await?;
@@ -155,6 +156,7 @@ pub async fn start(cfg: Config) -> anyhow::Result<Server> {
     let addr = listener.local_addr()?;
     let (stop_tx, stop_rx) = oneshot::channel::<()>();
     let app2 = app.clone();
+    let app3 = app.clone();
     let open_connections = Arc::new(AtomicUsize::new(0));
     let open = open_connections.clone();
     let done = tokio::spawn(async move {
@@ -163,6 +165,8 @@ pub async fn start(cfg: Config) -> anyhow::Result<Server> {
                 _ = stop_rx => {}
                 _ = signal() => tracing::info!("shutting down"),
             }
+            // Open SSE streams end now, so the connections drain.
+            app3.close_activity_streams();
         };
         listener::serve(listener, router, listener_limits, open, shutdown).await?;
         housekeeping.cancel();

@@ -1,42 +1,56 @@
 //! The in-process activity feed: every `category = activity` audit row this process commits is published, after
 //! its transaction commits, to a bounded broadcast channel. Publishing never waits: a subscriber that falls behind
 //! gets `Lagged` and must catch up from the store (the rows are there), so a slow reader never blocks a writer.
+//! `close` tells every subscriber the server is shutting down (its streams end, so they do not hold the shutdown).
 
 use std::ops::{Deref, DerefMut};
 use std::sync::Arc;
 
 use evershell_core::audit::{AuditEvent, Category};
-use tokio::sync::broadcast;
+use tokio::sync::{broadcast, watch};
 
 /// Events the channel holds for its slowest subscriber before that one lags.
 pub const FEED_CAPACITY: usize = 4096;
 
 /// The sending side, shared by every clone of a store.
 #[derive(Clone)]
-pub struct ActivityFeed(broadcast::Sender<Arc<AuditEvent>>);
+pub struct ActivityFeed {
+    events: broadcast::Sender<Arc<AuditEvent>>,
+    closing: Arc<watch::Sender<bool>>,
+}
 
 impl Default for ActivityFeed {
     fn default() -> Self {
-        Self(broadcast::channel(FEED_CAPACITY).0)
+        Self { events: broadcast::channel(FEED_CAPACITY).0, closing: Arc::new(watch::channel(false).0) }
     }
 }
 
 impl std::fmt::Debug for ActivityFeed {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ActivityFeed").field("subscribers", &self.0.receiver_count()).finish()
+        f.debug_struct("ActivityFeed").field("subscribers", &self.events.receiver_count()).finish()
     }
 }
 
 impl ActivityFeed {
     /// Receive every activity row committed from now on.
     pub fn subscribe(&self) -> broadcast::Receiver<Arc<AuditEvent>> {
-        self.0.subscribe()
+        self.events.subscribe()
+    }
+
+    /// Becomes `true` when the server shuts down.
+    pub fn closing(&self) -> watch::Receiver<bool> {
+        self.closing.subscribe()
+    }
+
+    /// The server is shutting down: every stream should end.
+    pub fn close(&self) {
+        self.closing.send_replace(true);
     }
 
     fn publish(&self, events: Vec<Arc<AuditEvent>>) {
         for e in events {
             // No subscriber is not an error: the row is in the store.
-            let _ = self.0.send(e);
+            let _ = self.events.send(e);
         }
     }
 }

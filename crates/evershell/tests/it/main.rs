@@ -8,6 +8,7 @@ mod metrics_labels;
 mod quotas_paging;
 mod smaller_hardening;
 
+mod activity;
 mod api_account_takeover;
 mod api_audit;
 mod api_config;
