@@ -13,7 +13,7 @@ use evershell_core::audit::{
 use evershell_core::ids::{OrgId, TaskId, UserId, WorkspaceId};
 use evershell_core::scope::{Reach, Scope};
 use evershell_core::{Error, ErrorCode, FieldErrors, Result, Timestamp};
-use evershell_store::Store;
+use evershell_store::{FeedEvent, Store};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{broadcast, mpsc, watch};
 
@@ -56,7 +56,8 @@ pub struct ActivityParams {
 /// What a stream sends.
 #[derive(Debug, Clone)]
 pub enum StreamItem {
-    Event(Arc<AuditEvent>),
+    /// The event, with its JSON rendered once for every stream that sends it.
+    Event(Arc<FeedEvent>),
     Heartbeat,
 }
 
@@ -275,7 +276,7 @@ struct Stream {
 struct Gone;
 
 impl Stream {
-    async fn run(mut self, mut feed: broadcast::Receiver<Arc<AuditEvent>>, mut closing: watch::Receiver<bool>) {
+    async fn run(mut self, mut feed: broadcast::Receiver<Arc<FeedEvent>>, mut closing: watch::Receiver<bool>) {
         let s = self.settings;
         let deadline = tokio::time::sleep(Duration::from_millis(s.max_duration_ms));
         tokio::pin!(deadline);
@@ -318,11 +319,12 @@ impl Stream {
     }
 
     /// Deliver `e` if this stream shows it and has not sent it yet.
-    async fn offer(&mut self, e: Arc<AuditEvent>) -> std::result::Result<(), Gone> {
-        if !self.position.fresh(&e) {
+    async fn offer(&mut self, fe: Arc<FeedEvent>) -> std::result::Result<(), Gone> {
+        let e = &fe.event;
+        if !self.position.fresh(e) {
             return Ok(());
         }
-        match self.filter.admits(self.store.as_ref(), &e).await {
+        match self.filter.admits(self.store.as_ref(), e).await {
             Ok(true) => {}
             Ok(false) => return Ok(()),
             Err(err) => {
@@ -330,8 +332,8 @@ impl Stream {
                 return Ok(());
             }
         }
-        self.position.mark(&e, self.settings.lookback_ms as i64);
-        self.send(StreamItem::Event(e)).await
+        self.position.mark(e, self.settings.lookback_ms as i64);
+        self.send(StreamItem::Event(fe)).await
     }
 
     /// Read the store from a little behind the newest delivered event (never before the start) and deliver what
@@ -364,7 +366,7 @@ impl Stream {
                 after = (last.timestamp.millis(), last.id);
             }
             for e in rows {
-                self.offer(Arc::new(e)).await?;
+                self.offer(Arc::new(FeedEvent::new(e))).await?;
             }
             if !full {
                 return Ok(());

@@ -71,9 +71,13 @@ async fn main() {
         ids.push(ws["id"].as_str().unwrap().to_string());
     }
     let (_, rss_before) = rss_mib(pid);
-    // Only events after this point count (the creates' rows came before the subscribers).
-    let newest = call(&http, &server, Method::GET, &format!("/v1/workspaces/{}/activity?limit=1", ids[0]), None).await;
-    let since = newest["events"][0]["timestamp"].as_str().unwrap().to_string();
+    // Only events after the newest one so far count (the creates' rows came before the subscribers).
+    let mut newest: Vec<String> = Vec::new();
+    for ws in &ids {
+        let page = call(&http, &server, Method::GET, &format!("/v1/workspaces/{ws}/activity?limit=1"), None).await;
+        newest.push(page["events"][0]["timestamp"].as_str().unwrap().to_string());
+    }
+    let since = newest.into_iter().max_by_key(|t| Timestamp::parse_rfc3339(t).unwrap().millis()).unwrap();
 
     let (ready_tx, mut ready_rx) = tokio::sync::mpsc::channel(subscribers);
     let mut seen = Vec::new();

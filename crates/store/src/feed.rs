@@ -12,10 +12,28 @@ use tokio::sync::{broadcast, watch};
 /// Events the channel holds for its slowest subscriber before that one lags.
 pub const FEED_CAPACITY: usize = 4096;
 
+/// One published event, with its JSON rendered once for every subscriber that sends it.
+#[derive(Debug)]
+pub struct FeedEvent {
+    pub event: AuditEvent,
+    json: std::sync::OnceLock<String>,
+}
+
+impl FeedEvent {
+    pub fn new(event: AuditEvent) -> Self {
+        Self { event, json: std::sync::OnceLock::new() }
+    }
+
+    /// The event as one line of JSON.
+    pub fn json(&self) -> &str {
+        self.json.get_or_init(|| serde_json::to_string(&self.event).unwrap_or_else(|_| "{}".into()))
+    }
+}
+
 /// The sending side, shared by every clone of a store.
 #[derive(Clone)]
 pub struct ActivityFeed {
-    events: broadcast::Sender<Arc<AuditEvent>>,
+    events: broadcast::Sender<Arc<FeedEvent>>,
     closing: Arc<watch::Sender<bool>>,
 }
 
@@ -33,7 +51,7 @@ impl std::fmt::Debug for ActivityFeed {
 
 impl ActivityFeed {
     /// Receive every activity row committed from now on.
-    pub fn subscribe(&self) -> broadcast::Receiver<Arc<AuditEvent>> {
+    pub fn subscribe(&self) -> broadcast::Receiver<Arc<FeedEvent>> {
         self.events.subscribe()
     }
 
@@ -47,7 +65,7 @@ impl ActivityFeed {
         self.closing.send_replace(true);
     }
 
-    fn publish(&self, events: Vec<Arc<AuditEvent>>) {
+    fn publish(&self, events: Vec<Arc<FeedEvent>>) {
         for e in events {
             // No subscriber is not an error: the row is in the store.
             let _ = self.events.send(e);
@@ -59,7 +77,7 @@ impl ActivityFeed {
 /// or failed transaction publishes nothing).
 pub(crate) struct Tx<DB: sqlx::Database> {
     inner: sqlx::Transaction<'static, DB>,
-    pending: Vec<Arc<AuditEvent>>,
+    pending: Vec<Arc<FeedEvent>>,
     feed: ActivityFeed,
 }
 
@@ -70,7 +88,9 @@ impl<DB: sqlx::Database> Tx<DB> {
 
     /// Remember `events` for publication at commit.
     pub(crate) fn note(&mut self, events: &[AuditEvent]) {
-        self.pending.extend(events.iter().filter(|e| e.category == Category::Activity).cloned().map(Arc::new));
+        self.pending.extend(
+            events.iter().filter(|e| e.category == Category::Activity).map(|e| Arc::new(FeedEvent::new(e.clone()))),
+        );
     }
 
     pub(crate) fn conn(&mut self) -> &mut DB::Connection {

@@ -23,7 +23,7 @@ use std::sync::Arc;
 pub use api::{
     Backend, IdempotencyBegin, IdempotencyClaim, LoginClaim, LoginCounter, Store, WorkspaceFilter, WorkspaceQuota,
 };
-pub use feed::{ActivityFeed, FEED_CAPACITY};
+pub use feed::{ActivityFeed, FEED_CAPACITY, FeedEvent};
 pub use postgres::PgStore;
 pub use sqlite::SqliteStore;
 

@@ -122,10 +122,7 @@ fn last_event_id(headers: &HeaderMap) -> Option<&str> {
 fn frame(item: StreamItem) -> Bytes {
     match item {
         StreamItem::Heartbeat => Bytes::from_static(b": heartbeat\n\n"),
-        StreamItem::Event(e) => {
-            let json = serde_json::to_string(&*e).unwrap_or_else(|_| "{}".into());
-            Bytes::from(format!("event: activity\nid: {}\ndata: {json}\n\n", e.id))
-        }
+        StreamItem::Event(e) => Bytes::from(format!("event: activity\nid: {}\ndata: {}\n\n", e.event.id, e.json())),
     }
 }
 

@@ -304,11 +304,11 @@ async fn activity_feed_publishes_committed_activity_rows_only(ctx: Ctx) {
     assert!(!ctx.store.update_workspace(&ws, ws.generation + 7, std::slice::from_ref(&stale)).await.unwrap());
     assert!(ctx.store.update_workspace(&ws, ws.generation, &[audit_only, ready.clone()]).await.unwrap());
     let got = rx.recv().await.unwrap();
-    assert_eq!(*got, ready);
+    assert_eq!(got.event, ready);
     // Nothing else is queued: the failed write and the `audit`-category row were not published.
     let marker = event(w.org.id, EventType::SnapshotSaved).workspace(ws.id);
     ctx.store.append_audit(std::slice::from_ref(&marker)).await.unwrap();
-    assert_eq!(rx.recv().await.unwrap().id, marker.id);
+    assert_eq!(rx.recv().await.unwrap().event.id, marker.id);
     assert!(rx.try_recv().is_err());
 }
 
