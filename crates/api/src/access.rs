@@ -101,6 +101,18 @@ fn credential(headers: &HeaderMap) -> Option<String> {
     cookie_credential(headers)
 }
 
+/// `?api_key=sk_…` on the SSE routes only (clients such as `EventSource` cannot set headers); never a session JWT.
+/// The query string is not logged (request spans carry the path alone).
+fn query_credential(path: &str, query: Option<&str>) -> Option<String> {
+    if !crate::routes::activity::STREAM_PATHS.contains(&path) {
+        return None;
+    }
+    form_urlencoded::parse(query?.as_bytes())
+        .find(|(k, _)| k == "api_key")
+        .map(|(_, v)| v.into_owned())
+        .filter(|v| v.starts_with(evershell_app::secrets::API_KEY_PREFIX))
+}
+
 /// The session JWT of the `evershell_session` cookie (never an API key).
 fn cookie_credential(headers: &HeaderMap) -> Option<String> {
     headers
@@ -137,7 +149,9 @@ async fn check(app: &App, table: &AccessTable, req: &mut Request) -> Result<()> 
         return Err(Error::new(evershell_core::ErrorCode::MethodNotAllowed, "method not allowed on this route"));
     };
     let Requirement::Scopes(alternatives) = requirement else { return Ok(()) };
-    let token = credential(req.headers()).ok_or_else(Error::unauthenticated)?;
+    let token = credential(req.headers())
+        .or_else(|| query_credential(&path, req.uri().query()))
+        .ok_or_else(Error::unauthenticated)?;
     let request_id = req.extensions().get::<RequestId>().map(|r| r.0.clone());
     let caller = app.authenticate(&token, request_id).await?;
     if !req.headers().contains_key(header::AUTHORIZATION) {
@@ -201,6 +215,18 @@ mod tests {
         let mut h = HeaderMap::new();
         h.insert(header::AUTHORIZATION, "Basic Zm9v".parse().unwrap());
         assert_eq!(credential(&h), None);
+    }
+
+    #[test]
+    fn api_key_in_the_query_only_on_streams_and_never_a_jwt() {
+        let key = "sk_live_0123456789abcdef";
+        let q = format!("api_key={key}");
+        assert_eq!(query_credential("/v1/activity/stream", Some(&q)).as_deref(), Some(key));
+        assert_eq!(query_credential("/v1/workspaces/{id}/activity/stream", Some(&q)).as_deref(), Some(key));
+        assert_eq!(query_credential("/v1/workspaces/{id}/activity", Some(&q)), None);
+        assert_eq!(query_credential("/v1/workspaces", Some(&q)), None);
+        assert_eq!(query_credential("/v1/activity/stream", Some("api_key=eyJhbGciOi.x.y")), None);
+        assert_eq!(query_credential("/v1/activity/stream", None), None);
     }
 
     #[test]

@@ -45,6 +45,7 @@ use crate::error::ErrorBody;
         (name = "files", description = "Live and snapshot files of a workspace"),
         (name = "tasks", description = "Tasks: submitted to a workspace's agent, queued, run one at a time"),
         (name = "audit", description = "The audit trail"),
+        (name = "activity", description = "Workspace activity: its history and live SSE streams"),
     )
 )]
 pub struct ApiDoc;

@@ -3,6 +3,7 @@
 //! lifecycle calls with the pure state machine, writes intent and audit rows, and runs the reconciler that drives
 //! pods. Handlers call `App`; `App` calls the store and (through the reconciler) the runtime — never the reverse.
 
+pub mod activity;
 pub mod admin;
 pub mod audit_log;
 pub mod authn;
@@ -55,6 +56,8 @@ pub struct AppConfig {
     pub login: throttle::LoginPolicy,
     /// argon2 computations at once (0: one per core).
     pub password_hash_concurrency: usize,
+    /// Timing of the activity SSE streams.
+    pub activity: activity::StreamSettings,
 }
 
 /// Workspace limits (0: unlimited), counted over non-archived workspaces; a create beyond one is
@@ -103,6 +106,7 @@ impl Default for AppConfig {
             reconciler: Default::default(),
             login: Default::default(),
             password_hash_concurrency: 0,
+            activity: Default::default(),
         }
     }
 }

@@ -2,10 +2,12 @@
 //! `--database-url`); everything else is a client of the `/v1` API, configured by flags, `EVERSHELL_URL` /
 //! `EVERSHELL_API_KEY`, or the file `evershell login` writes.
 
+pub mod activity;
 pub mod admin;
 pub mod client;
 pub mod output;
 pub mod profile;
 pub mod secrets;
 pub mod tasks;
+pub mod sse;
 pub mod workspaces;

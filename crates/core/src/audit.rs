@@ -255,6 +255,12 @@ impl AuditEvent {
         self
     }
 
+    /// The task the event belongs to (the `task_id` column; `?task_id=` of the activity list filters on it).
+    pub fn task(mut self, id: TaskId) -> Self {
+        self.task_id = Some(id);
+        self
+    }
+
     pub fn reason(mut self, r: impl Into<String>) -> Self {
         self.reason = Some(r.into());
         self

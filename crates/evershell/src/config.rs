@@ -32,6 +32,8 @@ pub struct Config {
     pub reconciler: ReconcilerSettings,
     pub login: LoginSettings,
     pub proxy: ProxySettings,
+    /// Timing of the activity SSE streams (heartbeat, longest stream, store poll).
+    pub activity: evershell_app::activity::StreamSettings,
 }
 
 /// The egress proxy (`[proxy]`): `evershell serve` runs it in-process on `runtime.proxy_port` unless `enabled` is
@@ -237,6 +239,7 @@ impl Default for Config {
             reconciler: ReconcilerSettings::default(),
             login: LoginSettings::default(),
             proxy: ProxySettings::default(),
+            activity: Default::default(),
         }
     }
 }
@@ -328,6 +331,7 @@ const SECTIONS: &[&str] = &[
     "reconciler",
     "login",
     "proxy",
+    "activity",
 ];
 
 /// Flags that override the file and the environment.

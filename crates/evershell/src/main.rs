@@ -1,10 +1,11 @@
 //! The `evershell` binary: one executable for the control plane (`serve`), the in-pod agent (`agent`), store-level
-//! administration (`admin`) and the `/v1` command-line client (`login`, `workspaces …`).
+//! administration (`admin`) and the `/v1` command-line client (`login`, `workspaces …`, `activity`).
 
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 use evershell::config::{Config, Overrides};
+use evershell_cli::activity::ActivityArgs;
 use evershell_cli::admin::AdminCommand;
 use evershell_cli::client::Connection;
 use evershell_cli::secrets::{CredentialCommand, SecretCommand};
@@ -110,6 +111,13 @@ enum Command {
         #[command(subcommand)]
         command: CredentialCommand,
     },
+    /// Activity: a workspace's history, or with --follow the live stream (org-wide or one workspace).
+    Activity {
+        #[command(flatten)]
+        conn: Connection,
+        #[command(flatten)]
+        args: ActivityArgs,
+    },
 }
 
 fn init_tracing(json: bool) {
@@ -176,5 +184,9 @@ fn main() -> anyhow::Result<()> {
         Command::Credentials { conn, command } => {
             tokio::runtime::Runtime::new()?.block_on(evershell_cli::secrets::run_credentials(&conn, command))
         }
+        Command::Activity { conn, args } => tokio::runtime::Runtime::new()?.block_on(async move {
+            let client = evershell_cli::client::Client::new(&conn)?;
+            evershell_cli::activity::run(&client, args).await
+        }),
     }
 }

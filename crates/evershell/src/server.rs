@@ -129,6 +129,7 @@ pub async fn start(cfg: Config) -> anyhow::Result<Server> {
         idempotency_sweep_interval_ms: cfg.idempotency.sweep_interval_ms,
         login: cfg.login.policy(),
         password_hash_concurrency: cfg.login.hash_concurrency,
+        activity: cfg.activity,
     };
     let app = Arc::new(App::new(store, runtime, snapshots, app_cfg).with_master_key(master_key));
     app.reconciler.start().await.context("starting the reconciler")?;
@@ -165,6 +166,7 @@ pub async fn start(cfg: Config) -> anyhow::Result<Server> {
     let addr = listener.local_addr()?;
     let (stop_tx, stop_rx) = oneshot::channel::<()>();
     let app2 = app.clone();
+    let app3 = app.clone();
     let open_connections = Arc::new(AtomicUsize::new(0));
     let open = open_connections.clone();
     let done = tokio::spawn(async move {
@@ -173,6 +175,8 @@ pub async fn start(cfg: Config) -> anyhow::Result<Server> {
                 _ = stop_rx => {}
                 _ = signal() => tracing::info!("shutting down"),
             }
+            // Open SSE streams end now, so the connections drain.
+            app3.close_activity_streams();
         };
         listener::serve(listener, router, listener_limits, open, shutdown).await?;
         housekeeping.cancel();

@@ -404,6 +404,10 @@ pub trait Store: Send + Sync + 'static {
     async fn append_audit(&self, events: &[AuditEvent]) -> Result<()>;
     /// One page of events, at most `q.limit`.
     async fn query_audit(&self, q: &AuditQuery) -> Result<Vec<AuditEvent>>;
+    /// One event of `org` by id.
+    async fn get_audit_event(&self, org: OrgId, id: uuid::Uuid) -> Result<Option<AuditEvent>>;
+    /// Every `category = activity` row this store commits, published after its transaction commits (see `feed`).
+    fn activity_feed(&self) -> &crate::feed::ActivityFeed;
 
     // ---- egress ----------------------------------------------------------------------------------------------------
     /// Record (or, with `None`, clear) the network observation of the workspace's pod `pod`: a narrow update of

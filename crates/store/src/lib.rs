@@ -6,6 +6,7 @@
 
 mod api;
 mod errors;
+mod feed;
 mod migrations;
 mod postgres;
 mod queries;
@@ -23,6 +24,7 @@ pub use api::{
     Backend, BudgetCounterMove, IdempotencyBegin, IdempotencyClaim, LoginClaim, LoginCounter, PodNetwork, Store,
     TaskUpdate, WorkspaceFilter, WorkspaceQuota,
 };
+pub use feed::{ActivityFeed, FEED_CAPACITY, FeedEvent};
 pub use postgres::PgStore;
 pub use sqlite::SqliteStore;
 

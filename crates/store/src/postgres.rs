@@ -5,7 +5,6 @@
 use std::time::Duration;
 
 use anyhow::Context;
-use sqlx::Transaction;
 use sqlx::postgres::{PgPool, PgPoolOptions};
 
 use crate::api::Backend;
@@ -17,6 +16,7 @@ const MAX_CONNECTIONS: u32 = 10;
 pub struct PgStore {
     pub(crate) read: PgPool,
     pub(crate) write: PgPool,
+    pub(crate) feed: crate::feed::ActivityFeed,
 }
 
 impl PgStore {
@@ -32,11 +32,11 @@ impl PgStore {
             .run(&pool)
             .await
             .context("migrating the PostgreSQL database")?;
-        Ok(Self { read: pool.clone(), write: pool })
+        Ok(Self { read: pool.clone(), write: pool, feed: Default::default() })
     }
 
-    pub(crate) async fn begin(&self) -> sqlx::Result<Transaction<'static, sqlx::Postgres>> {
-        self.write.begin().await
+    pub(crate) async fn begin(&self) -> sqlx::Result<crate::feed::Tx<sqlx::Postgres>> {
+        Ok(crate::feed::Tx::new(self.write.begin().await?, &self.feed))
     }
 }
 

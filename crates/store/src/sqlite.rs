@@ -9,7 +9,6 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use anyhow::Context;
-use sqlx::Transaction;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
 
 use crate::api::Backend;
@@ -21,6 +20,7 @@ const READERS: u32 = 4;
 pub struct SqliteStore {
     pub(crate) read: SqlitePool,
     pub(crate) write: SqlitePool,
+    pub(crate) feed: crate::feed::ActivityFeed,
 }
 
 impl SqliteStore {
@@ -66,12 +66,12 @@ impl SqliteStore {
             .connect_with(opts)
             .await
             .with_context(|| format!("opening SQLite database {file}"))?;
-        Ok(Self { read, write })
+        Ok(Self { read, write, feed: Default::default() })
     }
 
     /// A write transaction, holding the file's write lock from its first statement.
-    pub(crate) async fn begin(&self) -> sqlx::Result<Transaction<'static, sqlx::Sqlite>> {
-        self.write.begin_with("BEGIN IMMEDIATE").await
+    pub(crate) async fn begin(&self) -> sqlx::Result<crate::feed::Tx<sqlx::Sqlite>> {
+        Ok(crate::feed::Tx::new(self.write.begin_with("BEGIN IMMEDIATE").await?, &self.feed))
     }
 }
 

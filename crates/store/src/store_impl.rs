@@ -430,6 +430,12 @@ macro_rules! impl_store {
                 async fn query_audit(&self, q: &AuditQuery) -> Result<Vec<AuditEvent>> {
                     ops::audit::query_audit(self, q).await
                 }
+                async fn get_audit_event(&self, org: OrgId, id: uuid::Uuid) -> Result<Option<AuditEvent>> {
+                    ops::audit::get_audit_event(self, org, id).await
+                }
+                fn activity_feed(&self) -> &$crate::feed::ActivityFeed {
+                    &self.feed
+                }
 
                 async fn set_pod_network(
                     &self,

@@ -1,6 +1,7 @@
 //! The `/v1` routes, one module per resource. Each handler's `#[utoipa::path]` is its documentation and its access
 //! declaration (`security`), see `access.rs`.
 
+pub mod activity;
 pub mod audit;
 pub mod credentials;
 pub mod identity;
@@ -25,6 +26,7 @@ pub fn all() -> OpenApiRouter<AppState> {
         .merge(secrets::router())
         .merge(credentials::router())
         .merge(audit::router())
+        .merge(activity::router())
         .merge(workspaces::router())
         .merge(workspace_files::router())
         .merge(tasks::router())

@@ -277,3 +277,56 @@ async fn tasks_submit_list_get_follow_and_cancel() {
     assert!(!ok && err.contains("--workspace"), "{err}");
     ts.stop().await;
 }
+
+#[tokio::test]
+async fn activity_lists_history_and_follow_reconnects_when_the_server_ends_the_stream() {
+    use evershell_core::audit::{AuditEvent, EventType};
+    use tokio::io::AsyncBufReadExt;
+
+    let ts = TestServer::start_with(|c| c.activity.max_duration_ms = 300).await;
+    ts.role("coder").await;
+    let ws = ts.idle_workspace("coder", &ts.key).await;
+    let org: evershell_core::ids::OrgId = ts.org_id.parse().unwrap();
+    let event = |t| AuditEvent::system(org, t).workspace(ws.parse().unwrap());
+
+    // History: one JSON event per line, oldest first.
+    let (ok, out, err) = evershell(&ts, &["activity", "--workspace", &ws], &[]).await;
+    assert!(ok, "{err}");
+    let first: Value = serde_json::from_str(out.lines().next().unwrap()).unwrap();
+    assert_eq!(first["event_type"], "workspace_ready");
+
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_evershell"))
+        .args(["activity", "--follow"])
+        .env("EVERSHELL_URL", &ts.url)
+        .env("EVERSHELL_API_KEY", &ts.key)
+        .env("HOME", ts.dir.path())
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let connects = || async {
+        let m = reqwest::get(format!("{}/metrics", ts.url)).await.unwrap().text().await.unwrap();
+        m.lines()
+            .filter(|l| l.starts_with("evershell_http_requests_total") && l.contains("route=\"/v1/activity/stream\""))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum::<f64>()
+    };
+    // Connected (its request answered), then an event.
+    while connects().await < 1.0 {
+        tokio::task::yield_now().await;
+    }
+    let a = event(EventType::SnapshotSaved);
+    ts.app.record_activity(std::slice::from_ref(&a)).await.unwrap();
+    let line = lines.next_line().await.unwrap().unwrap();
+    assert_eq!(serde_json::from_str::<Value>(&line).unwrap()["id"], a.id.to_string());
+    // The server ends each stream after 300 ms; the client comes back (with Last-Event-ID) and keeps printing.
+    while connects().await < 2.0 {
+        tokio::task::yield_now().await;
+    }
+    let b = event(EventType::SnapshotDeleted);
+    ts.app.record_activity(std::slice::from_ref(&b)).await.unwrap();
+    let line = lines.next_line().await.unwrap().unwrap();
+    assert_eq!(serde_json::from_str::<Value>(&line).unwrap()["id"], b.id.to_string(), "next is b: nothing repeated");
+    child.kill().await.unwrap();
+}

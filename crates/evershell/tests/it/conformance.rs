@@ -305,7 +305,12 @@ impl Fixture {
 
 #[tokio::test]
 async fn real_answers_match_the_committed_document() {
-    let ts = TestServer::start().await;
+    // SSE streams end after a moment here, so every answer (a stream's included) can be read to its end.
+    let ts = TestServer::start_with(|c| {
+        c.activity.max_duration_ms = 300;
+        c.activity.heartbeat_ms = 100;
+    })
+    .await;
     let contract = Contract::new(committed_document());
     let c = Client { ts: &ts, c: &contract };
     let key = ts.key.clone();
@@ -531,6 +536,23 @@ async fn real_answers_match_the_committed_document() {
     c.get("/v1/audit?cursor=garbage", &key).await;
     c.get(&format!("{wsp}/audit"), &key).await.ok();
     c.get(&format!("{wsp}/audit?from=yesterday"), &key).await;
+
+    // Activity: the history and the streams (which end after `max_duration_ms` above).
+    c.get(&format!("{wsp}/activity"), &key).await.ok();
+    c.get(&format!("{wsp}/activity?order=asc&limit=1&event_type=workspace_ready"), &key).await.ok();
+    c.get(&format!("{wsp}/activity?cursor=garbage"), &key).await.expect(400, "invalid_cursor");
+    c.get(&format!("{wsp}/activity?after=2026-01-01T00:00:00Z&cursor=x"), &key).await.expect(400, "validation_error");
+    c.get("/v1/activity/stream", &key).await.ok();
+    let oldest = c.get(&format!("{wsp}/activity?order=asc&limit=1"), &key).await;
+    let oldest = oldest.ok()["events"][0]["id"].as_str().unwrap().to_string();
+    let replay =
+        c.send_with(Method::GET, "/v1/activity/stream", Some(&key), Body::None, &[("last-event-id", &oldest)]).await;
+    assert!(String::from_utf8_lossy(&replay.bytes).contains("event: activity\nid: "), "the replay shows later events");
+    c.get(&format!("{wsp}/activity/stream"), &member).await;
+    c.get(&format!("{wsp}/activity/stream"), &key).await.ok();
+    c.send_with(Method::GET, "/v1/activity/stream", Some(&key), Body::None, &[("last-event-id", "nope")])
+        .await
+        .expect(400, "invalid_cursor");
 
     // Idempotency: a replay, and the same key with another body.
     let idem = [("idempotency-key", "conformance-1")];

@@ -9,6 +9,7 @@ mod quotas_paging;
 mod smaller_hardening;
 mod snapshot_index;
 
+mod activity;
 mod api_account_takeover;
 mod api_audit;
 mod api_config;

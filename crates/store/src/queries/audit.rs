@@ -106,8 +106,10 @@ macro_rules! ops {
         use $crate::rows::{AuditRow, text, to_json};
         use $crate::tx::run;
 
-        /// Write `events` in the caller's transaction.
-        pub async fn insert(c: &mut Conn, events: &[AuditEvent]) -> $crate::tx::TxResult<()> {
+        /// Write `events` in the caller's transaction; its activity rows are published when it commits.
+        pub async fn insert(tx: &mut $crate::feed::Tx<Db>, events: &[AuditEvent]) -> $crate::tx::TxResult<()> {
+            tx.note(events);
+            let c = tx.conn();
             for e in events {
                 let details = e.details.as_ref().map(to_json).transpose()?;
                 sqlx::query(concat!(
@@ -167,6 +169,24 @@ macro_rules! ops {
             }
             let rows = query.fetch_all(&s.read).await.map_err(db)?;
             rows.into_iter().map(AuditEvent::try_from).collect()
+        }
+
+        pub async fn get_audit_event(
+            s: &S,
+            org: evershell_core::ids::OrgId,
+            id: uuid::Uuid,
+        ) -> Result<Option<AuditEvent>> {
+            let sql = format!(
+                "SELECT {} FROM audit_events WHERE org_id = $1 AND id = $2",
+                $crate::queries::audit::AUDIT_COLS
+            );
+            let row = sqlx::query_as::<Db, AuditRow>(sqlx::AssertSqlSafe(sql))
+                .bind(org.to_string())
+                .bind(id.to_string())
+                .fetch_optional(&s.read)
+                .await
+                .map_err(db)?;
+            row.map(AuditEvent::try_from).transpose()
         }
     };
 }

@@ -17,6 +17,8 @@ store_tests!(
     idempotency_expired_key_is_new,
     idempotency_claim_of_a_dead_owner_is_taken_over,
     idempotency_sweep_deletes_only_expired_keys,
+    activity_feed_publishes_committed_activity_rows_only,
+    get_audit_event_is_scoped_to_its_org,
 );
 
 /// Begin as owner `A` with a lease far beyond `now` (the key's own expiry is `exp`).
@@ -288,4 +290,33 @@ async fn idempotency_sweep_deletes_only_expired_keys(ctx: Ctx) {
     assert_eq!(begin(s, o, "live", "fp", ts(3_000), ts(10_000)).await, replay);
     // Only the live row is left for a later sweep.
     assert_eq!(s.idempotency_sweep(ts(10_000), 100).await.unwrap(), 1);
+}
+
+async fn activity_feed_publishes_committed_activity_rows_only(ctx: Ctx) {
+    let w = world(&ctx, "acme").await;
+    let mut rx = ctx.store.activity_feed().subscribe();
+    let ws = workspace(w.org.id, w.role.id, WorkspaceStatus::Provisioning);
+    ctx.store.create_workspace(&ws, &[]).await.unwrap();
+    let ready = event(w.org.id, EventType::WorkspaceReady).workspace(ws.id);
+    let stale = event(w.org.id, EventType::WorkspaceFailed).workspace(ws.id);
+    let audit_only = event(w.org.id, EventType::WorkspaceStopRequested).workspace(ws.id);
+    // A write refused by the generation guard commits nothing and publishes nothing.
+    assert!(!ctx.store.update_workspace(&ws, ws.generation + 7, std::slice::from_ref(&stale)).await.unwrap());
+    assert!(ctx.store.update_workspace(&ws, ws.generation, &[audit_only, ready.clone()]).await.unwrap());
+    let got = rx.recv().await.unwrap();
+    assert_eq!(got.event, ready);
+    // Nothing else is queued: the failed write and the `audit`-category row were not published.
+    let marker = event(w.org.id, EventType::SnapshotSaved).workspace(ws.id);
+    ctx.store.append_audit(std::slice::from_ref(&marker)).await.unwrap();
+    assert_eq!(rx.recv().await.unwrap().event.id, marker.id);
+    assert!(rx.try_recv().is_err());
+}
+
+async fn get_audit_event_is_scoped_to_its_org(ctx: Ctx) {
+    let o = OrgId::new();
+    let e = event(o, EventType::WorkspaceReady);
+    ctx.store.append_audit(std::slice::from_ref(&e)).await.unwrap();
+    assert_eq!(ctx.store.get_audit_event(o, e.id).await.unwrap(), Some(e.clone()));
+    assert_eq!(ctx.store.get_audit_event(OrgId::new(), e.id).await.unwrap(), None);
+    assert_eq!(ctx.store.get_audit_event(o, uuid::Uuid::now_v7()).await.unwrap(), None);
 }
