@@ -20,7 +20,8 @@ pub mod testing;
 use std::sync::Arc;
 
 pub use api::{
-    Backend, IdempotencyBegin, IdempotencyClaim, LoginClaim, LoginCounter, Store, WorkspaceFilter, WorkspaceQuota,
+    Backend, Fence, IdempotencyBegin, IdempotencyClaim, LoginClaim, LoginCounter, ObservationWrite, Store,
+    WorkspaceFilter, WorkspaceQuota,
 };
 pub use postgres::PgStore;
 pub use sqlite::SqliteStore;

@@ -15,7 +15,7 @@ use crate::harness::TestServer;
 pub async fn pod_workspace(ts: &TestServer, ws: &str) -> PathBuf {
     let id: WorkspaceId = ws.parse().unwrap();
     let rec = ts.app.store.get_workspace_by_id(id).await.unwrap().unwrap();
-    ts.dir.path().join("pods").join(rec.pod_id.expect("the workspace has a pod").to_string()).join("workspace")
+    ts.dir.path().join("pods").join(rec.observed.pod_id.expect("the workspace has a pod").to_string()).join("workspace")
 }
 
 /// Fill a workspace (through the host side of its pod) with what a snapshot must preserve.
@@ -310,7 +310,7 @@ async fn new_pods_come_from_spares_set_up_ahead() {
     assert!(ts.dir.path().join("pods/.spare").join(spare.to_string()).join("run/held").exists());
     let ws = ts.idle_workspace(&role, &ts.key.clone()).await;
     let rec = ts.app.store.get_workspace_by_id(ws.parse().unwrap()).await.unwrap().unwrap();
-    assert_eq!(rec.pod_id.unwrap(), spare, "the workspace runs in the spare that was ready");
+    assert_eq!(rec.observed.pod_id.unwrap(), spare, "the workspace runs in the spare that was ready");
     assert!(pod_workspace(&ts, &ws).await.exists());
     ts.stop().await;
 }
