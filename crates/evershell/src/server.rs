@@ -122,7 +122,7 @@ pub async fn start(cfg: Config) -> anyhow::Result<Server> {
     master_key.verify_against(store.as_ref()).await?;
     tracing::info!(path = %key_path.display(), "master key loaded");
     let app = Arc::new(App::new(store, runtime, snapshots, app_cfg).with_master_key(master_key));
-    app.reconciler.start().await.context("starting the reconciler")?;
+    app.reconciler().start().await.context("starting the reconciler")?;
     let housekeeping = tokio_util::sync::CancellationToken::new();
     let sweeper = {
         let (app, stop) = (app.clone(), housekeeping.clone());
@@ -167,7 +167,7 @@ pub async fn start(cfg: Config) -> anyhow::Result<Server> {
         listener::serve(listener, router, listener_limits, open, shutdown).await?;
         housekeeping.cancel();
         let _ = sweeper.await;
-        app2.reconciler.shutdown().await;
+        app2.reconciler().shutdown().await;
         Ok(())
     });
     tracing::info!(%addr, "evershell listening");
