@@ -16,9 +16,9 @@ use axum::extract::{Request, State};
 use axum::http::{HeaderValue, Method, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
+use evershell_app::idempotency::IdempotencyBegin;
 use evershell_app::{App, Caller, Principal};
-use evershell_core::{Error, ErrorCode, Timestamp};
-use evershell_store::{IdempotencyBegin, IdempotencyClaim};
+use evershell_core::{Error, ErrorCode};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
@@ -97,17 +97,8 @@ async fn run(
     h.update(&bytes);
     let fingerprint = hex::encode(h.finalize());
     let scoped = format!("{}:{key}", principal(&caller));
-    let now = Timestamp::now();
-    let owner = app.instance_id.as_str();
-    let lease_ms = app.config.idempotency_lease_ms.max(3);
-    let claim = IdempotencyClaim {
-        fingerprint: &fingerprint,
-        now,
-        expires_at: now.plus_millis(app.config.idempotency_ttl_ms),
-        owner,
-        lease_until: now.plus_millis(lease_ms),
-    };
-    match app.store.idempotency_begin(caller.org_id, &scoped, &claim).await? {
+    let lease_ms = app.idempotency_lease_ms();
+    match app.idempotency_begin(caller.org_id, &scoped, &fingerprint).await? {
         IdempotencyBegin::Replay { status, body } => return Ok(replay(status, &body)),
         IdempotencyBegin::Mismatch => {
             return Err(Error::new(
@@ -133,8 +124,7 @@ async fn run(
             tokio::select! {
                 r = &mut run => break r,
                 _ = beat.tick() => {
-                    let until = Timestamp::now().plus_millis(lease_ms);
-                    match app.store.idempotency_renew(caller.org_id, &scoped, owner, until).await {
+                    match app.idempotency_renew(caller.org_id, &scoped).await {
                         Ok(true) => {}
                         Ok(false) => tracing::warn!("idempotency claim taken over while its request ran"),
                         Err(e) => tracing::warn!(error = ?e, "renewing an idempotency lease failed"),
@@ -145,7 +135,7 @@ async fn run(
     };
     let status = res.status();
     if status.is_server_error() {
-        app.store.idempotency_abandon(caller.org_id, &scoped, owner).await?;
+        app.idempotency_abandon(caller.org_id, &scoped).await?;
         return Ok(res);
     }
     let (mut parts, body) = res.into_parts();
@@ -155,7 +145,7 @@ async fn run(
             let bytes = match to_bytes(body, MAX_STORED).await {
                 Ok(b) => b,
                 Err(_) => {
-                    app.store.idempotency_abandon(caller.org_id, &scoped, owner).await?;
+                    app.idempotency_abandon(caller.org_id, &scoped).await?;
                     return Err(Error::internal(anyhow::anyhow!("response too large to keep for idempotent replay")));
                 }
             };
@@ -168,17 +158,17 @@ async fn run(
             let s = Stored::Ok { content_type, body, redacted };
             parts.headers.remove(header::CONTENT_LENGTH);
             let json = serde_json::to_string(&s).map_err(|e| Error::internal(anyhow::anyhow!(e)))?;
-            complete(app, &caller, &scoped, owner, status.as_u16(), &json).await?;
+            complete(app, &caller, &scoped, status.as_u16(), &json).await?;
             return Ok(Response::from_parts(parts, Body::from(bytes)));
         }
     };
     let json = serde_json::to_string(&stored).map_err(|e| Error::internal(anyhow::anyhow!(e)))?;
-    complete(app, &caller, &scoped, owner, status.as_u16(), &json).await?;
+    complete(app, &caller, &scoped, status.as_u16(), &json).await?;
     Ok(Response::from_parts(parts, body))
 }
 
-async fn complete(app: &App, caller: &Caller, key: &str, owner: &str, status: u16, json: &str) -> Result<(), Error> {
-    if !app.store.idempotency_complete(caller.org_id, key, owner, status, json).await? {
+async fn complete(app: &App, caller: &Caller, key: &str, status: u16, json: &str) -> Result<(), Error> {
+    if !app.idempotency_complete(caller.org_id, key, status, json).await? {
         // Our lease lapsed and another request took the key over; its answer is the one kept.
         tracing::warn!("idempotency claim taken over before its answer was kept");
     }

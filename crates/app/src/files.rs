@@ -74,11 +74,13 @@ fn snapshot_error(e: SnapshotError) -> Error {
 impl App {
     /// The agent of a running workspace, or the 409 for its state.
     async fn live_agent(&self, ws: &WorkspaceRecord) -> Result<AgentClient> {
-        if let Some(code) = ws.status.not_running_code() {
-            return Err(Error::conflict(code, format!("the workspace is {}", ws.status.as_str())));
+        if let Some(code) = ws.status().not_running_code() {
+            return Err(Error::conflict(code, format!("the workspace is {}", ws.status().as_str())));
         }
-        let pod =
-            ws.pod_id.ok_or_else(|| Error::conflict(ErrorCode::WorkspaceProvisioning, "the workspace has no pod"))?;
+        let pod = ws
+            .observed
+            .pod_id
+            .ok_or_else(|| Error::conflict(ErrorCode::WorkspaceProvisioning, "the workspace has no pod"))?;
         Ok(self.runtime.agent(pod))
     }
 
@@ -171,7 +173,7 @@ impl App {
     async fn snapshot_keys(&self, ws: &WorkspaceRecord) -> Result<SnapshotKeys> {
         let none =
             || Error::new(ErrorCode::SnapshotNotFound, "the workspace has no snapshot yet (it was never stopped)");
-        let snap = self.store.get_snapshot(ws.snapshot_id.ok_or_else(none)?).await?.ok_or_else(none)?;
+        let snap = self.store.get_snapshot(ws.observed.snapshot_id.ok_or_else(none)?).await?.ok_or_else(none)?;
         Ok(SnapshotKeys::from_strings(&snap.archive_key, &snap.manifest_key))
     }
 

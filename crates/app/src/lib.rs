@@ -12,6 +12,7 @@ pub mod caller;
 pub mod credentials;
 pub mod egress;
 pub mod files;
+pub mod idempotency;
 pub mod identity;
 pub mod input;
 pub mod key_cache;
@@ -111,21 +112,22 @@ impl Default for AppConfig {
     }
 }
 
-/// The application: everything a request handler needs.
+/// The application: everything a request handler needs, as use-case methods. Its parts are private: the API layer
+/// goes through these methods (idempotency claims and readiness included) and never names the store.
 pub struct App {
-    pub store: Arc<dyn Store>,
-    pub runtime: Arc<dyn PodRuntime>,
-    pub snapshots: SnapshotStore,
-    pub reconciler: Reconciler,
+    store: Arc<dyn Store>,
+    runtime: Arc<dyn PodRuntime>,
+    snapshots: SnapshotStore,
+    reconciler: Reconciler,
     /// Hands queued tasks to agents and follows them (see `tasks::dispatcher`).
-    pub dispatcher: tasks::Dispatcher,
-    pub config: AppConfig,
+    dispatcher: tasks::Dispatcher,
+    config: AppConfig,
     /// This server process, as the owner of the idempotency keys it is running requests for.
-    pub instance_id: String,
+    instance_id: String,
     session_key: authn::SessionKey,
     key_cache: key_cache::KeyCache,
     /// Where every argon2 computation of the server runs.
-    pub passwords: passwords::PasswordPool,
+    passwords: passwords::PasswordPool,
     refusals: throttle::Refusals,
     /// Seals secret and credential material; set with `with_master_key` (a server without it refuses those calls).
     master_key: Option<sealing::MasterKey>,
@@ -192,6 +194,35 @@ impl App {
             refusals: Default::default(),
             master_key: None,
         }
+    }
+
+    /// The reconciler (the server starts and stops it; `?wait=true` follows its change feed).
+    pub fn reconciler(&self) -> &Reconciler {
+        &self.reconciler
+    }
+
+    pub fn config(&self) -> &AppConfig {
+        &self.config
+    }
+
+    /// This server process's id (the owner of its idempotency claims).
+    pub fn instance_id(&self) -> &str {
+        &self.instance_id
+    }
+
+    /// The store, for the server's wiring, administration and tests — request handlers go through the use cases.
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.store
+    }
+
+    /// The pod runtime, for the server's wiring and tests.
+    pub fn runtime(&self) -> &Arc<dyn PodRuntime> {
+        &self.runtime
+    }
+
+    /// The password-hashing pool.
+    pub fn passwords(&self) -> &passwords::PasswordPool {
+        &self.passwords
     }
 
     /// The key that seals secrets and credentials at rest (see `sealing`).

@@ -1,6 +1,7 @@
 //! Workspace use cases: create, list, get, and the lifecycle calls (stop, resume, restart, archive, unarchive,
-//! stop-all, a role's stop-workspaces). Calls only decide and write intent (with an audit row) under the generation
-//! guard, then wake the reconciler; the reconciler alone touches pods.
+//! stop-all, a role's stop-workspaces). Calls decide from the public status (intent + observation), write only the
+//! intent half (with an audit row) under the intent generation — refused if the observation they decided from moved
+//! — then wake the reconciler; the reconciler alone touches pods and writes the observation half.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -8,7 +9,9 @@ use std::time::Duration;
 use evershell_core::audit::EventType;
 use evershell_core::ids::{RoleId, SnapshotId, WorkspaceId};
 use evershell_core::lifecycle::{Call, Decision, Desired, Facts, StatusReason, WorkspaceStatus, decide};
-use evershell_core::model::{AgentRole, PackStatus, SnapshotRecord, SnapshotSummary, Workspace, WorkspaceRecord};
+use evershell_core::model::{
+    AgentRole, Intent, Observation, PackStatus, Request, SnapshotRecord, SnapshotSummary, Workspace, WorkspaceRecord,
+};
 use evershell_core::names;
 use evershell_core::scope::{MemberRole, Reach, Scope};
 use evershell_core::{Error, ErrorCode, FieldErrors, Result, Timestamp};
@@ -165,15 +168,23 @@ impl App {
             role_id: role.id,
             environment: req.environment,
             created_by_user_id: caller.user_id(),
-            status: WorkspaceStatus::Provisioning,
-            status_reason: Some(StatusReason::Created),
-            last_error: None,
-            desired: Desired::Running,
-            generation: 1,
-            pod_id: None,
-            pod_pack_ids: None,
-            snapshot_id: None,
-            last_snapshot_error: None,
+            // The create is request 1, and the first observation (nothing exists yet) takes it on.
+            intent: Intent {
+                desired: Desired::Running,
+                request: Some(Request { seq: 1, status: WorkspaceStatus::Provisioning, reason: StatusReason::Created }),
+                generation: 1,
+            },
+            observed: Observation {
+                status: WorkspaceStatus::Provisioning,
+                status_reason: Some(StatusReason::Created),
+                last_error: None,
+                pod_id: None,
+                pod_pack_ids: None,
+                snapshot_id: None,
+                last_snapshot_error: None,
+                adopted: 1,
+                generation: 1,
+            },
             created_at: now,
             updated_at: now,
             archived_at: None,
@@ -215,7 +226,7 @@ impl App {
         let records = self.store.list_workspaces(caller.org_id, &filter).await?;
         let roles: HashMap<RoleId, AgentRole> =
             self.store.list_roles(caller.org_id, true).await?.into_iter().map(|r| (r.id, r)).collect();
-        let snapshot_ids: Vec<SnapshotId> = records.iter().filter_map(|w| w.snapshot_id).collect();
+        let snapshot_ids: Vec<SnapshotId> = records.iter().filter_map(|w| w.observed.snapshot_id).collect();
         let mut snapshots: HashMap<SnapshotId, SnapshotRecord> = if snapshot_ids.is_empty() {
             HashMap::new()
         } else {
@@ -224,7 +235,7 @@ impl App {
         let mut views: Vec<Workspace> = records
             .iter()
             .map(|ws| {
-                let snap = ws.snapshot_id.and_then(|id| snapshots.remove(&id));
+                let snap = ws.observed.snapshot_id.and_then(|id| snapshots.remove(&id));
                 view_of(ws, roles.get(&ws.role_id), snap)
             })
             .collect();
@@ -260,8 +271,8 @@ impl App {
         let mut changes = self.reconciler.subscribe();
         loop {
             let ws = self.store.get_workspace(caller.org_id, id).await?.ok_or_else(not_found)?;
-            if ws.status.is_settled() || tokio::time::Instant::now() >= deadline {
-                let settled = ws.status.is_settled();
+            if ws.status().is_settled() || tokio::time::Instant::now() >= deadline {
+                let settled = ws.status().is_settled();
                 return Ok((self.view(&ws, None).await?, settled));
             }
             // Woken by the reconciler's change feed; the short poll covers other replicas and lagged receivers.
@@ -312,12 +323,13 @@ impl App {
             Some(r) => self.store.get_provider(ws.org_id, r.provider_id).await?,
             None => None,
         };
+        let status = ws.status();
         let facts = Facts {
             // `busy` is derived from the tasks (a restart without `force` refuses it).
             status: self.derived_status(ws).await?,
             archived: ws.archived_at.is_some(),
-            has_snapshot: ws.snapshot_id.is_some(),
-            has_retained_pod: ws.status == WorkspaceStatus::Failed && ws.pod_id.is_some(),
+            has_snapshot: ws.observed.snapshot_id.is_some(),
+            has_retained_pod: status == WorkspaceStatus::Failed && ws.observed.pod_id.is_some(),
             role_archived: role.as_ref().is_none_or(|r| r.archived_at.is_some()),
             provider_archived: provider.as_ref().is_none_or(|p| p.archived_at.is_some()),
         };
@@ -334,24 +346,22 @@ impl App {
                 }
             }
             Decision::Begin { status, desired, reason } => {
-                next.status = status;
-                next.desired = desired;
-                next.status_reason = Some(reason);
-                if status == WorkspaceStatus::Provisioning {
-                    next.last_error = None;
-                }
+                // A new request, pending until the reconciler takes it on (the public status shows it at once).
+                let seq = ws.intent.request.map_or(0, |r| r.seq).max(ws.observed.adopted) + 1;
+                next.intent.desired = desired;
+                next.intent.request = Some(Request { seq, status, reason });
             }
         }
         next.updated_at = now;
         let mut audit = caller.audit(event).workspace(ws.id).target("workspace", ws.id).details(serde_json::json!({
-            "from": ws.status, "to": next.status,
+            "from": status, "to": next.status(),
         }));
         audit.agent_role = role.as_ref().map(|r| r.name.clone());
         audit.agent_provider = provider.map(|p| p.name);
-        if !self.store.update_workspace_within(&next, ws.generation, &quota, &[audit]).await? {
+        if !self.store.update_intent(&next, ws.intent.generation, ws.observed.generation, &quota, &[audit]).await? {
             return Ok(None);
         }
-        next.generation = ws.generation + 1;
+        next.intent.generation = ws.intent.generation + 1;
         self.reconciler.wake(ws.id);
         Ok(Some(next))
     }
@@ -382,7 +392,7 @@ impl App {
         let mut n = 0;
         for mut ws in all {
             loop {
-                if !ws.status.is_running() {
+                if !ws.status().is_running() {
                     break;
                 }
                 match self.apply(caller, &ws, Call::Stop { reason }, EventType::WorkspaceStopRequested).await {
@@ -417,7 +427,7 @@ impl App {
 
     /// The API view of a workspace: its snapshot's manifest and `pack_status` (computed when read).
     pub async fn view(&self, ws: &WorkspaceRecord, role: Option<&AgentRole>) -> Result<Workspace> {
-        let snapshot = match ws.snapshot_id {
+        let snapshot = match ws.observed.snapshot_id {
             Some(id) => self.store.get_snapshot(id).await?,
             None => None,
         };
@@ -447,7 +457,8 @@ fn view_of(ws: &WorkspaceRecord, role: Option<&AgentRole>, snapshot: Option<Snap
                 created_at: s.created_at,
             })
         });
-        let pack_status = match (&ws.pod_pack_ids, role, ws.status.is_running()) {
+        let (status, status_reason) = ws.public_status(false);
+        let pack_status = match (&ws.observed.pod_pack_ids, role, status.is_running()) {
             (Some(pod), Some(r), true) if *pod == r.pack_ids => PackStatus::Current,
             (Some(_), Some(_), true) => PackStatus::Stale,
             _ => PackStatus::Unknown,
@@ -457,13 +468,13 @@ fn view_of(ws: &WorkspaceRecord, role: Option<&AgentRole>, snapshot: Option<Snap
             org_id: ws.org_id,
             role_id: ws.role_id,
             environment: ws.environment.clone(),
-            status: ws.status,
-            status_reason: ws.status_reason,
-            last_error: ws.last_error.clone(),
+            status,
+            status_reason,
+            last_error: ws.public_last_error().map(str::to_string),
             created_by_user_id: ws.created_by_user_id,
             snapshot_ref: snapshot.as_ref().map(|s| s.reference),
             snapshot,
-            last_snapshot_error: ws.last_snapshot_error.clone(),
+            last_snapshot_error: ws.observed.last_snapshot_error.clone(),
             parent_workspace_id: None,
             fork_source_snapshot_ref: None,
             fork_point_task_count: None,

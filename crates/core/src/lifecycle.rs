@@ -185,6 +185,28 @@ impl StatusReason {
     }
 }
 
+/// The public status of a workspace, from its two halves (see `model::WorkspaceRecord`):
+///
+/// 1. a request the reconciler has not adopted yet (`pending`) shows as its own status and reason — the API has
+///    accepted it, so callers see `provisioning` / `stopping` at once;
+/// 2. otherwise the observed status and reason;
+/// 3. an observed `idle` with a running task reads `busy` (the task subsystem knows; the reconciler never writes
+///    `busy`).
+pub fn public_status(
+    pending: Option<(WorkspaceStatus, StatusReason)>,
+    observed: (WorkspaceStatus, Option<StatusReason>),
+    running_task: bool,
+) -> (WorkspaceStatus, Option<StatusReason>) {
+    let (status, reason) = match pending {
+        Some((s, r)) => (s, Some(r)),
+        None => observed,
+    };
+    match status {
+        WorkspaceStatus::Idle if running_task => (WorkspaceStatus::Busy, reason),
+        s => (s, reason),
+    }
+}
+
 /// A lifecycle call on one workspace.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Call {
@@ -587,6 +609,23 @@ mod tests {
                 let step = plan(s, Desired::Running, p);
                 if s == S::Stopped && p == PodObservation::Unallocated {
                     assert_eq!(step, Step::Nothing);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn public_status_over_every_pending_and_observed_state() {
+        for &obs in S::ALL {
+            for running_task in [false, true] {
+                let observed = (obs, Some(StatusReason::Ready));
+                let (s, r) = public_status(None, observed, running_task);
+                let expected = if obs == S::Idle && running_task { S::Busy } else { obs };
+                assert_eq!((s, r), (expected, Some(StatusReason::Ready)), "{obs:?} task={running_task}");
+                for (ps, pr) in
+                    [(S::Provisioning, StatusReason::ResumeRequested), (S::Stopping, StatusReason::StopRequested)]
+                {
+                    assert_eq!(public_status(Some((ps, pr)), observed, running_task), (ps, Some(pr)));
                 }
             }
         }

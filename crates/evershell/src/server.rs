@@ -132,8 +132,8 @@ pub async fn start(cfg: Config) -> anyhow::Result<Server> {
         activity: cfg.activity,
     };
     let app = Arc::new(App::new(store, runtime, snapshots, app_cfg).with_master_key(master_key));
-    app.reconciler.start().await.context("starting the reconciler")?;
-    app.dispatcher.start(app.reconciler.subscribe()).await.context("starting the task dispatcher")?;
+    app.reconciler().start().await.context("starting the reconciler")?;
+    app.dispatcher().start(app.reconciler().subscribe()).await.context("starting the task dispatcher")?;
     let housekeeping = tokio_util::sync::CancellationToken::new();
     let sweeper = {
         let (app, stop) = (app.clone(), housekeeping.clone());
@@ -181,8 +181,8 @@ pub async fn start(cfg: Config) -> anyhow::Result<Server> {
         listener::serve(listener, router, listener_limits, open, shutdown).await?;
         housekeeping.cancel();
         let _ = sweeper.await;
-        app2.dispatcher.shutdown().await;
-        app2.reconciler.shutdown().await;
+        app2.dispatcher().shutdown().await;
+        app2.reconciler().shutdown().await;
         if let Some(egress) = egress {
             egress.shutdown().await;
         }

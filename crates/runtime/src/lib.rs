@@ -1,5 +1,5 @@
 //! evershell-runtime: the `PodRuntime` trait the reconciler drives, the `local` runtime (one bubblewrap sandbox per
-//! pod), and `AgentClient`, which speaks HTTP to the `evershell agent` service inside a pod.
+//! pod; the default), `sim` (in memory with scripted faults, for the reconciler's tests), and `AgentClient`, which speaks HTTP to the `evershell agent` service inside a pod.
 //!
 //! A pod is one incarnation of a workspace: a directory of files (`/workspace` and friends) plus, while it runs, a
 //! sandbox process. Files and process are separate on purpose: stopping the sandbox keeps the files, so they can be
@@ -9,8 +9,10 @@ mod agent_client;
 mod agent_tasks;
 pub mod local;
 mod pod;
+pub mod sim;
 
 pub use agent_client::{AgentClient, AgentError, Download};
 pub use agent_tasks::DeliveryAnswer;
 pub use local::{LocalRuntime, LocalRuntimeConfig};
 pub use pod::{PodError, PodRuntime, PodSpec, PrepareReport};
+pub use sim::{SimOp, SimRuntime};

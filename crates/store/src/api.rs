@@ -40,6 +40,25 @@ pub struct WorkspaceFilter {
     pub limit: Option<u32>,
 }
 
+/// A reconciler's hold on one workspace's lease: the fencing token every observation write presents. The epoch is
+/// bumped whenever a different holder takes the lease, so a holder that lost it (its lease lapsed and another took
+/// over) can no longer write, even if it does not know yet.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Fence {
+    pub owner: String,
+    pub epoch: i64,
+}
+
+/// The outcome of an observation write.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ObservationWrite {
+    Written,
+    /// The observation moved since it was read (re-read and plan again).
+    Stale,
+    /// The fence no longer holds the lease: the writer must stop at once.
+    Fenced,
+}
+
 /// Limits a new workspace must stay within (`None`: unlimited). Counted over the org's non-archived workspaces, in
 /// the creating transaction, so concurrent creates cannot overshoot.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -347,33 +366,45 @@ pub trait Store: Send + Sync + 'static {
     async fn get_workspace_by_id(&self, id: WorkspaceId) -> Result<Option<WorkspaceRecord>>;
     /// Newest first.
     async fn list_workspaces(&self, org: OrgId, filter: &WorkspaceFilter) -> Result<Vec<WorkspaceRecord>>;
-    /// Write every mutable field of `ws` if its generation is still `expected_generation`, setting it to
-    /// `expected_generation + 1`. `false` when another writer got there first (a normal outcome).
-    async fn update_workspace(
+    /// The API's write: the intent half of `ws` (`desired`, the request, `environment`, `archived_at`), only if the
+    /// intent is still at `expected_intent` *and* the observation is still the one the call decided from
+    /// (`expected_observed`; nothing of it is written). Bumps the intent generation. `false` when either moved (a
+    /// normal outcome: re-read and decide again). Refused with `409 quota_exceeded` when `ws` would exceed `quota`
+    /// (for an unarchive: the stored row is still archived, so it is not counted yet).
+    async fn update_intent(
         &self,
         ws: &WorkspaceRecord,
-        expected_generation: i64,
-        audit: &[AuditEvent],
-    ) -> Result<bool> {
-        self.update_workspace_within(ws, expected_generation, &WorkspaceQuota::default(), audit).await
-    }
-    /// `update_workspace`, refused with `409 quota_exceeded` when `ws` would exceed `quota` (for an unarchive: the
-    /// stored row is still archived, so it is not counted yet).
-    async fn update_workspace_within(
-        &self,
-        ws: &WorkspaceRecord,
-        expected_generation: i64,
+        expected_intent: i64,
+        expected_observed: i64,
         quota: &WorkspaceQuota,
         audit: &[AuditEvent],
     ) -> Result<bool>;
+    /// The reconciler's write: the observation half of `ws`, only if the observation is still at
+    /// `expected_generation` and `fence` still holds the workspace's lease. Bumps the observation generation.
+    async fn record_observation(
+        &self,
+        ws: &WorkspaceRecord,
+        expected_generation: i64,
+        fence: &Fence,
+        audit: &[AuditEvent],
+    ) -> Result<ObservationWrite>;
     /// Workspaces the reconciler must look at: transitional ones and every one that owns a pod.
     async fn workspaces_to_reconcile(&self) -> Result<Vec<WorkspaceId>>;
     /// Every pod id some workspace owns.
     async fn owned_pod_ids(&self) -> Result<Vec<PodId>>;
-    /// Take (or extend) the reconcile lease on a workspace until `until`. `false` when another owner holds a live
-    /// lease.
-    async fn claim_workspace(&self, id: WorkspaceId, owner: &str, now: Timestamp, until: Timestamp) -> Result<bool>;
-    async fn release_workspace(&self, id: WorkspaceId, owner: &str) -> Result<()>;
+    /// Take the reconcile lease on a workspace until `until`: its fence, or `None` when another owner holds a live
+    /// lease. A new holder gets a new epoch; `owner` taking again a lease it still holds keeps the epoch.
+    async fn claim_workspace(
+        &self,
+        id: WorkspaceId,
+        owner: &str,
+        now: Timestamp,
+        until: Timestamp,
+    ) -> Result<Option<Fence>>;
+    /// Extend a held lease until `until`. `false` when `fence` no longer holds it (someone else took it over).
+    async fn renew_workspace_lease(&self, id: WorkspaceId, fence: &Fence, until: Timestamp) -> Result<bool>;
+    /// Give the lease up (if `fence` still holds it).
+    async fn release_workspace(&self, id: WorkspaceId, fence: &Fence) -> Result<()>;
     /// Drop every lease (single-server start-up: no other replica can hold one).
     async fn clear_leases(&self) -> Result<()>;
 
@@ -389,15 +420,16 @@ pub trait Store: Send + Sync + 'static {
     /// Verified snapshots no workspace points at any more (a newer one replaced them), across all workspaces: what a
     /// stop deletes after the fact, left over if the server died before it did.
     async fn list_superseded_snapshots(&self) -> Result<Vec<SnapshotRecord>>;
-    /// In one transaction: store the verified snapshot `snap` and write `ws` (which points at it) under the generation
-    /// guard. `false` (and nothing written) when the generation moved.
+    /// In one transaction: store the verified snapshot `snap` and record the observation of `ws` (which points at it)
+    /// as `record_observation` does. Nothing is written unless that is `Written`.
     async fn commit_snapshot(
         &self,
         snap: &SnapshotRecord,
         ws: &WorkspaceRecord,
         expected_generation: i64,
+        fence: &Fence,
         audit: &[AuditEvent],
-    ) -> Result<bool>;
+    ) -> Result<ObservationWrite>;
     async fn delete_snapshot(&self, id: SnapshotId, audit: &[AuditEvent]) -> Result<()>;
 
     // ---- audit -----------------------------------------------------------------------------------------------------

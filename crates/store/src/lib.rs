@@ -21,8 +21,8 @@ pub mod testing;
 use std::sync::Arc;
 
 pub use api::{
-    Backend, BudgetCounterMove, IdempotencyBegin, IdempotencyClaim, LoginClaim, LoginCounter, PodNetwork, Store,
-    TaskUpdate, WorkspaceFilter, WorkspaceQuota,
+    Backend, BudgetCounterMove, Fence, IdempotencyBegin, IdempotencyClaim, LoginClaim, LoginCounter, ObservationWrite,
+    PodNetwork, Store, TaskUpdate, WorkspaceFilter, WorkspaceQuota,
 };
 pub use feed::{ActivityFeed, FEED_CAPACITY, FeedEvent};
 pub use postgres::PgStore;

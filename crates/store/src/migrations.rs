@@ -16,6 +16,7 @@ pub(crate) const SQLITE: Ladder = &[
     (3, "idempotency_leases", include_str!("../migrations/sqlite/0003_idempotency_leases.sql")),
     (4, "secrets_credentials", include_str!("../migrations/sqlite/0004_secrets_credentials.sql")),
     (5, "egress", include_str!("../migrations/sqlite/0005_egress.sql")),
+    (6, "intent_observation_fence", include_str!("../migrations/sqlite/0006_intent_observation_fence.sql")),
     (7, "tasks", include_str!("../migrations/sqlite/0007_tasks.sql")),
     (8, "activity_task_index", include_str!("../migrations/sqlite/0008_activity_task_index.sql")),
 ];
@@ -26,6 +27,7 @@ pub(crate) const POSTGRES: Ladder = &[
     (3, "idempotency_leases", include_str!("../migrations/postgres/0003_idempotency_leases.sql")),
     (4, "secrets_credentials", include_str!("../migrations/postgres/0004_secrets_credentials.sql")),
     (5, "egress", include_str!("../migrations/postgres/0005_egress.sql")),
+    (6, "intent_observation_fence", include_str!("../migrations/postgres/0006_intent_observation_fence.sql")),
     (7, "tasks", include_str!("../migrations/postgres/0007_tasks.sql")),
     (8, "activity_task_index", include_str!("../migrations/postgres/0008_activity_task_index.sql")),
 ];

@@ -8,8 +8,8 @@ use std::str::FromStr;
 use anyhow::anyhow;
 use evershell_core::audit::AuditEvent;
 use evershell_core::model::{
-    AgentRole, ApiKey, Credential, Membership, Org, Provider, Sealed, Secret, Session, SnapshotRecord, TaskRecord,
-    User, WorkspaceRecord,
+    AgentRole, ApiKey, Credential, Intent, Membership, Observation, Org, Provider, Request, Sealed, Secret, Session,
+    SnapshotRecord, TaskRecord, User, WorkspaceRecord,
 };
 use evershell_core::{Error, Result, Timestamp};
 use serde::Serialize;
@@ -339,6 +339,11 @@ pub(crate) struct WorkspaceRow {
     pod_pack_ids: Option<String>,
     snapshot_id: Option<String>,
     last_snapshot_error: Option<String>,
+    adopted_seq: i64,
+    intent_generation: i64,
+    request_seq: i64,
+    request_status: Option<String>,
+    request_reason: Option<String>,
     created_at: i64,
     updated_at: i64,
     archived_at: Option<i64>,
@@ -347,21 +352,33 @@ pub(crate) struct WorkspaceRow {
 impl TryFrom<WorkspaceRow> for WorkspaceRecord {
     type Error = Error;
     fn try_from(r: WorkspaceRow) -> Result<Self> {
+        let request = match (r.request_seq, r.request_status.as_deref(), r.request_reason.as_deref()) {
+            (0, _, _) => None,
+            (seq, Some(status), Some(reason)) => Some(Request {
+                seq,
+                status: enum_of(status, "request status")?,
+                reason: enum_of(reason, "request reason")?,
+            }),
+            _ => return Err(Error::internal(anyhow!("workspace {} has a request without its status", r.id))),
+        };
         Ok(WorkspaceRecord {
             id: parse(&r.id, "workspace id")?,
             org_id: parse(&r.org_id, "org id")?,
             role_id: parse(&r.role_id, "role id")?,
             environment: r.environment,
             created_by_user_id: parse_opt(r.created_by_user_id.as_deref(), "user id")?,
-            status: enum_of(&r.status, "workspace status")?,
-            status_reason: r.status_reason.as_deref().map(|s| enum_of(s, "status reason")).transpose()?,
-            last_error: r.last_error,
-            desired: enum_of(&r.desired, "desired state")?,
-            generation: r.generation,
-            pod_id: parse_opt(r.pod_id.as_deref(), "pod id")?,
-            pod_pack_ids: r.pod_pack_ids.as_deref().map(|p| json_of(p, "pod pack ids")).transpose()?,
-            snapshot_id: parse_opt(r.snapshot_id.as_deref(), "snapshot id")?,
-            last_snapshot_error: r.last_snapshot_error,
+            intent: Intent { desired: enum_of(&r.desired, "desired state")?, request, generation: r.intent_generation },
+            observed: Observation {
+                status: enum_of(&r.status, "workspace status")?,
+                status_reason: r.status_reason.as_deref().map(|s| enum_of(s, "status reason")).transpose()?,
+                last_error: r.last_error,
+                pod_id: parse_opt(r.pod_id.as_deref(), "pod id")?,
+                pod_pack_ids: r.pod_pack_ids.as_deref().map(|p| json_of(p, "pod pack ids")).transpose()?,
+                snapshot_id: parse_opt(r.snapshot_id.as_deref(), "snapshot id")?,
+                last_snapshot_error: r.last_snapshot_error,
+                adopted: r.adopted_seq,
+                generation: r.generation,
+            },
             created_at: ts(r.created_at),
             updated_at: ts(r.updated_at),
             archived_at: ts_opt(r.archived_at),

@@ -19,7 +19,8 @@ macro_rules! impl_store {
             use evershell_core::task::TaskStatus;
 
             use $crate::api::{
-                IdempotencyBegin, IdempotencyClaim, LoginClaim, LoginCounter, TaskUpdate, WorkspaceFilter,
+                Fence, IdempotencyBegin, IdempotencyClaim, LoginClaim, LoginCounter, ObservationWrite, TaskUpdate,
+                WorkspaceFilter,
                 WorkspaceQuota,
             };
 
@@ -331,14 +332,24 @@ macro_rules! impl_store {
                 async fn list_workspaces(&self, org: OrgId, filter: &WorkspaceFilter) -> Result<Vec<WorkspaceRecord>> {
                     ops::workspaces::list_workspaces(self, org, filter).await
                 }
-                async fn update_workspace_within(
+                async fn update_intent(
                     &self,
                     ws: &WorkspaceRecord,
-                    expected_generation: i64,
+                    expected_intent: i64,
+                    expected_observed: i64,
                     quota: &WorkspaceQuota,
                     audit: &[AuditEvent],
                 ) -> Result<bool> {
-                    ops::workspaces::update_workspace(self, ws, expected_generation, quota, audit).await
+                    ops::workspaces::update_intent(self, ws, expected_intent, expected_observed, quota, audit).await
+                }
+                async fn record_observation(
+                    &self,
+                    ws: &WorkspaceRecord,
+                    expected_generation: i64,
+                    fence: &Fence,
+                    audit: &[AuditEvent],
+                ) -> Result<ObservationWrite> {
+                    ops::workspaces::record_observation(self, ws, expected_generation, fence, audit).await
                 }
                 async fn workspaces_to_reconcile(&self) -> Result<Vec<WorkspaceId>> {
                     ops::workspaces::workspaces_to_reconcile(self).await
@@ -352,11 +363,19 @@ macro_rules! impl_store {
                     owner: &str,
                     now: Timestamp,
                     until: Timestamp,
-                ) -> Result<bool> {
+                ) -> Result<Option<Fence>> {
                     ops::workspaces::claim_workspace(self, id, owner, now, until).await
                 }
-                async fn release_workspace(&self, id: WorkspaceId, owner: &str) -> Result<()> {
-                    ops::workspaces::release_workspace(self, id, owner).await
+                async fn renew_workspace_lease(
+                    &self,
+                    id: WorkspaceId,
+                    fence: &Fence,
+                    until: Timestamp,
+                ) -> Result<bool> {
+                    ops::workspaces::renew_workspace_lease(self, id, fence, until).await
+                }
+                async fn release_workspace(&self, id: WorkspaceId, fence: &Fence) -> Result<()> {
+                    ops::workspaces::release_workspace(self, id, fence).await
                 }
                 async fn clear_leases(&self) -> Result<()> {
                     ops::workspaces::clear_leases(self).await
@@ -416,9 +435,10 @@ macro_rules! impl_store {
                     snap: &SnapshotRecord,
                     ws: &WorkspaceRecord,
                     expected_generation: i64,
+                    fence: &Fence,
                     audit: &[AuditEvent],
-                ) -> Result<bool> {
-                    ops::snapshots::commit_snapshot(self, snap, ws, expected_generation, audit).await
+                ) -> Result<ObservationWrite> {
+                    ops::snapshots::commit_snapshot(self, snap, ws, expected_generation, fence, audit).await
                 }
                 async fn delete_snapshot(&self, id: SnapshotId, audit: &[AuditEvent]) -> Result<()> {
                     ops::snapshots::delete_snapshot(self, id, audit).await

@@ -10,12 +10,12 @@ use evershell_core::audit::{AuditEvent, AuditQuery, Condition, EventType, Filter
 use evershell_core::ids::{OrgId, PodId, ProviderId, RoleId, UserId, WorkspaceId};
 use evershell_core::lifecycle::{Desired, StatusReason, WorkspaceStatus};
 use evershell_core::model::{
-    AgentRole, BillingStatus, Environment, Membership, MembershipStatus, Org, PoolPolicy, Provider, ProviderKind, User,
-    WorkspaceRecord,
+    AgentRole, BillingStatus, Environment, Intent, Membership, MembershipStatus, Observation, Org, PoolPolicy,
+    Provider, ProviderKind, Request, User, WorkspaceRecord,
 };
 use evershell_core::scope::MemberRole;
 use evershell_core::{ErrorCode, Result, Timestamp};
-use evershell_store::{Backend, Store};
+use evershell_store::{Backend, Fence, ObservationWrite, Store};
 use sqlx::Connection;
 
 // The fixtures module is compiled into this test crate directly, so the suite needs no `testing` feature.
@@ -206,19 +206,38 @@ pub fn workspace(org: OrgId, role: RoleId, status: WorkspaceStatus) -> Workspace
         role_id: role,
         environment: None,
         created_by_user_id: None,
-        status,
-        status_reason: Some(StatusReason::Created),
-        last_error: None,
-        desired: Desired::Running,
-        generation: 0,
-        pod_id: status.is_active().then(PodId::new),
-        pod_pack_ids: None,
-        snapshot_id: None,
-        last_snapshot_error: None,
+        intent: Intent { desired: Desired::Running, request: None, generation: 0 },
+        observed: Observation {
+            status,
+            status_reason: Some(StatusReason::Created),
+            last_error: None,
+            pod_id: status.is_active().then(PodId::new),
+            pod_pack_ids: None,
+            snapshot_id: None,
+            last_snapshot_error: None,
+            adopted: 0,
+            generation: 0,
+        },
         created_at: ts(1_000),
         updated_at: ts(1_000),
         archived_at: None,
     }
+}
+
+/// The lease owner the suite's reconciler-side writes use.
+pub const RECONCILER: &str = "test-reconciler";
+
+/// Take (or keep) the suite reconciler's lease on `id`.
+pub async fn fence(ctx: &Ctx, id: WorkspaceId) -> Fence {
+    ctx.store.claim_workspace(id, RECONCILER, ts(0), ts(i64::MAX / 2)).await.unwrap().expect("the lease is free")
+}
+
+/// Write `ws`'s observation as the reconciler holding its lease would, and move `ws` to the new generation.
+pub async fn observe(ctx: &Ctx, ws: &mut WorkspaceRecord) {
+    let f = fence(ctx, ws.id).await;
+    let outcome = ctx.store.record_observation(ws, ws.observed.generation, &f, &[]).await.unwrap();
+    assert_eq!(outcome, ObservationWrite::Written);
+    ws.observed.generation += 1;
 }
 
 /// An org with a provider and a role under it.

@@ -19,7 +19,7 @@ pub fn router() -> OpenApiRouter<AppState> {
         example = json!({"status": "ok"})),
         (status = 503, description = "The store is unreachable", body = ErrorBody)))]
 pub async fn healthz(State(s): State<AppState>) -> impl IntoResponse {
-    match s.app.store.ping().await {
+    match s.app.ping_store().await {
         Ok(()) => (StatusCode::OK, axum::Json(serde_json::json!({ "status": "ok" }))).into_response(),
         Err(e) => crate::error::ApiError(evershell_core::Error::unavailable(anyhow::anyhow!("{e:?}"))).into_response(),
     }

@@ -1,16 +1,22 @@
 //! The reconciler: the only code that touches pods.
 //!
-//! Design note. API calls write *intent* (`status` moved to `provisioning` / `stopping`, `desired`) under the
-//! generation guard and wake the reconciler; the reconciler compares intent with what the runtime *observes* of the
-//! pod (`PodObservation`), asks the pure `lifecycle::plan` for the next `Step`, performs it, writes the observed
-//! outcome under the same guard, and plans again until the plan is `Nothing`. Losing a guard race is normal: it
-//! re-reads and re-plans. Each workspace is handled by at most one worker at a time — in this process by the
-//! `running` set, across replicas by a lease row (`claim_workspace`) renewed while the work lasts. It runs on a timer
-//! and on every wake-up, and start-up recovery is the same code: after a crash every workspace is simply planned
-//! again from what is found on disk and in the store (see `recovery.rs`), so every step is idempotent.
+//! Design note. API calls write only *intent* (`desired` and a lifecycle request: the transitional status asked for
+//! and its reason) and wake the reconciler. The reconciler alone writes *observation* (observed status and reason,
+//! `last_error`, pod, snapshot): it first takes on a pending request (records it as adopted, moving the observed
+//! status to the request's), then compares intent with what the runtime observes of the pod (`PodObservation`), asks
+//! the pure `lifecycle::plan` for the next `Step`, performs it, records the outcome, and plans again until the plan
+//! is `Nothing`. Each workspace is handled by at most one worker at a time — in this process by `States`, across
+//! replicas by a lease row (`claim_workspace`) renewed while the work lasts. Every observation write presents the
+//! lease's fence (owner + epoch) and the store refuses it once another holder took the lease; a refused renewal or
+//! a fenced write stops the pass at once (`work`). It runs on a timer and on every wake-up, and start-up recovery is
+//! the same code: after a crash every workspace is simply planned again from what is found on disk and in the store
+//! (see `recovery.rs`), so every step is idempotent.
 
 mod recovery;
+mod state;
 mod steps;
+#[cfg(test)]
+mod tests;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -25,6 +31,8 @@ use tokio::sync::{Semaphore, broadcast, mpsc};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{Instrument, info_span, warn};
+
+use state::{Lease, States};
 
 /// A role's name and its provider's name, as audit rows carry them.
 pub(crate) type RoleNames = (String, Option<String>);
@@ -70,12 +78,8 @@ pub(crate) struct Inner {
     queue: mpsc::UnboundedSender<WorkspaceId>,
     queue_rx: Mutex<Option<mpsc::UnboundedReceiver<WorkspaceId>>>,
     changes: broadcast::Sender<WorkspaceId>,
-    /// Workspaces being worked on; `true` when woken again meanwhile (work once more after).
-    running: Mutex<HashMap<WorkspaceId, bool>>,
-    /// Consecutive failures per workspace.
-    pub(crate) attempts: Mutex<HashMap<WorkspaceId, u32>>,
-    /// The row a step just wrote, so the next plan need not read it back.
-    pub(crate) written: Mutex<HashMap<WorkspaceId, evershell_core::model::WorkspaceRecord>>,
+    /// Per-workspace state: worker, lease and fence, attempts and backoff, the last row written.
+    pub(crate) states: States,
     /// Role and provider names for audit rows, briefly reused.
     pub(crate) names: Mutex<HashMap<evershell_core::ids::RoleId, (std::time::Instant, RoleNames)>>,
     permits: Semaphore,
@@ -110,9 +114,7 @@ impl Reconciler {
                 queue,
                 queue_rx: Mutex::new(Some(rx)),
                 changes,
-                running: Mutex::new(HashMap::new()),
-                attempts: Mutex::new(HashMap::new()),
-                written: Mutex::new(HashMap::new()),
+                states: States::default(),
                 names: Mutex::new(HashMap::new()),
                 cancel: CancellationToken::new(),
                 tasks: TaskTracker::new(),
@@ -168,13 +170,8 @@ impl Reconciler {
 }
 
 fn dispatch(inner: &Arc<Inner>, id: WorkspaceId) {
-    {
-        let mut running = inner.running.lock().unwrap();
-        if let Some(dirty) = running.get_mut(&id) {
-            *dirty = true;
-            return;
-        }
-        running.insert(id, false);
+    if !inner.states.begin(id) {
+        return;
     }
     let inner2 = inner.clone();
     inner.tasks.spawn(
@@ -182,13 +179,8 @@ fn dispatch(inner: &Arc<Inner>, id: WorkspaceId) {
             let _permit = inner2.permits.acquire().await;
             loop {
                 work(&inner2, id).await;
-                let mut running = inner2.running.lock().unwrap();
-                match running.get_mut(&id) {
-                    Some(dirty) if *dirty && !inner2.cancel.is_cancelled() => *dirty = false,
-                    _ => {
-                        running.remove(&id);
-                        break;
-                    }
+                if !inner2.states.end_pass(id, !inner2.cancel.is_cancelled()) {
+                    break;
                 }
             }
         }
@@ -196,39 +188,82 @@ fn dispatch(inner: &Arc<Inner>, id: WorkspaceId) {
     );
 }
 
-/// Claim the workspace, reconcile it, release it. Retries of failed steps are scheduled with backoff.
+/// Claim the workspace, reconcile it under its lease, release it. Retries of failed steps are scheduled with
+/// backoff. Losing the lease (a renewal refused, or an observation write fenced off) ends the pass at once: whatever
+/// step was in flight is dropped (every step is safe to interrupt, as after a crash) and nothing more is written.
 async fn work(inner: &Arc<Inner>, id: WorkspaceId) {
     let store = &inner.store;
     let now = Timestamp::now();
     let until = now.plus_millis(inner.cfg.lease.as_millis() as i64);
-    match store.claim_workspace(id, &inner.owner, now, until).await {
-        Ok(true) => {}
-        Ok(false) => return, // another replica holds it
+    let fence = match store.claim_workspace(id, &inner.owner, now, until).await {
+        Ok(Some(fence)) => fence,
+        Ok(None) => return, // another replica holds it
         Err(e) => {
             warn!(error = ?e, "claiming the workspace failed");
             retry_later(inner, id, Duration::from_secs(1));
             return;
         }
-    }
-    let renew = {
-        let inner = inner.clone();
-        let every = inner.cfg.lease / 3;
-        tokio::spawn(async move {
-            loop {
-                tokio::time::sleep(every).await;
-                let now = Timestamp::now();
-                let until = now.plus_millis(inner.cfg.lease.as_millis() as i64);
-                let _ = inner.store.claim_workspace(id, &inner.owner, now, until).await;
-            }
-        })
     };
-    let outcome = steps::reconcile(inner, id).await;
+    let lost = CancellationToken::new();
+    inner.states.set_lease(id, Lease { fence: fence.clone(), lost: lost.clone() });
+    let renew = tokio::spawn(renew_lease(inner.clone(), id, fence.clone(), until, lost.clone()));
+    let outcome = tokio::select! {
+        biased;
+        _ = lost.cancelled() => None,
+        outcome = steps::reconcile(inner, id) => Some(outcome),
+    };
     renew.abort();
-    if let Err(e) = store.release_workspace(id, &inner.owner).await {
-        warn!(error = ?e, "releasing the workspace lease failed");
+    let outcome = if lost.is_cancelled() { None } else { outcome };
+    match outcome {
+        None => {
+            warn!(epoch = fence.epoch, "lost the workspace's lease; this pass stops here");
+            metrics::counter!("evershell_reconcile_leases_lost_total").increment(1);
+        }
+        Some(outcome) => {
+            if let Err(e) = store.release_workspace(id, &fence).await {
+                warn!(error = ?e, "releasing the workspace lease failed");
+            }
+            if let Some(delay) = outcome {
+                retry_later(inner, id, delay);
+            }
+        }
     }
-    if let Some(delay) = outcome {
-        retry_later(inner, id, delay);
+}
+
+/// Renew the lease every third of its length while the pass runs. A refusal (someone else holds it now) fires
+/// `lost` at once; a renewal that errors is retried until the lease would have run out, then `lost` fires too.
+async fn renew_lease(
+    inner: Arc<Inner>,
+    id: WorkspaceId,
+    fence: evershell_store::Fence,
+    mut until: Timestamp,
+    lost: CancellationToken,
+) {
+    let every = (inner.cfg.lease / 3).max(Duration::from_millis(1));
+    let mut pause = every;
+    loop {
+        tokio::time::sleep(pause).await;
+        let now = Timestamp::now();
+        let next = now.plus_millis(inner.cfg.lease.as_millis() as i64);
+        match inner.store.renew_workspace_lease(id, &fence, next).await {
+            Ok(true) => {
+                until = next;
+                pause = every;
+            }
+            Ok(false) => {
+                lost.cancel();
+                return;
+            }
+            Err(e) => {
+                if Timestamp::now().millis() >= until.millis() {
+                    warn!(error = ?e, "the lease could not be renewed before it ran out");
+                    lost.cancel();
+                    return;
+                }
+                warn!(error = ?e, "renewing the workspace lease failed; trying again");
+                pause = (every / 4).max(Duration::from_millis(1));
+            }
+        }
     }
 }
 

@@ -56,14 +56,14 @@ pub(super) async fn recover(inner: &Arc<Inner>) -> anyhow::Result<()> {
     let mut recovered = Vec::new();
     for id in &ids {
         if let Ok(Some(ws)) = store.get_workspace_by_id(*id).await
-            && !ws.status.is_settled()
+            && !ws.status().is_settled()
         {
             recovered.push(
                 AuditEvent::system(ws.org_id, EventType::WorkspaceRecovered)
                     .workspace(ws.id)
                     .target("workspace", ws.id)
                     .reason("control_plane_restart")
-                    .details(serde_json::json!({ "status": ws.status, "pod_id": ws.pod_id })),
+                    .details(serde_json::json!({ "status": ws.status(), "pod_id": ws.observed.pod_id })),
             );
         }
     }

@@ -1,5 +1,5 @@
-//! Performing the planned steps for one workspace: observe the pod, `plan`, act, write the outcome under the
-//! generation guard, repeat until settled. Failures are retried with backoff; a step that keeps failing moves the
+//! Performing the planned steps for one workspace: take on a pending request, observe the pod, `plan`, act, record
+//! the observed outcome (under the observation generation and the lease's fence), repeat until settled. Failures are retried with backoff; a step that keeps failing moves the
 //! workspace to `failed` with a reason, never leaving it stuck in a transitional state.
 
 use std::sync::Arc;
@@ -12,6 +12,7 @@ use evershell_core::model::{SnapshotRecord, SnapshotState, WorkspaceRecord};
 use evershell_core::{Result, Timestamp};
 use evershell_runtime::{PodError, PodSpec};
 use evershell_snapshot::SnapshotKeys;
+use evershell_store::ObservationWrite;
 use tracing::{info, warn};
 
 use super::Inner;
@@ -38,9 +39,16 @@ struct Pass {
 pub(crate) async fn reconcile(inner: &Arc<Inner>, id: WorkspaceId) -> Option<Duration> {
     let mut pass = Pass::default();
     // Only what this pass writes may stand in for a read: drop anything an earlier pass left.
-    inner.written.lock().unwrap().remove(&id);
+    inner.states.take_last(id);
+    let lost = match inner.states.lease(id) {
+        Some(lease) => lease.lost,
+        None => return None,
+    };
     for _ in 0..64 {
-        let just_written = inner.written.lock().unwrap().remove(&id);
+        if lost.is_cancelled() {
+            return None;
+        }
+        let just_written = inner.states.take_last(id);
         let ws = match just_written {
             Some(ws) => ws,
             None => match inner.store.get_workspace_by_id(id).await {
@@ -49,18 +57,32 @@ pub(crate) async fn reconcile(inner: &Arc<Inner>, id: WorkspaceId) -> Option<Dur
                 Err(e) => return Some(backoff(inner, id, &anyhow::anyhow!("{e:?}"))),
             },
         };
-        let obs = match ws.pod_id {
+        if let Some(request) = ws.pending_request() {
+            // Take the request on: the observed status becomes the one asked for (a resume clears the last error).
+            let mut next = ws.clone();
+            next.observed.status = request.status;
+            next.observed.status_reason = Some(request.reason);
+            next.observed.adopted = request.seq;
+            if request.status == WorkspaceStatus::Provisioning {
+                next.observed.last_error = None;
+            }
+            match write(inner, &ws, next, &[]).await {
+                Ok(_) => continue,
+                Err(e) => return Some(backoff(inner, id, &anyhow::anyhow!("{e:?}"))),
+            }
+        }
+        let obs = match ws.observed.pod_id {
             None => PodObservation::Unallocated,
             Some(pod) => match inner.runtime.observe(pod).await {
                 Ok(o) => o,
                 Err(e) => return Some(backoff(inner, id, &anyhow::anyhow!(e))),
             },
         };
-        let step = plan(ws.status, ws.desired, obs);
+        let step = plan(ws.observed.status, ws.intent.desired, obs);
         if step == Step::Nothing {
-            inner.attempts.lock().unwrap().remove(&id);
-            if matches!(ws.status, WorkspaceStatus::Idle | WorkspaceStatus::Busy)
-                && let Some(pod) = ws.pod_id
+            inner.states.reset_attempts(id);
+            if matches!(ws.observed.status, WorkspaceStatus::Idle | WorkspaceStatus::Busy)
+                && let Some(pod) = ws.observed.pod_id
                 && let Err(e) = pod_network::renew(inner.store.as_ref(), inner.runtime.as_ref(), ws.id, pod).await
             {
                 warn!(error = ?e, "renewing the pod's capability token failed");
@@ -73,6 +95,9 @@ pub(crate) async fn reconcile(inner: &Arc<Inner>, id: WorkspaceId) -> Option<Dur
         metrics::histogram!("evershell_reconcile_step_seconds", "step" => format!("{step:?}"))
             .record(took.as_secs_f64());
         tracing::debug!(?step, took_ms = took.as_secs_f64() * 1000.0, "reconcile step");
+        if lost.is_cancelled() {
+            return None;
+        }
         match flow {
             Ok(Flow::Again) => {}
             Ok(Flow::Retry(e)) => return give_up_or_retry(inner, &ws, step, e).await,
@@ -84,28 +109,28 @@ pub(crate) async fn reconcile(inner: &Arc<Inner>, id: WorkspaceId) -> Option<Dur
 }
 
 fn backoff(inner: &Inner, id: WorkspaceId, e: &anyhow::Error) -> Duration {
-    let mut attempts = inner.attempts.lock().unwrap();
-    let n = attempts.entry(id).or_insert(0);
-    *n += 1;
-    warn!(error = %format!("{e:#}"), attempt = *n, "reconcile step failed; will retry");
-    Duration::from_millis(250u64 << (*n).min(7))
+    let (n, delay) = inner.states.failed(id);
+    warn!(error = %format!("{e:#}"), attempt = n, "reconcile step failed; will retry");
+    delay
 }
 
 /// Retry a failing step with backoff; after `max_attempts` move the workspace to `failed` so it is never stuck.
 async fn give_up_or_retry(inner: &Arc<Inner>, ws: &WorkspaceRecord, step: Step, e: anyhow::Error) -> Option<Duration> {
     let delay = backoff(inner, ws.id, &e);
-    let n = inner.attempts.lock().unwrap().get(&ws.id).copied().unwrap_or(0);
-    if n < inner.cfg.max_attempts || !matches!(ws.status, WorkspaceStatus::Provisioning | WorkspaceStatus::Stopping) {
+    let n = inner.states.attempts(ws.id);
+    if n < inner.cfg.max_attempts
+        || !matches!(ws.observed.status, WorkspaceStatus::Provisioning | WorkspaceStatus::Stopping)
+    {
         return Some(delay);
     }
-    let reason = match ws.status {
+    let reason = match ws.observed.status {
         WorkspaceStatus::Stopping => StatusReason::SnapshotFailed,
         _ => StatusReason::PodStartFailed,
     };
     let msg = format!("{step:?} failed {n} times: {e:#}");
     match fail(inner, ws, reason, msg).await {
         Ok(_) => {
-            inner.attempts.lock().unwrap().remove(&ws.id);
+            inner.states.reset_attempts(ws.id);
             Some(Duration::from_millis(100)) // plan once more (e.g. release a partial pod)
         }
         Err(_) => Some(delay),
@@ -144,37 +169,52 @@ async fn names(inner: &Inner, ws: &WorkspaceRecord) -> Option<(String, Option<St
     Some(names)
 }
 
-/// Write `next` over `ws` under the generation guard; `true` when it landed.
+/// Record `next`'s observation over `ws` under the observation generation and this pass's fence; `true` when it
+/// landed. A fenced-off write (another holder took the lease) fires the pass's `lost` signal and is an error: the
+/// pass stops at once.
 async fn write(inner: &Inner, ws: &WorkspaceRecord, mut next: WorkspaceRecord, audit: &[AuditEvent]) -> Result<bool> {
+    let Some(lease) = inner.states.lease(ws.id) else {
+        return Err(lost_lease());
+    };
     next.updated_at = Timestamp::now();
-    let ok = inner.store.update_workspace(&next, ws.generation, audit).await?;
-    if ok {
-        inner.notify(ws.id);
-        // The next plan starts from what was just written instead of reading it back. Should an API call have
-        // changed the row meanwhile, the next guarded write fails and the row is read again.
-        next.generation = ws.generation + 1;
-        inner.written.lock().unwrap().insert(ws.id, next);
+    match inner.store.record_observation(&next, ws.observed.generation, &lease.fence, audit).await? {
+        ObservationWrite::Written => {
+            inner.notify(ws.id);
+            // The next plan starts from what was just written instead of reading it back. A request the API wrote
+            // meanwhile is seen at the next pass (its wake-up marked this workspace to run again).
+            next.observed.generation = ws.observed.generation + 1;
+            inner.states.set_last(ws.id, next);
+            Ok(true)
+        }
+        ObservationWrite::Stale => Ok(false),
+        ObservationWrite::Fenced => {
+            lease.lost.cancel();
+            Err(lost_lease())
+        }
     }
-    Ok(ok)
+}
+
+fn lost_lease() -> evershell_core::Error {
+    evershell_core::Error::new(evershell_core::ErrorCode::Unavailable, "the workspace's lease was lost")
 }
 
 /// Move `ws` to `failed` with a reason and an explanation.
 async fn fail(inner: &Inner, ws: &WorkspaceRecord, reason: StatusReason, error: String) -> Result<bool> {
     let mut next = ws.clone();
-    next.status = WorkspaceStatus::Failed;
-    next.status_reason = Some(reason);
-    next.last_error = Some(error.clone());
+    next.observed.status = WorkspaceStatus::Failed;
+    next.observed.status_reason = Some(reason);
+    next.observed.last_error = Some(error.clone());
     let audit = auto_audit(inner, ws, EventType::WorkspaceFailed)
         .await
         .reason(reason.as_str())
-        .details(serde_json::json!({ "from": ws.status, "error": error, "pod_id": ws.pod_id }));
+        .details(serde_json::json!({ "from": ws.observed.status, "error": error, "pod_id": ws.observed.pod_id }));
     info!(reason = reason.as_str(), "workspace failed");
     write(inner, ws, next, &[audit]).await
 }
 
 fn spec(ws: &WorkspaceRecord) -> PodSpec {
     PodSpec {
-        pod_id: ws.pod_id.expect("planned steps that need a pod have one"),
+        pod_id: ws.observed.pod_id.expect("planned steps that need a pod have one"),
         org_id: ws.org_id,
         workspace_id: ws.id,
     }
@@ -192,17 +232,17 @@ async fn perform(
         Step::Nothing => Ok(Flow::Again),
         Step::AllocatePod => {
             let mut next = ws.clone();
-            next.pod_id = Some(inner.runtime.reserve_pod());
-            next.pod_pack_ids = inner.store.get_role(ws.org_id, ws.role_id).await?.map(|r| r.pack_ids);
+            next.observed.pod_id = Some(inner.runtime.reserve_pod());
+            next.observed.pod_pack_ids = inner.store.get_role(ws.org_id, ws.role_id).await?.map(|r| r.pack_ids);
             write(inner, ws, next, &[]).await?;
             Ok(Flow::Again)
         }
         Step::PreparePod => {
-            let snap = match ws.snapshot_id {
+            let snap = match ws.observed.snapshot_id {
                 Some(id) => inner.store.get_snapshot(id).await?,
                 None => None,
             };
-            if let (Some(id), None) = (ws.snapshot_id, &snap) {
+            if let (Some(id), None) = (ws.observed.snapshot_id, &snap) {
                 let msg = format!("snapshot {id} is recorded on the workspace but its row is missing");
                 fail(inner, ws, StatusReason::RestoreFailed, msg).await?;
                 return Ok(Flow::Again);
@@ -210,20 +250,20 @@ async fn perform(
             let keys = snap.as_ref().map(|s| SnapshotKeys::from_strings(&s.archive_key, &s.manifest_key));
             match rt.prepare(&spec(ws), keys.as_ref()).await {
                 Ok(_) => {
-                    pass.prepared = Some(ws.snapshot_id);
+                    pass.prepared = Some(ws.observed.snapshot_id);
                     Ok(Flow::Again)
                 }
                 Err(PodError::Snapshot(e)) => {
                     // Never an empty idle: the resume fails, the snapshot stays for inspection.
                     let mut msg = format!(
                         "restoring snapshot {}: {e}",
-                        ws.snapshot_id.map(|s| s.to_string()).unwrap_or_default()
+                        ws.observed.snapshot_id.map(|s| s.to_string()).unwrap_or_default()
                     );
                     msg.push_str(" (the snapshot is kept for inspection)");
                     let audit = auto_audit(inner, ws, EventType::SnapshotFailed)
                         .await
                         .reason("restore_failed")
-                        .details(serde_json::json!({ "snapshot_id": ws.snapshot_id, "error": e.to_string() }));
+                        .details(serde_json::json!({ "snapshot_id": ws.observed.snapshot_id, "error": e.to_string() }));
                     inner.store.append_audit(&[audit]).await?;
                     fail(inner, ws, StatusReason::RestoreFailed, msg).await?;
                     Ok(Flow::Again)
@@ -238,8 +278,8 @@ async fn perform(
         Step::ReleasePod => {
             rt.remove(spec(ws).pod_id).await.map_err(pod_err)?;
             let mut next = ws.clone();
-            next.pod_id = None;
-            next.pod_pack_ids = None;
+            next.observed.pod_id = None;
+            next.observed.pod_pack_ids = None;
             write(inner, ws, next, &[]).await?;
             Ok(Flow::Again)
         }
@@ -283,25 +323,23 @@ async fn perform(
                 Some(Some(_)) => StatusReason::Restored,
                 Some(None) => StatusReason::Ready,
                 None if pass.started_at.is_some() => StatusReason::Reattached,
-                None if ws.snapshot_id.is_some() => StatusReason::Restored,
+                None if ws.observed.snapshot_id.is_some() => StatusReason::Restored,
                 None => StatusReason::Ready,
             };
             let mut next = ws.clone();
-            next.status = WorkspaceStatus::Idle;
-            next.status_reason = Some(reason);
-            next.last_error = None;
+            next.observed.status = WorkspaceStatus::Idle;
+            next.observed.status_reason = Some(reason);
+            next.observed.last_error = None;
             let mut audit = vec![
                 auto_audit(inner, ws, EventType::WorkspaceReady)
                     .await
                     .reason(reason.as_str())
-                    .details(serde_json::json!({ "pod_id": ws.pod_id })),
+                    .details(serde_json::json!({ "pod_id": ws.observed.pod_id })),
             ];
             if reason == StatusReason::Restored && pass.prepared.is_some() {
-                audit.push(
-                    auto_audit(inner, ws, EventType::SnapshotRestored)
-                        .await
-                        .details(serde_json::json!({ "snapshot_id": ws.snapshot_id, "pod_id": ws.pod_id })),
-                );
+                audit.push(auto_audit(inner, ws, EventType::SnapshotRestored).await.details(
+                    serde_json::json!({ "snapshot_id": ws.observed.snapshot_id, "pod_id": ws.observed.pod_id }),
+                ));
             }
             // The proxy knows the pod (address and capability token) before anyone sees it ready.
             pod_network::record(inner.store.as_ref(), rt.as_ref(), ws.id, spec(ws).pod_id).await?;
@@ -319,12 +357,13 @@ async fn perform(
             if obs == PodObservation::Partial {
                 rt.remove(spec(ws).pod_id).await.map_err(pod_err)?;
             }
-            let kept = ws.snapshot_id.map(|s| format!("; the previous snapshot {s} is kept")).unwrap_or_default();
+            let kept =
+                ws.observed.snapshot_id.map(|s| format!("; the previous snapshot {s} is kept")).unwrap_or_default();
             let msg = format!(
                 "the pod no longer existed when the workspace was stopped, so its files could not be saved{kept}"
             );
             let mut next = release(ws);
-            next.last_snapshot_error = Some(msg.clone());
+            next.observed.last_snapshot_error = Some(msg.clone());
             let mut audit = vec![
                 auto_audit(inner, ws, EventType::SnapshotFailed)
                     .await
@@ -349,17 +388,17 @@ async fn perform(
                 rt.remove(spec(ws).pod_id).await.map_err(pod_err)?;
             }
             let mut next = release(ws);
-            next.status = WorkspaceStatus::Failed;
-            next.status_reason = Some(StatusReason::PodVanished);
-            let msg = match ws.snapshot_id {
+            next.observed.status = WorkspaceStatus::Failed;
+            next.observed.status_reason = Some(StatusReason::PodVanished);
+            let msg = match ws.observed.snapshot_id {
                 Some(s) => format!("the pod's files disappeared; resume restores the last snapshot ({s})"),
                 None => "the pod's files disappeared and the workspace has no snapshot".to_string(),
             };
-            next.last_error = Some(msg.clone());
+            next.observed.last_error = Some(msg.clone());
             let audit = auto_audit(inner, ws, EventType::WorkspaceFailed)
                 .await
                 .reason("pod_vanished")
-                .details(serde_json::json!({ "from": ws.status, "error": msg }));
+                .details(serde_json::json!({ "from": ws.observed.status, "error": msg }));
             write(inner, ws, next, &[audit]).await?;
             Ok(Flow::Again)
         }
@@ -373,25 +412,25 @@ fn pod_err(e: PodError) -> evershell_core::Error {
 /// `ws` without its pod.
 fn release(ws: &WorkspaceRecord) -> WorkspaceRecord {
     let mut next = ws.clone();
-    next.pod_id = None;
-    next.pod_pack_ids = None;
+    next.observed.pod_id = None;
+    next.observed.pod_pack_ids = None;
     next
 }
 
 /// Finish a stop: `stopped`, or back to `provisioning` for a restart. Returns the audit row.
 async fn finish_stop(inner: &Inner, ws: &WorkspaceRecord, next: &mut WorkspaceRecord) -> AuditEvent {
-    if ws.status == WorkspaceStatus::Stopping && ws.desired == Desired::Running {
-        next.status = WorkspaceStatus::Provisioning;
-        next.status_reason = Some(StatusReason::RestartRequested);
+    if ws.observed.status == WorkspaceStatus::Stopping && ws.intent.desired == Desired::Running {
+        next.observed.status = WorkspaceStatus::Provisioning;
+        next.observed.status_reason = Some(StatusReason::RestartRequested);
         auto_audit(inner, ws, EventType::WorkspaceRestarting)
             .await
-            .details(serde_json::json!({ "snapshot_id": next.snapshot_id }))
+            .details(serde_json::json!({ "snapshot_id": next.observed.snapshot_id }))
     } else {
-        next.status = WorkspaceStatus::Stopped;
+        next.observed.status = WorkspaceStatus::Stopped;
         auto_audit(inner, ws, EventType::WorkspaceStopped)
             .await
-            .reason(ws.status_reason.map(|r| r.as_str()).unwrap_or("stop_requested"))
-            .details(serde_json::json!({ "snapshot_id": next.snapshot_id }))
+            .reason(ws.observed.status_reason.map(|r| r.as_str()).unwrap_or("stop_requested"))
+            .details(serde_json::json!({ "snapshot_id": next.observed.snapshot_id }))
     }
 }
 
@@ -400,7 +439,7 @@ async fn finish_stop(inner: &Inner, ws: &WorkspaceRecord, next: &mut WorkspaceRe
 /// deleted only after that.
 async fn snapshot_and_release(inner: &Arc<Inner>, ws: &WorkspaceRecord) -> Result<Flow> {
     let pod = spec(ws).pod_id;
-    let current = match ws.snapshot_id {
+    let current = match ws.observed.snapshot_id {
         Some(id) => inner.store.get_snapshot(id).await?,
         None => None,
     };
@@ -463,31 +502,43 @@ async fn snapshot_and_release(inner: &Arc<Inner>, ws: &WorkspaceRecord) -> Resul
         rec.size_bytes = Some(manifest.archive_bytes as i64);
         rec.file_count = Some(manifest.file_count as i64);
         let mut next = ws.clone();
-        next.snapshot_id = Some(snap_id);
-        next.last_snapshot_error = None;
+        next.observed.snapshot_id = Some(snap_id);
+        next.observed.last_snapshot_error = None;
         next.updated_at = Timestamp::now();
         let audit = auto_audit(inner, &ws, EventType::SnapshotSaved).await.details(serde_json::json!({
             "snapshot_id": snap_id, "sha256": manifest.archive_sha256, "size_bytes": manifest.archive_bytes,
             "file_count": manifest.file_count, "content_bytes": manifest.content_bytes,
         }));
-        if !inner.store.commit_snapshot(&rec, &next, ws.generation, &[audit]).await? {
-            discard_snapshot(inner, &rec, &[]).await?;
-            return Ok(Flow::Again);
+        let Some(lease) = inner.states.lease(ws.id) else { return Err(lost_lease()) };
+        match inner.store.commit_snapshot(&rec, &next, ws.observed.generation, &lease.fence, &[audit]).await? {
+            ObservationWrite::Written => {}
+            ObservationWrite::Stale => {
+                discard_snapshot(inner, &rec, &[]).await?;
+                return Ok(Flow::Again);
+            }
+            ObservationWrite::Fenced => {
+                // The new holder discards the pending row and its objects as an interrupted capture's leftovers.
+                lease.lost.cancel();
+                return Err(lost_lease());
+            }
         }
         inner.notify(ws.id);
-        next.generation = ws.generation + 1;
+        next.observed.generation = ws.observed.generation + 1;
         ws = next;
     }
     inner.runtime.remove(pod).await.map_err(pod_err)?;
     let mut next = release(&ws);
-    let audit =
-        if ws.status == WorkspaceStatus::Stopping { vec![finish_stop(inner, &ws, &mut next).await] } else { vec![] };
+    let audit = if ws.observed.status == WorkspaceStatus::Stopping {
+        vec![finish_stop(inner, &ws, &mut next).await]
+    } else {
+        vec![]
+    };
     write(inner, &ws, next, &audit).await?;
     // Older snapshots go only now that a newer one is verified and the workspace points at it — and after the
     // caller has its answer: deleting a large file can take longer than a stop's own bookkeeping. Best effort: what
     // is left (an error, a crash) goes at the next stop or the next start-up (`recovery`).
     let older: Vec<SnapshotRecord> = match inner.store.list_snapshots(ws.id).await {
-        Ok(all) => all.into_iter().filter(|s| Some(s.id) != ws.snapshot_id).collect(),
+        Ok(all) => all.into_iter().filter(|s| Some(s.id) != ws.observed.snapshot_id).collect(),
         Err(e) => {
             tracing::warn!(error = ?e, "listing replaced snapshots failed; retried later");
             vec![]
@@ -498,7 +549,7 @@ async fn snapshot_and_release(inner: &Arc<Inner>, ws: &WorkspaceRecord) -> Resul
     for s in older {
         let audit = auto_audit(inner, &ws, EventType::SnapshotDeleted)
             .await
-            .details(serde_json::json!({ "snapshot_id": s.id, "replaced_by": ws.snapshot_id }));
+            .details(serde_json::json!({ "snapshot_id": s.id, "replaced_by": ws.observed.snapshot_id }));
         if let Err(e) = discard_snapshot(inner, &s, &[audit]).await {
             tracing::warn!(snapshot_id = %s.id, error = %e, "deleting a replaced snapshot failed; retried later");
         }

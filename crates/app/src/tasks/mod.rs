@@ -314,11 +314,12 @@ impl App {
 
     /// The status `ws` reads: `busy` when it is `idle` and a task was handed to its agent and has not ended.
     pub async fn derived_status(&self, ws: &WorkspaceRecord) -> Result<WorkspaceStatus> {
-        if ws.status != WorkspaceStatus::Idle {
-            return Ok(ws.status);
+        let status = ws.status();
+        if status != WorkspaceStatus::Idle {
+            return Ok(status);
         }
         let open = self.store.open_tasks(ws.id).await?;
-        Ok(if open.first().is_some_and(|t| t.status.is_active()) { WorkspaceStatus::Busy } else { ws.status })
+        Ok(ws.public_status(open.first().is_some_and(|t| t.status.is_active())).0)
     }
 
     /// Workspaces that read `busy`: `idle` ones with a delivered, running or compacting task.

@@ -8,21 +8,57 @@ use crate::ids::{OrgId, PackId, PodId, RoleId, SnapshotId, UserId, WorkspaceId};
 use crate::lifecycle::{Desired, StatusReason, WorkspaceStatus};
 use crate::time::Timestamp;
 
-/// A workspace row: what the user asked for (`desired`), what the reconciler observed (`status`), and the pod and
-/// snapshot it currently owns. `generation` guards every write.
+/// A workspace row, in two halves with one writer each: `intent` (what the API was asked: written only by API calls,
+/// under `intent.generation`) and `observed` (what the reconciler found and did: written only by the reconciler,
+/// under `observed.generation` and its lease's fence). The public status is derived from both
+/// ([`WorkspaceRecord::public_status`]); neither writer ever overwrites the other's fields.
 #[derive(Debug, Clone, PartialEq)]
 pub struct WorkspaceRecord {
     pub id: WorkspaceId,
     pub org_id: OrgId,
     pub role_id: RoleId,
+    /// Intent-side (set at creation, never written by the reconciler).
     pub environment: Option<String>,
     pub created_by_user_id: Option<UserId>,
+    pub intent: Intent,
+    pub observed: Observation,
+    pub created_at: Timestamp,
+    /// The last write of either half.
+    pub updated_at: Timestamp,
+    /// Intent-side: set and cleared by archive / unarchive.
+    pub archived_at: Option<Timestamp>,
+}
+
+/// What the user asked for. Only API calls write it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Intent {
+    /// A running pod or none.
+    pub desired: Desired,
+    /// The latest lifecycle request (create, resume, restart, stop). It is *pending* until the reconciler adopts it
+    /// (`Observation::adopted >= seq`); while pending, the public status is the request's.
+    pub request: Option<Request>,
+    /// Bumped by every intent write; an intent write names the one it read.
+    pub generation: i64,
+}
+
+/// A lifecycle request: the transitional status it asks for and why.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Request {
+    /// Increases with every request on the workspace (1 is the create).
+    pub seq: i64,
+    /// `provisioning` or `stopping`.
+    pub status: WorkspaceStatus,
+    pub reason: StatusReason,
+}
+
+/// What the reconciler observed of the workspace and did about it. Only the reconciler writes it, and only while it
+/// holds the workspace's lease (the store checks the fence on every write).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Observation {
+    /// The observed phase (never `busy`: that is derived from the task table when read).
     pub status: WorkspaceStatus,
     pub status_reason: Option<StatusReason>,
     pub last_error: Option<String>,
-    pub desired: Desired,
-    /// Bumped by every write; a write names the generation it read (`… WHERE generation = ?`).
-    pub generation: i64,
     /// The pod this workspace owns now (allocated before anything is created on disk).
     pub pod_id: Option<PodId>,
     /// The pack set the current pod was started with (for `pack_status`).
@@ -30,9 +66,40 @@ pub struct WorkspaceRecord {
     /// The latest verified snapshot.
     pub snapshot_id: Option<SnapshotId>,
     pub last_snapshot_error: Option<String>,
-    pub created_at: Timestamp,
-    pub updated_at: Timestamp,
-    pub archived_at: Option<Timestamp>,
+    /// The `seq` of the latest request this observation has taken on.
+    pub adopted: i64,
+    /// Bumped by every observation write; a write names the one it read (`… WHERE generation = ?`).
+    pub generation: i64,
+}
+
+impl WorkspaceRecord {
+    /// The request the reconciler has not taken on yet.
+    pub fn pending_request(&self) -> Option<Request> {
+        self.intent.request.filter(|r| r.seq > self.observed.adopted)
+    }
+
+    /// The status the API shows, derived from intent, observation and whether a task runs in the pod (the task
+    /// subsystem passes that; `idle` with a running task reads `busy`). See [`crate::lifecycle::public_status`].
+    pub fn public_status(&self, running_task: bool) -> (WorkspaceStatus, Option<StatusReason>) {
+        crate::lifecycle::public_status(
+            self.pending_request().map(|r| (r.status, r.reason)),
+            (self.observed.status, self.observed.status_reason),
+            running_task,
+        )
+    }
+
+    /// The public status with no running task known (what the lifecycle calls decide from).
+    pub fn status(&self) -> WorkspaceStatus {
+        self.public_status(false).0
+    }
+
+    /// The public `last_error`: a pending resume has already cleared it.
+    pub fn public_last_error(&self) -> Option<&str> {
+        match self.pending_request() {
+            Some(r) if r.status == WorkspaceStatus::Provisioning => None,
+            _ => self.observed.last_error.as_deref(),
+        }
+    }
 }
 
 /// Whether a snapshot is being written, or written and verified.

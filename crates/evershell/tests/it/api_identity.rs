@@ -96,7 +96,7 @@ async fn api_keys_are_shown_once_and_revocation_is_immediate() {
     .await
     .expect(403, "permission_denied");
     // The stored form is a hash.
-    let found = ts.app.store.find_api_key(&key).await.unwrap();
+    let found = ts.app.store().find_api_key(&key).await.unwrap();
     assert!(found.is_none(), "the raw value must not be a lookup key");
     // Revoke: 401 on the very next request.
     let r = ts.call(Method::DELETE, &format!("/v1/api-keys/{id}"), Some(&owner), None).await;
@@ -123,9 +123,10 @@ async fn memberships_invitations_and_the_owner_rules() {
     let all = ts.call(Method::GET, &path, Some(&member), None).await;
     assert_eq!(all.ok()["memberships"].as_array().unwrap().len(), 3);
     // Another org's memberships: 403 even for an Owner there.
-    let other = evershell_app::admin::bootstrap(ts.app.store.as_ref(), "globex", "boss@globex.example", Some(PASSWORD))
-        .await
-        .unwrap();
+    let other =
+        evershell_app::admin::bootstrap(ts.app.store().as_ref(), "globex", "boss@globex.example", Some(PASSWORD))
+            .await
+            .unwrap();
     ts.call(Method::GET, &format!("/v1/orgs/{}/memberships", other.org.id), Some(&owner), None)
         .await
         .expect(403, "permission_denied");
@@ -216,7 +217,7 @@ async fn billing_postures_gate_create_class_calls_only() {
     let ts = TestServer::start().await;
     let (_, owner) = ts.user("boss@acme.example", MemberRole::Owner).await;
     let (pid, rid, _) = ts.role("coder").await;
-    let org = evershell_app::admin::find_org(ts.app.store.as_ref(), "acme").await.unwrap();
+    let org = evershell_app::admin::find_org(ts.app.store().as_ref(), "acme").await.unwrap();
     use evershell_core::model::BillingStatus::*;
     let expired = evershell_core::Timestamp::now().plus_millis(-1000);
     let future = evershell_core::Timestamp::now().plus_millis(3_600_000);
@@ -227,7 +228,7 @@ async fn billing_postures_gate_create_class_calls_only() {
         (Trial, Some(future), false),
         (Active, None, false),
     ] {
-        evershell_app::admin::set_billing(ts.app.store.as_ref(), &org, status, ends).await.unwrap();
+        evershell_app::admin::set_billing(ts.app.store().as_ref(), &org, status, ends).await.unwrap();
         let r = ts.post("/v1/providers", json!({"name": format!("p-{}", status.as_str().replace('_', "-")), "kind": "openai", "domain": "api.openai.com"})).await;
         if blocked {
             r.expect(423, "billing_inactive");
@@ -247,7 +248,7 @@ async fn billing_postures_gate_create_class_calls_only() {
         assert_eq!(ts.get("/v1/providers").await.status, 200);
         assert_eq!(ts.get(&format!("/v1/agent-roles/{rid}")).await.status, 200);
     }
-    evershell_app::admin::set_billing(ts.app.store.as_ref(), &org, PastDue, None).await.unwrap();
+    evershell_app::admin::set_billing(ts.app.store().as_ref(), &org, PastDue, None).await.unwrap();
     let r = ts.post_empty(&format!("/v1/agent-roles/{rid}/archive")).await;
     assert_eq!(r.ok()["status"], "archived");
     let r = ts.post_empty(&format!("/v1/providers/{pid}/archive")).await;

@@ -16,7 +16,7 @@ async fn login(ts: &TestServer, email: &str, password: &str) -> Resp {
 
 /// argon2 computations this server has started so far.
 fn hashes(ts: &TestServer) -> u64 {
-    ts.app.passwords.started()
+    ts.app.passwords().started()
 }
 
 #[track_caller]
@@ -166,10 +166,10 @@ async fn accept_invite_is_throttled_like_login_and_audited_in_the_inviting_org()
     .await;
     let (_, _) = ts.user("dev@acme.example", MemberRole::Member).await;
     let globex =
-        evershell_app::admin::bootstrap(ts.app.store.as_ref(), "globex", "boss@globex.example", None).await.unwrap();
+        evershell_app::admin::bootstrap(ts.app.store().as_ref(), "globex", "boss@globex.example", None).await.unwrap();
     // The account exists (it signs in to acme): globex's invitation must be accepted with its own password.
     let added = evershell_app::admin::add_user(
-        ts.app.store.as_ref(),
+        ts.app.store().as_ref(),
         &globex.org,
         "dev@acme.example",
         MemberRole::Member,

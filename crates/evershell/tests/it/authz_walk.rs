@@ -90,7 +90,7 @@ async fn key_without(ts: &TestServer, alternatives: &[Vec<Scope>]) -> String {
         created_by_user_id: None,
         created_at: evershell_core::Timestamp::now(),
     };
-    ts.app.store.create_api_key(&key, &hash, &[]).await.unwrap();
+    ts.app.store().create_api_key(&key, &hash, &[]).await.unwrap();
     value
 }
 
@@ -100,9 +100,10 @@ async fn every_route_enforces_authentication_scopes_and_tenancy() {
     let (pid, rid, role_name) = ts.role("walker").await;
     let ws = ts.idle_workspace(&role_name, &ts.key.clone()).await;
     let (member_id, _) = ts.user("mem@acme.example", evershell_core::scope::MemberRole::Member).await;
-    let other = evershell_app::admin::bootstrap(ts.app.store.as_ref(), "globex", "boss@globex.example", Some(PASSWORD))
-        .await
-        .unwrap();
+    let other =
+        evershell_app::admin::bootstrap(ts.app.store().as_ref(), "globex", "boss@globex.example", Some(PASSWORD))
+            .await
+            .unwrap();
     let other_owner = {
         let r = ts
             .call(
@@ -115,8 +116,8 @@ async fn every_route_enforces_authentication_scopes_and_tenancy() {
         r.ok()["token"].as_str().unwrap().to_string()
     };
     let own_key = {
-        let org = evershell_app::admin::find_org(ts.app.store.as_ref(), "acme").await.unwrap();
-        evershell_app::admin::create_api_key(ts.app.store.as_ref(), &org, PermissionSet::ReadOnly, "target")
+        let org = evershell_app::admin::find_org(ts.app.store().as_ref(), "acme").await.unwrap();
+        evershell_app::admin::create_api_key(ts.app.store().as_ref(), &org, PermissionSet::ReadOnly, "target")
             .await
             .unwrap()
     };
@@ -137,9 +138,9 @@ async fn every_route_enforces_authentication_scopes_and_tenancy() {
 
     let revoked = ts.key_with(PermissionSet::FullAccess).await;
     let revoked_id =
-        ts.app.store.find_api_key(&evershell_app::secrets::hash_secret(&revoked)).await.unwrap().unwrap().id;
+        ts.app.store().find_api_key(&evershell_app::secrets::hash_secret(&revoked)).await.unwrap().unwrap().id;
     ts.app
-        .store
+        .store()
         .revoke_api_key(ts.org_id.parse().unwrap(), revoked_id, evershell_core::Timestamp::now(), &[])
         .await
         .unwrap();

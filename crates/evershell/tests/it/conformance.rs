@@ -639,9 +639,9 @@ async fn real_answers_match_the_committed_document() {
         }
     }
     // Billing: every mutating operation of a past-due org (create-class calls must answer the documented 423).
-    let acme = evershell_app::admin::find_org(ts.app.store.as_ref(), "acme").await.unwrap();
+    let acme = evershell_app::admin::find_org(ts.app.store().as_ref(), "acme").await.unwrap();
     evershell_app::admin::set_billing(
-        ts.app.store.as_ref(),
+        ts.app.store().as_ref(),
         &acme,
         evershell_core::model::BillingStatus::PastDue,
         None,

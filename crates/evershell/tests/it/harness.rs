@@ -136,7 +136,7 @@ impl TestServer {
             http: reqwest::Client::builder().timeout(Duration::from_secs(120)).build().unwrap(),
         };
         if bootstrap {
-            let b = evershell_app::admin::bootstrap(ts.app.store.as_ref(), "acme", &ts.owner_email, Some(PASSWORD))
+            let b = evershell_app::admin::bootstrap(ts.app.store().as_ref(), "acme", &ts.owner_email, Some(PASSWORD))
                 .await
                 .expect("bootstrap");
             ts.key = b.api_key.value;
@@ -202,9 +202,9 @@ impl TestServer {
 
     /// A user with `role` in the org, signed in: `(user_id, session token)`.
     pub async fn user(&self, email: &str, role: MemberRole) -> (String, String) {
-        let org = evershell_app::admin::find_org(self.app.store.as_ref(), &self.org_slug).await.unwrap();
+        let org = evershell_app::admin::find_org(self.app.store().as_ref(), &self.org_slug).await.unwrap();
         let u =
-            evershell_app::admin::add_user(self.app.store.as_ref(), &org, email, role, Some(PASSWORD)).await.unwrap();
+            evershell_app::admin::add_user(self.app.store().as_ref(), &org, email, role, Some(PASSWORD)).await.unwrap();
         let token = self.login(email).await;
         (u.user_id.to_string(), token)
     }
@@ -223,8 +223,8 @@ impl TestServer {
 
     /// An API key with a template.
     pub async fn key_with(&self, set: PermissionSet) -> String {
-        let org = evershell_app::admin::find_org(self.app.store.as_ref(), &self.org_slug).await.unwrap();
-        evershell_app::admin::create_api_key(self.app.store.as_ref(), &org, set, "test").await.unwrap().value
+        let org = evershell_app::admin::find_org(self.app.store().as_ref(), &self.org_slug).await.unwrap();
+        evershell_app::admin::create_api_key(self.app.store().as_ref(), &org, set, "test").await.unwrap().value
     }
 
     /// A provider and a role: `(provider_id, role_id, role_name)`.
@@ -292,12 +292,12 @@ impl Drop for TestServer {
 }
 
 pub async fn remove_pods(app: &App) {
-    if let Ok(pods) = app.runtime.list_pods().await {
+    if let Ok(pods) = app.runtime().list_pods().await {
         for p in pods {
-            let _ = app.runtime.remove(p).await;
+            let _ = app.runtime().remove(p).await;
         }
     }
-    app.runtime.shutdown().await;
+    app.runtime().shutdown().await;
 }
 
 /// A temp dir the server accepts as its data dir (`tempfile` creates `0755`; the server refuses what others can read).

@@ -129,11 +129,11 @@ async fn a_claim_left_by_a_dead_server_is_taken_over_but_a_live_one_is_not() {
     };
     // Another server is running this request right now (its lease is live): 409.
     let live = IdempotencyClaim { fingerprint: &fingerprint, ..claim("alive", now.plus_millis(600_000)) };
-    ts.app.store.idempotency_begin(org, &format!("{user_id}:live"), &live).await.unwrap();
+    ts.app.store().idempotency_begin(org, &format!("{user_id}:live"), &live).await.unwrap();
     post_keyed(&ts, &token, "/v1/providers", "live", body.clone()).await.expect(409, "idempotency_key_in_flight");
     // A server died mid-request: its lease lapsed, so the retry runs (and is then replayed as usual).
     let dead = IdempotencyClaim { fingerprint: &fingerprint, ..claim("dead", now.plus_millis(-1)) };
-    ts.app.store.idempotency_begin(org, &format!("{user_id}:dead"), &dead).await.unwrap();
+    ts.app.store().idempotency_begin(org, &format!("{user_id}:dead"), &dead).await.unwrap();
     let r = post_keyed(&ts, &token, "/v1/providers", "dead", body.clone()).await;
     assert_eq!(r.status, 201, "{}", r.json);
     let again = post_keyed(&ts, &token, "/v1/providers", "dead", body).await;

@@ -116,7 +116,7 @@ async fn values_are_sealed_at_rest_and_survive_a_restart_with_the_same_key() {
     let (dir, db) = ts.stop().await;
 
     let ts = TestServer::start_at(dir, db, false).await;
-    let org = evershell_app::admin::find_org(ts.app.store.as_ref(), "acme").await.unwrap().id;
+    let org = evershell_app::admin::find_org(ts.app.store().as_ref(), "acme").await.unwrap().id;
     assert_eq!(ts.app.secret_value(org, "db-password").await.unwrap().as_deref().map(String::as_str), Some(VALUE));
     let (dir, db) = ts.stop().await;
 
@@ -145,8 +145,8 @@ async fn a_sealed_value_moved_to_another_row_does_not_open() {
     let b = ts.post("/v1/secrets", json!({"name": "b", "value": "other"})).await.ok()["id"].as_str().unwrap().parse();
     let org = ts.org_id.parse().unwrap();
     // Write a's sealed bytes into b's row, as someone with write access to the database could.
-    let (_, sealed_a) = ts.app.store.secret_material(org, "a").await.unwrap().unwrap();
-    ts.app.store.rotate_secret(org, b.unwrap(), &sealed_a, evershell_core::Timestamp::now(), &[]).await.unwrap();
+    let (_, sealed_a) = ts.app.store().secret_material(org, "a").await.unwrap().unwrap();
+    ts.app.store().rotate_secret(org, b.unwrap(), &sealed_a, evershell_core::Timestamp::now(), &[]).await.unwrap();
     let err = ts.app.secret_value(org, "b").await.unwrap_err();
     assert_eq!(err.code, evershell_core::ErrorCode::Internal);
     assert!(!format!("{err:?}").contains(VALUE));

@@ -17,12 +17,14 @@ async fn pod_dir(ts: &TestServer, ws: &str) -> std::path::PathBuf {
 }
 
 /// Take the workspace's reconcile lease as "test-holder" (waiting for the reconciler to let go of it).
-async fn hold_lease(ts: &TestServer, id: WorkspaceId) {
+async fn hold_lease(ts: &TestServer, id: WorkspaceId) -> evershell_store::Fence {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     loop {
         let now = Timestamp::now();
-        if ts.app.store.claim_workspace(id, "test-holder", now, now.plus_millis(60_000)).await.unwrap() {
-            return;
+        if let Some(fence) =
+            ts.app.store().claim_workspace(id, "test-holder", now, now.plus_millis(60_000)).await.unwrap()
+        {
+            return fence;
         }
         assert!(tokio::time::Instant::now() < deadline, "the reconciler never released {id}");
         tokio::time::sleep(Duration::from_millis(10)).await;
@@ -67,23 +69,23 @@ async fn calls_during_transitions_get_the_documented_409() {
     let id: WorkspaceId = ws.parse().unwrap();
     // Hold the workspace's reconcile lease so it stays in its transitional state while we poke it.
     let hold = || hold_lease(&ts, id);
-    hold().await;
+    let held = hold().await;
     ts.post_empty(&format!("/v1/workspaces/{ws}/resume")).await;
     assert_eq!(ts.get(&format!("/v1/workspaces/{ws}")).await.json["status"], "provisioning");
     ts.post_empty(&format!("/v1/workspaces/{ws}/stop")).await.expect(409, "invalid_state");
     ts.post_empty(&format!("/v1/workspaces/{ws}/restart")).await.expect(409, "invalid_state");
     ts.post_empty(&format!("/v1/workspaces/{ws}/archive")).await.expect(409, "invalid_state");
     ts.get(&format!("/v1/workspaces/{ws}/sandbox/files")).await.expect(409, "workspace_provisioning");
-    ts.app.store.release_workspace(id, "test-holder").await.unwrap();
-    ts.app.reconciler.wake(id);
+    ts.app.store().release_workspace(id, &held).await.unwrap();
+    ts.app.reconciler().wake(id);
     ts.wait_status(&ws, "idle", 60).await;
     // Resume during stopping.
-    hold().await;
+    let held = hold().await;
     assert_eq!(ts.post_empty(&format!("/v1/workspaces/{ws}/stop")).await.status, 202);
     ts.post_empty(&format!("/v1/workspaces/{ws}/resume")).await.expect(409, "invalid_state");
     ts.post_empty(&format!("/v1/workspaces/{ws}/stop")).await.expect(409, "invalid_state");
-    ts.app.store.release_workspace(id, "test-holder").await.unwrap();
-    ts.app.reconciler.wake(id);
+    ts.app.store().release_workspace(id, &held).await.unwrap();
+    ts.app.reconciler().wake(id);
     ts.wait_status(&ws, "stopped", 60).await;
     ts.stop().await;
 }
@@ -121,8 +123,8 @@ async fn a_corrupt_snapshot_fails_the_resume_and_is_kept() {
     // No pod is left behind for the failed restore: the reconciler releases it right after writing `failed`.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
     loop {
-        let rec = ts.app.store.get_workspace_by_id(ws.parse().unwrap()).await.unwrap().unwrap();
-        if rec.pod_id.is_none() {
+        let rec = ts.app.store().get_workspace_by_id(ws.parse().unwrap()).await.unwrap().unwrap();
+        if rec.observed.pod_id.is_none() {
             break;
         }
         assert!(std::time::Instant::now() < deadline, "the partial pod was never released");
@@ -167,13 +169,13 @@ async fn a_vanished_pod_with_no_snapshot_needs_allow_empty() {
     let (_, _, role) = ts.role("coder").await;
     let ws = ts.idle_workspace(&role, &ts.key.clone()).await;
     let id: WorkspaceId = ws.parse().unwrap();
-    let pod = ts.app.store.get_workspace_by_id(id).await.unwrap().unwrap().pod_id.unwrap();
+    let pod = ts.app.store().get_workspace_by_id(id).await.unwrap().unwrap().observed.pod_id.unwrap();
     // Vanished means gone at once: `remove` stops the sandbox before it deletes the directory, and a reconcile in
     // between would (rightly) see an exited pod. Hold the workspace's lease while the pod goes, as below.
-    hold_lease(&ts, id).await;
-    ts.app.runtime.remove(pod).await.unwrap();
-    ts.app.store.release_workspace(id, "test-holder").await.unwrap();
-    ts.app.reconciler.wake(id);
+    let held = hold_lease(&ts, id).await;
+    ts.app.runtime().remove(pod).await.unwrap();
+    ts.app.store().release_workspace(id, &held).await.unwrap();
+    ts.app.reconciler().wake(id);
     let failed = ts.wait_status(&ws, "failed", 60).await;
     assert_eq!(failed["status_reason"], "pod_vanished");
     ts.post_empty(&format!("/v1/workspaces/{ws}/resume")).await.expect(409, "snapshot_missing");
@@ -181,12 +183,12 @@ async fn a_vanished_pod_with_no_snapshot_needs_allow_empty() {
     assert_eq!(r.json["status"], "idle", "{}", r.json);
     assert_eq!(ts.get(&format!("/v1/workspaces/{ws}/sandbox/files")).await.ok()["entries"], json!([]));
     // A stop whose pod vanished keeps going, and says why there is no fresh snapshot.
-    let pod = ts.app.store.get_workspace_by_id(id).await.unwrap().unwrap().pod_id.unwrap();
-    hold_lease(&ts, id).await;
+    let pod = ts.app.store().get_workspace_by_id(id).await.unwrap().unwrap().observed.pod_id.unwrap();
+    let held = hold_lease(&ts, id).await;
     assert_eq!(ts.post_empty(&format!("/v1/workspaces/{ws}/stop")).await.status, 202);
-    ts.app.runtime.remove(pod).await.unwrap();
-    ts.app.store.release_workspace(id, "test-holder").await.unwrap();
-    ts.app.reconciler.wake(id);
+    ts.app.runtime().remove(pod).await.unwrap();
+    ts.app.store().release_workspace(id, &held).await.unwrap();
+    ts.app.reconciler().wake(id);
     let stopped = ts.wait_status(&ws, "stopped", 30).await;
     assert!(stopped["last_snapshot_error"].as_str().unwrap().contains("no longer existed"), "{stopped}");
     assert!(stopped["snapshot_ref"].is_null());

@@ -14,8 +14,8 @@ use crate::harness::TestServer;
 /// The host directory of a workspace's current pod `/workspace`.
 pub async fn pod_workspace(ts: &TestServer, ws: &str) -> PathBuf {
     let id: WorkspaceId = ws.parse().unwrap();
-    let rec = ts.app.store.get_workspace_by_id(id).await.unwrap().unwrap();
-    ts.dir.path().join("pods").join(rec.pod_id.expect("the workspace has a pod").to_string()).join("workspace")
+    let rec = ts.app.store().get_workspace_by_id(id).await.unwrap().unwrap();
+    ts.dir.path().join("pods").join(rec.observed.pod_id.expect("the workspace has a pod").to_string()).join("workspace")
 }
 
 /// Fill a workspace (through the host side of its pod) with what a snapshot must preserve.
@@ -301,7 +301,7 @@ async fn new_pods_come_from_spares_set_up_ahead() {
     // Wait for what the runtime calls ready (its agent held and `run/held` written), not merely a sandbox.
     let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(60);
     let spare = loop {
-        if let Some(pod) = ts.app.runtime.ready_spares().first() {
+        if let Some(pod) = ts.app.runtime().ready_spares().first() {
             break *pod;
         }
         assert!(tokio::time::Instant::now() < deadline, "no spare pod became ready");
@@ -309,8 +309,8 @@ async fn new_pods_come_from_spares_set_up_ahead() {
     };
     assert!(ts.dir.path().join("pods/.spare").join(spare.to_string()).join("run/held").exists());
     let ws = ts.idle_workspace(&role, &ts.key.clone()).await;
-    let rec = ts.app.store.get_workspace_by_id(ws.parse().unwrap()).await.unwrap().unwrap();
-    assert_eq!(rec.pod_id.unwrap(), spare, "the workspace runs in the spare that was ready");
+    let rec = ts.app.store().get_workspace_by_id(ws.parse().unwrap()).await.unwrap().unwrap();
+    assert_eq!(rec.observed.pod_id.unwrap(), spare, "the workspace runs in the spare that was ready");
     assert!(pod_workspace(&ts, &ws).await.exists());
     ts.stop().await;
 }
@@ -322,7 +322,7 @@ async fn a_newer_snapshot_replaces_the_older_one_and_start_up_collects_leftovers
     let ws = ts.idle_workspace(&role, &ts.key).await;
     ts.put_file(&ws, "a.txt", b"one".to_vec()).await.ok();
     let first: SnapshotId = stop_for_snapshot(&ts, &ws).await;
-    let first_rec = ts.app.store.get_snapshot(first).await.unwrap().unwrap();
+    let first_rec = ts.app.store().get_snapshot(first).await.unwrap().unwrap();
     let first_objects: Vec<PathBuf> =
         [&first_rec.archive_key, &first_rec.manifest_key].map(|k| ts.dir.path().join("snapshots").join(k)).into();
     let saved: Vec<Vec<u8>> = first_objects.iter().map(|p| std::fs::read(p).unwrap()).collect();
@@ -333,7 +333,7 @@ async fn a_newer_snapshot_replaces_the_older_one_and_start_up_collects_leftovers
     let second: SnapshotId = stop_for_snapshot(&ts, &ws).await;
     assert_ne!(first, second);
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-    while ts.app.store.get_snapshot(first).await.unwrap().is_some() {
+    while ts.app.store().get_snapshot(first).await.unwrap().is_some() {
         assert!(std::time::Instant::now() < deadline, "the replaced snapshot was not deleted");
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
@@ -348,14 +348,14 @@ async fn a_newer_snapshot_replaces_the_older_one_and_start_up_collects_leftovers
     for (p, b) in first_objects.iter().zip(&saved) {
         std::fs::write(p, b).unwrap();
     }
-    ts.app.store.insert_snapshot(&first_rec).await.unwrap();
+    ts.app.store().insert_snapshot(&first_rec).await.unwrap();
     let key = ts.key.clone();
     let (dir, db) = ts.stop().await;
     let mut ts = TestServer::start_at(dir, db, false).await;
     ts.key = key;
-    assert_eq!(ts.app.store.get_snapshot(first).await.unwrap(), None);
+    assert_eq!(ts.app.store().get_snapshot(first).await.unwrap(), None);
     assert!(first_objects.iter().all(|p| !p.exists()));
-    assert!(ts.app.store.get_snapshot(second).await.unwrap().is_some());
+    assert!(ts.app.store().get_snapshot(second).await.unwrap().is_some());
     let a = ts.get(&format!("/v1/workspaces/{ws}/audit?filter=event_type=snapshot_deleted")).await;
     assert_eq!(a.ok()["events"].as_array().unwrap().len(), 2, "{}", a.json);
     ts.post_empty(&format!("/v1/workspaces/{ws}/resume?wait=true&timeout_ms=60000")).await.ok();

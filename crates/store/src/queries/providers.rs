@@ -138,7 +138,8 @@ macro_rules! ops {
                 let roles = super::roles::lock_live_of_provider(&mut tx, id).await?;
                 let active: i64 = sqlx::query_scalar(
                     "SELECT COUNT(*) FROM workspaces w JOIN agent_roles r ON r.id = w.role_id \
-                     WHERE r.provider_id = $1 AND w.status IN ('provisioning', 'idle', 'busy', 'stopping')",
+                     WHERE r.provider_id = $1 AND (w.status IN ('provisioning', 'idle', 'busy', 'stopping') \
+                     OR w.request_seq > w.adopted_seq)",
                 )
                 .bind(id.to_string())
                 .fetch_one(&mut *tx)

@@ -216,7 +216,8 @@ macro_rules! ops {
                 }
                 let active: i64 = sqlx::query_scalar(
                     "SELECT COUNT(*) FROM workspaces \
-                     WHERE role_id = $1 AND status IN ('provisioning', 'idle', 'busy', 'stopping')",
+                     WHERE role_id = $1 AND (status IN ('provisioning', 'idle', 'busy', 'stopping') \
+                     OR request_seq > adopted_seq)",
                 )
                 .bind(id.to_string())
                 .fetch_one(&mut *tx)

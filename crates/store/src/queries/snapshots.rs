@@ -120,18 +120,20 @@ macro_rules! ops {
             snap: &SnapshotRecord,
             ws: &WorkspaceRecord,
             expected_generation: i64,
+            fence: &$crate::api::Fence,
             audit: &[AuditEvent],
-        ) -> Result<bool> {
+        ) -> Result<$crate::api::ObservationWrite> {
             run("commit_snapshot", move || async move {
                 let mut tx = s.begin().await?;
                 write(&mut tx, snap, SnapshotState::Verified, true).await?;
-                if !super::workspaces::update_guarded(&mut tx, ws, expected_generation).await? {
+                let outcome = super::workspaces::observation_guarded(&mut tx, ws, expected_generation, fence).await?;
+                if outcome != $crate::api::ObservationWrite::Written {
                     // Dropping the transaction rolls the snapshot row back too.
-                    return Ok(false);
+                    return Ok(outcome);
                 }
                 super::audit::insert(&mut tx, audit).await?;
                 tx.commit().await?;
-                Ok(true)
+                Ok(outcome)
             })
             .await
         }

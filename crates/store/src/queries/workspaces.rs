@@ -1,5 +1,6 @@
-//! Workspaces: creation under share-locked, live parents; the generation-guarded write every status change goes
-//! through; what the reconciler scans; and its per-workspace lease.
+//! Workspaces: creation under share-locked, live parents; the two narrow writes — the API's intent (under the intent
+//! generation) and the reconciler's observation (under the observation generation and the lease fence) — that never
+//! touch each other's columns; what the reconciler scans; and its per-workspace lease with its fencing epoch.
 
 macro_rules! ops {
     () => {
@@ -8,21 +9,30 @@ macro_rules! ops {
         use evershell_core::model::WorkspaceRecord;
         use evershell_core::{Error, ErrorCode, Result, Timestamp};
 
-        use $crate::api::{WorkspaceFilter, WorkspaceQuota};
+        use $crate::api::{Fence, ObservationWrite, WorkspaceFilter, WorkspaceQuota};
         use $crate::errors::db;
         use $crate::rows::{WorkspaceRow, millis, text, to_json};
         use $crate::tx::{TxResult, run};
 
+        /// The public status in SQL, as `lifecycle::public_status` derives it (without tasks): a pending request's
+        /// status, else the observed one.
+        macro_rules! public_status_sql {
+            () => {
+                "(CASE WHEN request_seq > adopted_seq THEN request_status ELSE status END)"
+            };
+        }
+
         macro_rules! ws_select {
             () => {
                 "SELECT id, org_id, role_id, environment, created_by_user_id, status, status_reason, last_error, \
-                 desired, generation, pod_id, pod_pack_ids, snapshot_id, last_snapshot_error, created_at, \
-                 updated_at, archived_at FROM workspaces "
+                 desired, generation, pod_id, pod_pack_ids, snapshot_id, last_snapshot_error, adopted_seq, \
+                 intent_generation, request_seq, request_status, request_reason, created_at, updated_at, \
+                 archived_at FROM workspaces "
             };
         }
 
         fn pod_pack_ids(ws: &WorkspaceRecord) -> Result<Option<String>> {
-            ws.pod_pack_ids.as_ref().map(to_json).transpose()
+            ws.observed.pod_pack_ids.as_ref().map(to_json).transpose()
         }
 
         /// Refuse the new workspace when it would exceed a limit of `quota`. Takes the org row's lock first, so
@@ -86,26 +96,33 @@ macro_rules! ops {
                 sqlx::query(
                     "INSERT INTO workspaces (id, org_id, role_id, environment, created_by_user_id, status, \
                      status_reason, last_error, desired, generation, pod_id, pod_pack_ids, snapshot_id, \
-                     last_snapshot_error, created_at, updated_at, archived_at) \
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)",
+                     last_snapshot_error, created_at, updated_at, archived_at, adopted_seq, intent_generation, \
+                     request_seq, request_status, request_reason) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, \
+                     $20, $21, $22)",
                 )
                 .bind(ws.id.to_string())
                 .bind(ws.org_id.to_string())
                 .bind(ws.role_id.to_string())
                 .bind(ws.environment.as_deref())
                 .bind(text(ws.created_by_user_id.as_ref()))
-                .bind(ws.status.as_str())
-                .bind(ws.status_reason.map(|r| r.as_str()))
-                .bind(ws.last_error.as_deref())
-                .bind(ws.desired.as_str())
-                .bind(ws.generation)
-                .bind(text(ws.pod_id.as_ref()))
+                .bind(ws.observed.status.as_str())
+                .bind(ws.observed.status_reason.map(|r| r.as_str()))
+                .bind(ws.observed.last_error.as_deref())
+                .bind(ws.intent.desired.as_str())
+                .bind(ws.observed.generation)
+                .bind(text(ws.observed.pod_id.as_ref()))
                 .bind(packs)
-                .bind(text(ws.snapshot_id.as_ref()))
-                .bind(ws.last_snapshot_error.as_deref())
+                .bind(text(ws.observed.snapshot_id.as_ref()))
+                .bind(ws.observed.last_snapshot_error.as_deref())
                 .bind(ws.created_at.millis())
                 .bind(ws.updated_at.millis())
                 .bind(millis(ws.archived_at))
+                .bind(ws.observed.adopted)
+                .bind(ws.intent.generation)
+                .bind(ws.intent.request.map_or(0, |r| r.seq))
+                .bind(ws.intent.request.map(|r| r.status.as_str()))
+                .bind(ws.intent.request.map(|r| r.reason.as_str()))
                 .execute(&mut *tx)
                 .await?;
                 super::audit::insert(&mut tx, audit).await?;
@@ -137,7 +154,9 @@ macro_rules! ops {
         pub async fn list_workspaces(s: &S, org: OrgId, f: &WorkspaceFilter) -> Result<Vec<WorkspaceRecord>> {
             let rows: Vec<WorkspaceRow> = sqlx::query_as(concat!(
                 ws_select!(),
-                "WHERE org_id = $1 AND ($2 IS NULL OR role_id = $2) AND ($3 IS NULL OR status = $3) ",
+                "WHERE org_id = $1 AND ($2 IS NULL OR role_id = $2) AND ($3 IS NULL OR ",
+                public_status_sql!(),
+                " = $3) ",
                 "AND ($4 = 1 OR archived_at IS NULL) AND ($5 IS NULL OR created_by_user_id = $5) ",
                 "AND ($6 IS NULL OR id < $6) ORDER BY id DESC LIMIT $7"
             ))
@@ -154,45 +173,37 @@ macro_rules! ops {
             rows.into_iter().map(WorkspaceRecord::try_from).collect()
         }
 
-        /// The generation-guarded write: every mutable field of `ws`, only if the row is still at `expected`.
-        /// `false` when another writer moved it first.
-        pub async fn update_guarded(c: &mut Conn, ws: &WorkspaceRecord, expected: i64) -> TxResult<bool> {
-            let done = sqlx::query(
-                "UPDATE workspaces SET environment = $3, status = $4, status_reason = $5, last_error = $6, \
-                 desired = $7, generation = $8, pod_id = $9, pod_pack_ids = $10, snapshot_id = $11, \
-                 last_snapshot_error = $12, updated_at = $13, archived_at = $14 \
-                 WHERE id = $1 AND generation = $2",
-            )
-            .bind(ws.id.to_string())
-            .bind(expected)
-            .bind(ws.environment.as_deref())
-            .bind(ws.status.as_str())
-            .bind(ws.status_reason.map(|r| r.as_str()))
-            .bind(ws.last_error.as_deref())
-            .bind(ws.desired.as_str())
-            .bind(expected + 1)
-            .bind(text(ws.pod_id.as_ref()))
-            .bind(pod_pack_ids(ws)?)
-            .bind(text(ws.snapshot_id.as_ref()))
-            .bind(ws.last_snapshot_error.as_deref())
-            .bind(ws.updated_at.millis())
-            .bind(millis(ws.archived_at))
-            .execute(c)
-            .await?;
-            Ok(done.rows_affected() == 1)
-        }
-
-        pub async fn update_workspace(
+        /// The API's narrow write: the intent columns only, guarded by the intent generation and by the observation
+        /// generation the call decided from.
+        pub async fn update_intent(
             s: &S,
             ws: &WorkspaceRecord,
-            expected_generation: i64,
+            expected_intent: i64,
+            expected_observed: i64,
             quota: &WorkspaceQuota,
             audit: &[AuditEvent],
         ) -> Result<bool> {
-            run("update_workspace", move || async move {
+            run("update_intent", move || async move {
                 let mut tx = s.begin().await?;
                 check_quota(&mut tx, ws, quota).await?;
-                if !update_guarded(&mut tx, ws, expected_generation).await? {
+                let done = sqlx::query(
+                    "UPDATE workspaces SET environment = $4, desired = $5, request_seq = $6, request_status = $7, \
+                     request_reason = $8, archived_at = $9, updated_at = $10, intent_generation = $2 + 1 \
+                     WHERE id = $1 AND intent_generation = $2 AND generation = $3",
+                )
+                .bind(ws.id.to_string())
+                .bind(expected_intent)
+                .bind(expected_observed)
+                .bind(ws.environment.as_deref())
+                .bind(ws.intent.desired.as_str())
+                .bind(ws.intent.request.map_or(0, |r| r.seq))
+                .bind(ws.intent.request.map(|r| r.status.as_str()))
+                .bind(ws.intent.request.map(|r| r.reason.as_str()))
+                .bind(millis(ws.archived_at))
+                .bind(ws.updated_at.millis())
+                .execute(&mut *tx)
+                .await?;
+                if done.rows_affected() != 1 {
                     return Ok(false);
                 }
                 super::audit::insert(&mut tx, audit).await?;
@@ -202,10 +213,74 @@ macro_rules! ops {
             .await
         }
 
+        /// The reconciler's narrow write inside `c`: the observation columns only, guarded by the observation
+        /// generation and the lease fence. On a miss, says which guard refused it.
+        pub async fn observation_guarded(
+            c: &mut Conn,
+            ws: &WorkspaceRecord,
+            expected: i64,
+            fence: &Fence,
+        ) -> TxResult<ObservationWrite> {
+            let o = &ws.observed;
+            let done = sqlx::query(
+                "UPDATE workspaces SET status = $5, status_reason = $6, last_error = $7, pod_id = $8, \
+                 pod_pack_ids = $9, snapshot_id = $10, last_snapshot_error = $11, adopted_seq = $12, \
+                 updated_at = $13, generation = $2 + 1 \
+                 WHERE id = $1 AND generation = $2 AND lease_owner = $3 AND lease_epoch = $4",
+            )
+            .bind(ws.id.to_string())
+            .bind(expected)
+            .bind(fence.owner.as_str())
+            .bind(fence.epoch)
+            .bind(o.status.as_str())
+            .bind(o.status_reason.map(|r| r.as_str()))
+            .bind(o.last_error.as_deref())
+            .bind(text(o.pod_id.as_ref()))
+            .bind(pod_pack_ids(ws)?)
+            .bind(text(o.snapshot_id.as_ref()))
+            .bind(o.last_snapshot_error.as_deref())
+            .bind(o.adopted)
+            .bind(ws.updated_at.millis())
+            .execute(&mut *c)
+            .await?;
+            if done.rows_affected() == 1 {
+                return Ok(ObservationWrite::Written);
+            }
+            let held: Option<i64> = sqlx::query_scalar(
+                "SELECT COUNT(*) FROM workspaces WHERE id = $1 AND lease_owner = $2 AND lease_epoch = $3",
+            )
+            .bind(ws.id.to_string())
+            .bind(fence.owner.as_str())
+            .bind(fence.epoch)
+            .fetch_optional(&mut *c)
+            .await?;
+            Ok(if held.unwrap_or(0) == 1 { ObservationWrite::Stale } else { ObservationWrite::Fenced })
+        }
+
+        pub async fn record_observation(
+            s: &S,
+            ws: &WorkspaceRecord,
+            expected: i64,
+            fence: &Fence,
+            audit: &[AuditEvent],
+        ) -> Result<ObservationWrite> {
+            run("record_observation", move || async move {
+                let mut tx = s.begin().await?;
+                let outcome = observation_guarded(&mut tx, ws, expected, fence).await?;
+                if outcome != ObservationWrite::Written {
+                    return Ok(outcome);
+                }
+                super::audit::insert(&mut tx, audit).await?;
+                tx.commit().await?;
+                Ok(outcome)
+            })
+            .await
+        }
+
         pub async fn workspaces_to_reconcile(s: &S) -> Result<Vec<WorkspaceId>> {
             let ids: Vec<String> = sqlx::query_scalar(
                 "SELECT id FROM workspaces WHERE status IN ('provisioning', 'stopping') OR pod_id IS NOT NULL \
-                 ORDER BY id",
+                 OR request_seq > adopted_seq ORDER BY id",
             )
             .fetch_all(&s.read)
             .await
@@ -232,16 +307,37 @@ macro_rules! ops {
             owner: &str,
             now: Timestamp,
             until: Timestamp,
-        ) -> Result<bool> {
+        ) -> Result<Option<Fence>> {
             run("claim_workspace", move || async move {
                 let mut tx = s.begin().await?;
-                let done = sqlx::query(
-                    "UPDATE workspaces SET lease_owner = $2, lease_until = $4 WHERE id = $1 \
-                     AND (lease_owner IS NULL OR lease_owner = $2 OR lease_until IS NULL OR lease_until < $3)",
+                let epoch: Option<i64> = sqlx::query_scalar(
+                    "UPDATE workspaces SET lease_until = $4, \
+                     lease_epoch = CASE WHEN lease_owner = $2 THEN lease_epoch ELSE lease_epoch + 1 END, \
+                     lease_owner = $2 WHERE id = $1 \
+                     AND (lease_owner IS NULL OR lease_owner = $2 OR lease_until IS NULL OR lease_until < $3) \
+                     RETURNING lease_epoch",
                 )
                 .bind(id.to_string())
                 .bind(owner)
                 .bind(now.millis())
+                .bind(until.millis())
+                .fetch_optional(&mut *tx)
+                .await?;
+                tx.commit().await?;
+                Ok(epoch.map(|epoch| Fence { owner: owner.to_string(), epoch }))
+            })
+            .await
+        }
+
+        pub async fn renew_workspace_lease(s: &S, id: WorkspaceId, fence: &Fence, until: Timestamp) -> Result<bool> {
+            run("renew_workspace_lease", move || async move {
+                let mut tx = s.begin().await?;
+                let done = sqlx::query(
+                    "UPDATE workspaces SET lease_until = $4 WHERE id = $1 AND lease_owner = $2 AND lease_epoch = $3",
+                )
+                .bind(id.to_string())
+                .bind(fence.owner.as_str())
+                .bind(fence.epoch)
                 .bind(until.millis())
                 .execute(&mut *tx)
                 .await?;
@@ -251,14 +347,16 @@ macro_rules! ops {
             .await
         }
 
-        pub async fn release_workspace(s: &S, id: WorkspaceId, owner: &str) -> Result<()> {
+        pub async fn release_workspace(s: &S, id: WorkspaceId, fence: &Fence) -> Result<()> {
             run("release_workspace", move || async move {
                 let mut tx = s.begin().await?;
                 sqlx::query(
-                    "UPDATE workspaces SET lease_owner = NULL, lease_until = NULL WHERE id = $1 AND lease_owner = $2",
+                    "UPDATE workspaces SET lease_owner = NULL, lease_until = NULL \
+                     WHERE id = $1 AND lease_owner = $2 AND lease_epoch = $3",
                 )
                 .bind(id.to_string())
-                .bind(owner)
+                .bind(fence.owner.as_str())
+                .bind(fence.epoch)
                 .execute(&mut *tx)
                 .await?;
                 tx.commit().await?;

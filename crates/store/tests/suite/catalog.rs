@@ -135,19 +135,25 @@ async fn archive_role_guards_and_is_idempotent(ctx: Ctx) {
     for status in
         [WorkspaceStatus::Idle, WorkspaceStatus::Busy, WorkspaceStatus::Provisioning, WorkspaceStatus::Stopping]
     {
-        let generation = ws.generation;
-        ws.status = status;
-        assert!(ctx.store.update_workspace(&ws, generation, &[]).await.unwrap());
-        ws.generation += 1;
+        ws.observed.status = status;
+        observe(&ctx, &mut ws).await;
         let err = ctx
             .store
             .archive_role(w.org.id, w.role.id, ts(2_000), &[event(w.org.id, EventType::AgentRoleArchived)])
             .await;
         assert_eq!(code(err), ErrorCode::WorkspacesActive, "{status:?}");
     }
-    ws.status = WorkspaceStatus::Stopped;
-    ws.pod_id = None;
-    assert!(ctx.store.update_workspace(&ws, ws.generation, &[]).await.unwrap());
+    ws.observed.status = WorkspaceStatus::Stopped;
+    ws.observed.pod_id = None;
+    observe(&ctx, &mut ws).await;
+    // A resume the reconciler has not taken on yet counts as active too.
+    ws.intent.request =
+        Some(Request { seq: 1, status: WorkspaceStatus::Provisioning, reason: StatusReason::ResumeRequested });
+    assert!(ctx.store.update_intent(&ws, 0, ws.observed.generation, &Default::default(), &[]).await.unwrap());
+    let err = ctx.store.archive_role(w.org.id, w.role.id, ts(2_500), &[]).await;
+    assert_eq!(code(err), ErrorCode::WorkspacesActive, "pending resume");
+    ws.observed.adopted = 1;
+    observe(&ctx, &mut ws).await;
 
     ctx.store
         .archive_role(w.org.id, w.role.id, ts(3_000), &[event(w.org.id, EventType::AgentRoleArchived)])

@@ -26,9 +26,9 @@ async fn generation_race_has_one_winner(ctx: Ctx) {
         .map(|i| {
             let store = ctx.store.clone();
             let mut next = ws.clone();
-            next.last_error = Some(format!("writer {i}"));
-            let audit = event(w.org.id, EventType::WorkspaceFailed);
-            tokio::spawn(async move { store.update_workspace(&next, 0, &[audit]).await.unwrap() })
+            next.environment = Some(format!("writer {i}"));
+            let audit = event(w.org.id, EventType::WorkspaceStopRequested);
+            tokio::spawn(async move { store.update_intent(&next, 0, 0, &Default::default(), &[audit]).await.unwrap() })
         })
         .collect();
     let mut wins = 0;
@@ -36,7 +36,29 @@ async fn generation_race_has_one_winner(ctx: Ctx) {
         wins += usize::from(t.await.unwrap());
     }
     assert_eq!(wins, 1);
-    assert_eq!(ctx.store.get_workspace_by_id(ws.id).await.unwrap().unwrap().generation, 1);
+    assert_eq!(ctx.store.get_workspace_by_id(ws.id).await.unwrap().unwrap().intent.generation, 1);
+    assert_eq!(audit_count(&ctx, w.org.id, EventType::WorkspaceStopRequested).await, 1);
+    // The same for observation writes under one fence.
+    let f = fence(&ctx, ws.id).await;
+    let tasks: Vec<_> = (0..8)
+        .map(|i| {
+            let store = ctx.store.clone();
+            let f = f.clone();
+            let mut next = ws.clone();
+            next.observed.last_error = Some(format!("writer {i}"));
+            let audit = event(w.org.id, EventType::WorkspaceFailed);
+            tokio::spawn(async move { store.record_observation(&next, 0, &f, &[audit]).await.unwrap() })
+        })
+        .collect();
+    let mut wins = 0;
+    for t in tasks {
+        let outcome = t.await.unwrap();
+        assert_ne!(outcome, ObservationWrite::Fenced);
+        wins += usize::from(outcome == ObservationWrite::Written);
+    }
+    assert_eq!(wins, 1);
+    let stored = ctx.store.get_workspace_by_id(ws.id).await.unwrap().unwrap();
+    assert_eq!((stored.observed.generation, stored.intent.generation), (1, 1));
     assert_eq!(audit_count(&ctx, w.org.id, EventType::WorkspaceFailed).await, 1);
 }
 
@@ -150,6 +172,9 @@ async fn check_constraints_reject_bad_values(ctx: Ctx) {
     for sql in [
         format!("UPDATE workspaces SET status = 'exploded' WHERE id = '{}'", ws.id),
         format!("UPDATE workspaces SET status_reason = 'bored' WHERE id = '{}'", ws.id),
+        // A request asks for a transitional status, for a request's reason.
+        format!("UPDATE workspaces SET request_status = 'idle' WHERE id = '{}'", ws.id),
+        format!("UPDATE workspaces SET request_reason = 'ready' WHERE id = '{}'", ws.id),
         // Archived workspaces must be stopped or failed.
         format!("UPDATE workspaces SET archived_at = 1 WHERE id = '{}'", ws.id),
         format!("UPDATE orgs SET billing_status = 'free' WHERE id = '{}'", w.org.id),

@@ -1,0 +1,400 @@
+//! The reconciler over the simulated runtime (`evershell_runtime::sim`) and a SQLite store in a temp file: create,
+//! stop with a snapshot, resume, retried failures, `max_attempts`, a pod that exits, an agent that never answers, a
+//! lost lease (renewal refused; a late write fenced off) and recovery after a crash. Lifecycle calls go through
+//! `App`, as the API's do. Every wait is for the condition itself (the reconciler's change feed), bounded.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use evershell_core::Timestamp;
+use evershell_core::audit::{AuditQuery, Condition, EventType, FilterOp, Order};
+use evershell_core::ids::{ApiKeyId, OrgId, ProviderId, RoleId, WorkspaceId};
+use evershell_core::lifecycle::{StatusReason, WorkspaceStatus};
+use evershell_core::model::{
+    AgentRole, BillingStatus, Environment, Org, PoolPolicy, Provider, ProviderKind, WorkspaceRecord,
+};
+use evershell_core::scope::PermissionSet;
+use evershell_runtime::{SimOp, SimRuntime};
+use evershell_snapshot::{SnapshotKeys, SnapshotStore};
+use evershell_store::Store;
+
+use crate::workspaces::{CreateWorkspace, LifecycleCall};
+use crate::{App, AppConfig, Caller, Principal, ReconcilerConfig};
+
+const WAIT: Duration = Duration::from_secs(20);
+
+struct Rig {
+    _dir: tempfile::TempDir,
+    url: String,
+    snapshots_dir: std::path::PathBuf,
+    app: App,
+    sim: Arc<SimRuntime>,
+    caller: Caller,
+    role: RoleId,
+}
+
+fn cfg() -> ReconcilerConfig {
+    ReconcilerConfig {
+        // The timer never fires during a test: every pass below is started by a wake-up.
+        interval: Duration::from_secs(3600),
+        lease: Duration::from_secs(600),
+        pod_start_timeout: Duration::from_millis(300),
+        max_attempts: 3,
+        ..Default::default()
+    }
+}
+
+async fn open(url: &str, snapshots: &std::path::Path, sim: Arc<SimRuntime>, rc: ReconcilerConfig) -> App {
+    let store = evershell_store::connect(url).await.expect("open the SQLite store");
+    let snapshots = SnapshotStore::local(snapshots).unwrap();
+    App::new(store, sim, snapshots, AppConfig { reconciler: rc, ..Default::default() })
+}
+
+async fn seed(store: &Arc<dyn Store>) -> (OrgId, RoleId) {
+    let now = Timestamp::now();
+    let org = Org {
+        id: OrgId::new(),
+        slug: "acme".into(),
+        billing_status: BillingStatus::Active,
+        trial_ends_at: None,
+        created_at: now,
+        updated_at: now,
+    };
+    store.create_org(&org, &[]).await.unwrap();
+    let provider = Provider {
+        id: ProviderId::new(),
+        org_id: org.id,
+        name: "anthropic".into(),
+        kind: ProviderKind::Anthropic,
+        display_name: None,
+        domain: "api.anthropic.com".into(),
+        credential_name: None,
+        default_model: None,
+        capabilities: None,
+        config: Default::default(),
+        created_at: now,
+        updated_at: now,
+        archived_at: None,
+    };
+    store.create_provider(&provider, &[]).await.unwrap();
+    let role = AgentRole {
+        id: RoleId::new(),
+        org_id: org.id,
+        name: "coder".into(),
+        display_name: None,
+        description: None,
+        provider_id: provider.id,
+        model: None,
+        capabilities: None,
+        environment: Environment::Staging,
+        environment_description: None,
+        task_timeout_seconds: None,
+        idle_timeout_seconds: None,
+        thinking_effort: None,
+        max_continuations: None,
+        max_context_tokens: None,
+        pool_policy: PoolPolicy::Off,
+        pool_size: None,
+        pool_max_size: None,
+        pack_ids: vec![],
+        created_at: now,
+        updated_at: now,
+        archived_at: None,
+    };
+    store.create_role(&role, &[]).await.unwrap();
+    (org.id, role.id)
+}
+
+fn caller(org: OrgId) -> Caller {
+    Caller {
+        org_id: org,
+        principal: Principal::ApiKey {
+            key_id: ApiKeyId::new(),
+            label: "test".into(),
+            permission_set: PermissionSet::FullAccess,
+        },
+        scopes: PermissionSet::FullAccess.scopes(),
+        request_id: None,
+    }
+}
+
+async fn rig_with(sim: Arc<SimRuntime>, rc: ReconcilerConfig) -> Rig {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("evershell.db").display());
+    let snapshots_dir = dir.path().join("snapshots");
+    let app = open(&url, &snapshots_dir, sim.clone(), rc).await;
+    let (org, role) = seed(&app.store).await;
+    app.reconciler.start().await.unwrap();
+    Rig { _dir: dir, url, snapshots_dir, app, sim, caller: caller(org), role }
+}
+
+async fn rig() -> Rig {
+    rig_with(SimRuntime::new(), cfg()).await
+}
+
+impl Rig {
+    async fn create(&self) -> WorkspaceId {
+        let req = CreateWorkspace { role_id: Some(self.role.to_string()), role_name: None, environment: None };
+        self.app.create_workspace(&self.caller, req).await.unwrap().id
+    }
+
+    async fn call(&self, id: WorkspaceId, call: LifecycleCall) {
+        self.app.lifecycle(&self.caller, &id.to_string(), call).await.unwrap();
+    }
+
+    async fn get(&self, id: WorkspaceId) -> WorkspaceRecord {
+        self.app.store.get_workspace_by_id(id).await.unwrap().unwrap()
+    }
+
+    /// Wait until the workspace's row satisfies `ok` (woken by the reconciler's change feed).
+    async fn until(&self, id: WorkspaceId, what: &str, ok: impl Fn(&WorkspaceRecord) -> bool) -> WorkspaceRecord {
+        let mut changes = self.app.reconciler.subscribe();
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            let ws = self.get(id).await;
+            if ok(&ws) {
+                return ws;
+            }
+            match tokio::time::timeout_at(deadline, changes.recv()).await {
+                Ok(_) => {}
+                Err(_) => panic!("timed out waiting for {what}; the workspace is {ws:?}"),
+            }
+        }
+    }
+
+    async fn status(&self, id: WorkspaceId, status: WorkspaceStatus) -> WorkspaceRecord {
+        self.until(id, status.as_str(), |ws| ws.status() == status).await
+    }
+
+    /// Wait until no worker has the workspace (its pass ended).
+    async fn pass_ended(&self, id: WorkspaceId) {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        while self.app.reconciler.inner.states.is_running(id) {
+            assert!(tokio::time::Instant::now() < deadline, "the pass never ended");
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    }
+
+    async fn audit_count(&self, id: WorkspaceId, t: EventType) -> usize {
+        let q = AuditQuery {
+            org_id: self.caller.org_id,
+            conditions: vec![Condition { column: "event_type", op: FilterOp::In(vec![t.as_str().into()]) }],
+            workspace_id: Some(id),
+            user_id: None,
+            from: None,
+            to: None,
+            order: Order::Asc,
+            limit: 1000,
+            after: None,
+        };
+        self.app.store.query_audit(&q).await.unwrap().len()
+    }
+}
+
+#[tokio::test]
+async fn create_goes_idle() {
+    let r = rig().await;
+    let id = r.create().await;
+    let ws = r.status(id, WorkspaceStatus::Idle).await;
+    assert_eq!(ws.public_status(false), (WorkspaceStatus::Idle, Some(StatusReason::Ready)));
+    assert!(r.sim.is_running(ws.observed.pod_id.unwrap()));
+    // The derivation the task subsystem uses: an idle workspace with a running task reads busy.
+    assert_eq!(ws.public_status(true).0, WorkspaceStatus::Busy);
+    r.app.reconciler.shutdown().await;
+}
+
+#[tokio::test]
+async fn stop_saves_a_snapshot_and_resume_restores_it() {
+    let r = rig().await;
+    let id = r.create().await;
+    let pod = r.status(id, WorkspaceStatus::Idle).await.observed.pod_id.unwrap();
+    r.sim.write_file(pod, "notes.txt", b"keep me");
+    r.call(id, LifecycleCall::Stop).await;
+    let stopped = r.status(id, WorkspaceStatus::Stopped).await;
+    assert_eq!(stopped.observed.status_reason, Some(StatusReason::StopRequested));
+    assert_eq!(stopped.observed.pod_id, None);
+    assert!(r.sim.files(pod).is_none(), "the pod is removed once its files are saved");
+    let snap = r.app.store.get_snapshot(stopped.observed.snapshot_id.unwrap()).await.unwrap().unwrap();
+    let keys = SnapshotKeys::from_strings(&snap.archive_key, &snap.manifest_key);
+    assert_eq!(r.sim.snapshot_files(&keys).unwrap()["notes.txt"], b"keep me");
+
+    r.call(id, LifecycleCall::Resume { allow_empty: false }).await;
+    let idle = r.status(id, WorkspaceStatus::Idle).await;
+    assert_eq!(idle.observed.status_reason, Some(StatusReason::Restored));
+    let new_pod = idle.observed.pod_id.unwrap();
+    assert_ne!(new_pod, pod);
+    assert_eq!(r.sim.files(new_pod).unwrap()["notes.txt"], b"keep me");
+    r.app.reconciler.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_failing_step_is_retried_until_it_works() {
+    let r = rig().await;
+    r.sim.fail_next(SimOp::Start, 2);
+    let id = r.create().await;
+    let ws = r.status(id, WorkspaceStatus::Idle).await;
+    assert_eq!(r.sim.calls(SimOp::Start), 3);
+    assert_eq!(ws.observed.last_error, None);
+    r.app.reconciler.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_step_failing_max_attempts_times_fails_the_workspace_with_a_reason() {
+    let r = rig().await;
+    r.sim.fail_next(SimOp::Prepare, 100);
+    let id = r.create().await;
+    let ws = r.status(id, WorkspaceStatus::Failed).await;
+    assert_eq!(ws.observed.status_reason, Some(StatusReason::PodStartFailed));
+    let err = ws.observed.last_error.unwrap();
+    assert!(err.contains("PreparePod failed 3 times") && err.contains("simulated Prepare failure"), "{err}");
+    assert_eq!(r.sim.calls(SimOp::Prepare), 3);
+    // The incomplete pod is released after the failure is recorded.
+    r.until(id, "the pod released", |ws| ws.observed.pod_id.is_none()).await;
+    assert_eq!(r.audit_count(id, EventType::WorkspaceFailed).await, 1);
+    r.app.reconciler.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_stop_whose_capture_keeps_failing_fails_with_snapshot_failed_and_keeps_the_files() {
+    let r = rig().await;
+    let id = r.create().await;
+    let pod = r.status(id, WorkspaceStatus::Idle).await.observed.pod_id.unwrap();
+    r.sim.write_file(pod, "a", b"1");
+    r.sim.fail_next(SimOp::Capture, 100);
+    r.call(id, LifecycleCall::Stop).await;
+    let ws = r.status(id, WorkspaceStatus::Failed).await;
+    assert_eq!(ws.observed.status_reason, Some(StatusReason::SnapshotFailed));
+    assert_eq!(ws.observed.pod_id, Some(pod));
+    assert_eq!(r.sim.files(pod).unwrap()["a"], b"1");
+    assert_eq!(r.sim.calls(SimOp::Capture), 3);
+    r.app.reconciler.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_pod_that_exits_fails_the_workspace_with_pod_exited() {
+    let r = rig().await;
+    let id = r.create().await;
+    let pod = r.status(id, WorkspaceStatus::Idle).await.observed.pod_id.unwrap();
+    r.sim.exit(pod, "exit status 137");
+    r.app.reconciler.wake(id);
+    let ws = r.status(id, WorkspaceStatus::Failed).await;
+    assert_eq!(ws.observed.status_reason, Some(StatusReason::PodExited));
+    assert!(ws.observed.last_error.as_deref().unwrap().contains("exit status 137"));
+    assert!(r.sim.files(pod).is_some(), "the files are kept for a resume");
+    // Resume reattaches to them, and the resume cleared the error at once.
+    r.call(id, LifecycleCall::Resume { allow_empty: false }).await;
+    assert_eq!(r.get(id).await.public_last_error(), None);
+    let ws = r.status(id, WorkspaceStatus::Idle).await;
+    assert_eq!((ws.observed.status_reason, ws.observed.pod_id), (Some(StatusReason::Reattached), Some(pod)));
+    r.app.reconciler.shutdown().await;
+}
+
+#[tokio::test]
+async fn an_agent_that_never_answers_fails_the_start() {
+    let r = rig().await;
+    r.sim.mute_agents_on_start(true);
+    let id = r.create().await;
+    let ws = r.status(id, WorkspaceStatus::Failed).await;
+    assert_eq!(ws.observed.status_reason, Some(StatusReason::PodStartFailed));
+    assert!(ws.observed.last_error.as_deref().unwrap().contains("did not answer"), "{ws:?}");
+    // Its sandbox was stopped; a running agent that goes quiet later is left alone.
+    assert!(!r.sim.is_running(ws.observed.pod_id.unwrap()));
+    r.app.reconciler.shutdown().await;
+}
+
+/// Take the lease from under the reconciler, as another replica would once it lapsed.
+async fn steal_lease(r: &Rig, id: WorkspaceId) -> evershell_store::Fence {
+    r.app.store.clear_leases().await.unwrap();
+    let now = Timestamp::now();
+    r.app.store.claim_workspace(id, "thief", now, now.plus_millis(600_000)).await.unwrap().unwrap()
+}
+
+#[tokio::test]
+async fn a_late_write_after_the_lease_was_lost_is_refused_by_the_fence() {
+    // The lease is long: the reconciler's renewal does not notice the theft before its next write.
+    let r = rig().await;
+    let id = r.create().await;
+    let pod = r.status(id, WorkspaceStatus::Idle).await.observed.pod_id.unwrap();
+    let pause = r.sim.pause_next(SimOp::Capture);
+    r.call(id, LifecycleCall::Stop).await;
+    pause.reached().await;
+    let before = r.get(id).await;
+    assert_eq!(before.observed.status, WorkspaceStatus::Stopping);
+    let thief = steal_lease(&r, id).await;
+    pause.release();
+    r.pass_ended(id).await;
+    // The capture finished, but its commit (snapshot + observation) was fenced off: nothing was written.
+    let after = r.get(id).await;
+    assert_eq!(after.observed, before.observed);
+    assert_eq!(r.audit_count(id, EventType::SnapshotSaved).await, 0);
+    assert!(r.sim.files(pod).is_some());
+    // The holder of the lease writes; once it lets go, the stop completes.
+    let mut theirs = after.clone();
+    theirs.observed.last_snapshot_error = Some("written by the new holder".into());
+    let g = after.observed.generation;
+    let w = r.app.store.record_observation(&theirs, g, &thief, &[]).await.unwrap();
+    assert_eq!(w, evershell_store::ObservationWrite::Written);
+    r.app.store.release_workspace(id, &thief).await.unwrap();
+    r.app.reconciler.wake(id);
+    let stopped = r.status(id, WorkspaceStatus::Stopped).await;
+    assert!(stopped.observed.snapshot_id.is_some());
+    assert_eq!(stopped.observed.last_snapshot_error, None);
+    r.app.reconciler.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_refused_renewal_stops_the_pass_at_once() {
+    // A short lease: renewed every 100 ms while the pass runs.
+    let r = rig_with(SimRuntime::new(), ReconcilerConfig { lease: Duration::from_millis(300), ..cfg() }).await;
+    let id = r.create().await;
+    r.status(id, WorkspaceStatus::Idle).await;
+    let pause = r.sim.pause_next(SimOp::Capture);
+    r.call(id, LifecycleCall::Stop).await;
+    pause.reached().await;
+    let before = r.get(id).await;
+    let _thief = steal_lease(&r, id).await;
+    // The capture is still held at its pause point: the pass ends because the renewal was refused, not because a
+    // write was fenced off.
+    r.pass_ended(id).await;
+    pause.release();
+    tokio::task::yield_now().await;
+    assert_eq!(r.get(id).await.observed, before.observed);
+    assert_eq!(r.sim.calls(SimOp::Capture), 1);
+    assert_eq!(r.audit_count(id, EventType::SnapshotSaved).await, 0);
+    r.app.reconciler.shutdown().await;
+}
+
+/// A control plane dies while a pod is being prepared (its runtime dropped mid-step, its lease left behind); the
+/// next one, on the same store and the same pods, recovers: an audit row says so and the workspace ends idle.
+#[test]
+fn recovery_after_a_crash_mid_prepare() {
+    let sim = SimRuntime::new();
+    let crashed = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+    let (r, id) = crashed.block_on(async {
+        let r = rig_with(sim.clone(), cfg()).await;
+        let pause = sim.pause_next(SimOp::Prepare);
+        let id = r.create().await;
+        pause.reached().await;
+        (r, id)
+    });
+    // The crash: every task of that control plane stops where it is.
+    crashed.shutdown_background();
+    let Rig { _dir, url, snapshots_dir, caller, role, app, .. } = r;
+    std::mem::forget(app);
+
+    let next = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+    next.block_on(async {
+        let app = open(&url, &snapshots_dir, sim.clone(), cfg()).await;
+        let stuck = app.store.get_workspace_by_id(id).await.unwrap().unwrap();
+        assert_eq!(stuck.status(), WorkspaceStatus::Provisioning);
+        let pod = stuck.observed.pod_id.expect("the pod id was recorded before its files were made");
+        app.reconciler.start().await.unwrap();
+        let r = Rig { _dir, url, snapshots_dir, app, sim: sim.clone(), caller, role };
+        let ws = r.status(id, WorkspaceStatus::Idle).await;
+        assert_eq!(ws.observed.pod_id, Some(pod));
+        assert!(sim.is_running(pod));
+        assert_eq!(r.audit_count(id, EventType::WorkspaceRecovered).await, 1);
+        assert_eq!(sim.calls(SimOp::Prepare), 2);
+        r.app.reconciler.shutdown().await;
+    });
+}
