@@ -201,6 +201,11 @@ impl App {
         &self.reconciler
     }
 
+    /// The task dispatcher (the server starts and stops it).
+    pub fn dispatcher(&self) -> &tasks::Dispatcher {
+        &self.dispatcher
+    }
+
     pub fn config(&self) -> &AppConfig {
         &self.config
     }

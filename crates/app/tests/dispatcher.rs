@@ -316,7 +316,7 @@ async fn world() -> World {
     // No reconciler: its feed never fires; the dispatcher runs on wakes and its scan.
     let (_tx, rx) = tokio::sync::broadcast::channel(16);
     std::mem::forget(_tx);
-    app.dispatcher.start(rx).await.unwrap();
+    app.dispatcher().start(rx).await.unwrap();
     let caller = Caller {
         org_id: org.id,
         principal: Principal::ApiKey {
@@ -349,20 +349,23 @@ impl World {
             role_id: self.role.id,
             environment: None,
             created_by_user_id: None,
-            status: WorkspaceStatus::Idle,
-            status_reason: Some(StatusReason::Ready),
-            last_error: None,
-            desired: Desired::Running,
-            generation: 1,
-            pod_id: Some(pod),
-            pod_pack_ids: Some(vec![]),
-            snapshot_id: None,
-            last_snapshot_error: None,
+            intent: evershell_core::model::Intent { desired: Desired::Running, request: None, generation: 1 },
+            observed: evershell_core::model::Observation {
+                status: WorkspaceStatus::Idle,
+                status_reason: Some(StatusReason::Ready),
+                last_error: None,
+                pod_id: Some(pod),
+                pod_pack_ids: Some(vec![]),
+                snapshot_id: None,
+                last_snapshot_error: None,
+                adopted: 0,
+                generation: 1,
+            },
             created_at: now,
             updated_at: now,
             archived_at: None,
         };
-        self.app.store.create_workspace(&ws, &[]).await.unwrap();
+        self.app.store().create_workspace(&ws, &[]).await.unwrap();
         ws
     }
 
@@ -372,7 +375,7 @@ impl World {
     }
 
     async fn task(&self, ws: &WorkspaceRecord, id: TaskId) -> TaskRecord {
-        self.app.store.get_task(ws.org_id, ws.id, id).await.unwrap().unwrap()
+        self.app.store().get_task(ws.org_id, ws.id, id).await.unwrap().unwrap()
     }
 
     /// Wait until the task is in `want` (panics after 20 s with what it is instead).
@@ -390,13 +393,25 @@ impl World {
 
     /// Change the workspace's row as the reconciler would, and wake the dispatcher as its feed would.
     async fn set_status(&self, ws: &mut WorkspaceRecord, status: WorkspaceStatus, desired: Desired) {
+        let store = self.app.store();
         let mut next = ws.clone();
-        next.status = status;
-        next.desired = desired;
-        assert!(self.app.store.update_workspace(&next, ws.generation, &[]).await.unwrap());
-        next.generation += 1;
+        if next.intent.desired != desired {
+            next.intent.desired = desired;
+            let quota = evershell_store::WorkspaceQuota::default();
+            let (gi, go) = (ws.intent.generation, ws.observed.generation);
+            assert!(store.update_intent(&next, gi, go, &quota, &[]).await.unwrap());
+            next.intent.generation += 1;
+        }
+        next.observed.status = status;
+        let now = Timestamp::now();
+        let until = Timestamp::from_millis(now.millis() + 60_000);
+        let fence = store.claim_workspace(ws.id, "dispatcher-test", now, until).await.unwrap().unwrap();
+        let wrote = store.record_observation(&next, ws.observed.generation, &fence, &[]).await.unwrap();
+        assert_eq!(wrote, evershell_store::ObservationWrite::Written);
+        store.release_workspace(ws.id, &fence).await.unwrap();
+        next.observed.generation += 1;
         *ws = next;
-        self.app.dispatcher.wake(ws.id);
+        self.app.dispatcher().wake(ws.id);
     }
 
     async fn agent_rows(&self, ws: &WorkspaceRecord) -> Vec<evershell_core::audit::AuditEvent> {
@@ -411,7 +426,7 @@ impl World {
             limit: 10_000,
             after: None,
         };
-        self.app.store.query_audit(&q).await.unwrap().into_iter().filter(|e| e.actor == Actor::Agent).collect()
+        self.app.store().query_audit(&q).await.unwrap().into_iter().filter(|e| e.actor == Actor::Agent).collect()
     }
 }
 
@@ -444,7 +459,7 @@ async fn a_task_is_delivered_followed_and_completed_with_its_events_recorded() {
     assert_eq!(w.app.get_workspace(&w.caller, &ws.id.to_string()).await.unwrap().status, WorkspaceStatus::Busy);
     let listed = w.app.list_workspaces(&w.caller, Default::default()).await.unwrap();
     assert_eq!(listed[0].status, WorkspaceStatus::Busy);
-    assert_eq!(w.app.store.get_workspace_by_id(ws.id).await.unwrap().unwrap().status, WorkspaceStatus::Idle);
+    assert_eq!(w.app.store().get_workspace_by_id(ws.id).await.unwrap().unwrap().status(), WorkspaceStatus::Idle);
 
     agent.emit_event(Some(id), "iteration_completed");
     agent.emit_event(None, "not_a_known_type");
@@ -615,18 +630,18 @@ async fn a_control_plane_restart_ends_tasks_it_can_no_longer_follow_and_follows_
     agent2.emit_event(Some(t2), "iteration_completed");
     wait_until("the iteration row", async || w.agent_rows(&alive).await.len() == 2).await;
     // The control plane goes away; meanwhile the first workspace stops.
-    w.app.dispatcher.shutdown().await;
+    w.app.dispatcher().shutdown().await;
     w.set_status(&mut gone, WorkspaceStatus::Stopped, Desired::Stopped).await;
     // A new control plane on the same store.
     let app2 = Arc::new(App::new(
-        w.app.store.clone(),
+        w.app.store().clone(),
         w.runtime.clone(),
         SnapshotStore::local(&w.dir.path().join("snapshots")).unwrap(),
         AppConfig::default(),
     ));
     let (_tx, rx) = tokio::sync::broadcast::channel(16);
-    app2.dispatcher.start(rx).await.unwrap();
-    let t = app2.store.get_task(gone.org_id, gone.id, t1).await.unwrap().unwrap();
+    app2.dispatcher().start(rx).await.unwrap();
+    let t = app2.store().get_task(gone.org_id, gone.id, t1).await.unwrap().unwrap();
     assert_eq!((t.status, t.reason), (TaskStatus::Failed, Some(TaskReason::ControlPlaneRestart)));
     // The other is followed again from where the recorded events left off: no event is recorded twice.
     agent2.finish(t2, AgentTaskState::Completed, None, None);
@@ -634,5 +649,5 @@ async fn a_control_plane_restart_ends_tasks_it_can_no_longer_follow_and_follows_
     wait_until("the completion row", async || w.agent_rows(&alive).await.len() >= 3).await;
     let kinds: Vec<String> = w.agent_rows(&alive).await.iter().map(|r| r.event_type.as_str().to_string()).collect();
     assert_eq!(kinds, ["task_started", "iteration_completed", "task_completed"]);
-    app2.dispatcher.shutdown().await;
+    app2.dispatcher().shutdown().await;
 }

@@ -8,6 +8,6 @@ pub mod client;
 pub mod output;
 pub mod profile;
 pub mod secrets;
-pub mod tasks;
 pub mod sse;
+pub mod tasks;
 pub mod workspaces;

@@ -279,6 +279,7 @@ impl PodRuntime for SimRuntime {
             content_bytes: bytes,
             data_bytes: bytes,
             created_at: Timestamp::now(),
+            index: None,
         };
         st.snapshots.insert(keys.archive.to_string(), files);
         Ok(manifest)

@@ -20,8 +20,7 @@ macro_rules! impl_store {
 
             use $crate::api::{
                 Fence, IdempotencyBegin, IdempotencyClaim, LoginClaim, LoginCounter, ObservationWrite, TaskUpdate,
-                WorkspaceFilter,
-                WorkspaceQuota,
+                WorkspaceFilter, WorkspaceQuota,
             };
 
             #[async_trait::async_trait]

@@ -98,7 +98,7 @@ impl Directory for StoreDirectory {
             return Ok(None);
         };
         let Some(ws) = self.store.get_workspace_by_id(ws_id).await? else { return Ok(None) };
-        if ws.pod_id != Some(pod) {
+        if ws.observed.pod_id != Some(pod) {
             return Ok(None);
         }
         let role = self.store.get_role(ws.org_id, ws.role_id).await?;
@@ -113,7 +113,7 @@ impl Directory for StoreDirectory {
         Ok(Some(PodIdentity {
             org_id: ws.org_id,
             workspace_id: ws.id,
-            workspace_status: ws.status,
+            workspace_status: ws.status(),
             pod_id: pod,
             task_id: None,
             role: role.as_ref().map(|r| r.name.clone()).unwrap_or_default(),

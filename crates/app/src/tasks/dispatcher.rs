@@ -164,7 +164,7 @@ async fn scan(inner: &Arc<Inner>) {
 async fn recover(inner: &Arc<Inner>) -> evershell_core::Result<()> {
     for id in inner.store.workspaces_with_open_tasks().await? {
         let Some(ws) = inner.store.get_workspace_by_id(id).await? else { continue };
-        if ws.status.is_running() {
+        if ws.status().is_running() {
             continue; // followed again by its worker
         }
         for t in inner.store.open_tasks(id).await?.iter().filter(|t| t.status.is_active()) {
@@ -217,9 +217,9 @@ fn dispatch(inner: &Arc<Inner>, id: WorkspaceId) {
 
 /// What the workspace's state does to its tasks (`None` while its pod runs).
 fn interruption_of(ws: &WorkspaceRecord) -> Option<Interruption> {
-    match ws.status {
+    match ws.status() {
         WorkspaceStatus::Idle | WorkspaceStatus::Busy => None,
-        WorkspaceStatus::Stopping | WorkspaceStatus::Stopped if ws.desired == Desired::Stopped => {
+        WorkspaceStatus::Stopping | WorkspaceStatus::Stopped if ws.intent.desired == Desired::Stopped => {
             Some(Interruption::WorkspaceStopped)
         }
         // Stopping on the way to a fresh pod, or provisioning one: the agent that ran the task is gone.
@@ -249,7 +249,7 @@ async fn drive(inner: &Arc<Inner>, id: WorkspaceId) -> evershell_core::Result<()
             // Queued work that survives waits for the pod (the reconciler's feed wakes this worker).
             return Ok(());
         }
-        let Some(pod) = ws.pod_id else { return Ok(()) };
+        let Some(pod) = ws.observed.pod_id else { return Ok(()) };
         let agent = inner.runtime.agent(pod);
         if head.status == TaskStatus::Submitted {
             deliver(inner, &ws, head, &agent).await?;
@@ -325,7 +325,7 @@ async fn deliver(
         // Give up early when the task was cancelled or the workspace stopped meanwhile.
         let still = inner.store.get_task(ws.org_id, ws.id, task.id).await?;
         let ws_now = inner.store.get_workspace_by_id(ws.id).await?;
-        if still.is_none_or(|t| t.status != TaskStatus::Submitted) || ws_now.is_none_or(|w| !w.status.is_running()) {
+        if still.is_none_or(|t| t.status != TaskStatus::Submitted) || ws_now.is_none_or(|w| !w.status().is_running()) {
             return Ok(());
         }
     }
@@ -567,15 +567,18 @@ mod tests {
             role_id: RoleId::new(),
             environment: None,
             created_by_user_id: None,
-            status,
-            status_reason: Some(StatusReason::Created),
-            last_error: None,
-            desired,
-            generation: 1,
-            pod_id: None,
-            pod_pack_ids: None,
-            snapshot_id: None,
-            last_snapshot_error: None,
+            intent: evershell_core::model::Intent { desired, request: None, generation: 1 },
+            observed: evershell_core::model::Observation {
+                status,
+                status_reason: Some(StatusReason::Created),
+                last_error: None,
+                pod_id: None,
+                pod_pack_ids: None,
+                snapshot_id: None,
+                last_snapshot_error: None,
+                adopted: 0,
+                generation: 1,
+            },
             created_at: Timestamp::from_millis(0),
             updated_at: Timestamp::from_millis(0),
             archived_at: None,

@@ -253,7 +253,7 @@ impl App {
     pub async fn cancel_task(&self, caller: &Caller, workspace: &str) -> Result<TaskAccepted> {
         let ws = self.load_workspace(caller, workspace).await?;
         caller.check_owner(Scope::WorkspaceWrite, ws.created_by_user_id, ErrorCode::PermissionDenied)?;
-        if let Some(code) = ws.status.not_running_code() {
+        if let Some(code) = ws.status().not_running_code() {
             return Err(Error::conflict(code, "no task can be running: the workspace's pod is not running"));
         }
         loop {
@@ -281,7 +281,10 @@ impl App {
                 self.dispatcher.wake(ws.id);
                 return Ok(TaskAccepted { task_id: head.id, workspace_id: ws.id, status: TaskStatus::Cancelled });
             }
-            let pod = ws.pod_id.ok_or_else(|| Error::agent_unreachable(anyhow::anyhow!("the workspace has no pod")))?;
+            let pod = ws
+                .observed
+                .pod_id
+                .ok_or_else(|| Error::agent_unreachable(anyhow::anyhow!("the workspace has no pod")))?;
             let answer = self.runtime.agent(pod).cancel_task(head.id).await;
             let status = match answer {
                 Ok(_) => head.status,
@@ -301,10 +304,11 @@ impl App {
     /// `GET /v1/workspaces/{id}/session`: the agent's session view, proxied (opaque JSON).
     pub async fn task_session(&self, caller: &Caller, workspace: &str) -> Result<serde_json::Value> {
         let ws = self.readable_workspace(caller, workspace).await?;
-        if let Some(code) = ws.status.not_running_code() {
+        if let Some(code) = ws.status().not_running_code() {
             return Err(Error::conflict(code, "the session lives in the running pod; the workspace is not running"));
         }
-        let pod = ws.pod_id.ok_or_else(|| Error::agent_unreachable(anyhow::anyhow!("the workspace has no pod")))?;
+        let pod =
+            ws.observed.pod_id.ok_or_else(|| Error::agent_unreachable(anyhow::anyhow!("the workspace has no pod")))?;
         match self.runtime.agent(pod).session().await {
             Ok(v) => Ok(v),
             Err(AgentError::Unreachable(cause)) => Err(Error::agent_unreachable(cause)),

@@ -26,20 +26,23 @@ async fn quiet_workspace(ts: &TestServer, role_id: &str, creator: Option<&str>) 
         role_id: role_id.parse::<RoleId>().unwrap(),
         environment: None,
         created_by_user_id: creator.map(|u| u.parse::<UserId>().unwrap()),
-        status: WorkspaceStatus::Stopped,
-        status_reason: Some(StatusReason::Created),
-        last_error: None,
-        desired: Desired::Stopped,
-        generation: 0,
-        pod_id: None,
-        pod_pack_ids: None,
-        snapshot_id: None,
-        last_snapshot_error: None,
+        intent: evershell_core::model::Intent { desired: Desired::Stopped, request: None, generation: 0 },
+        observed: evershell_core::model::Observation {
+            status: WorkspaceStatus::Stopped,
+            status_reason: Some(StatusReason::Created),
+            last_error: None,
+            pod_id: None,
+            pod_pack_ids: None,
+            snapshot_id: None,
+            last_snapshot_error: None,
+            adopted: 0,
+            generation: 0,
+        },
         created_at: now,
         updated_at: now,
         archived_at: None,
     };
-    ts.app.store.create_workspace(&ws, &[]).await.unwrap();
+    ts.app.store().create_workspace(&ws, &[]).await.unwrap();
     ws.id
 }
 
@@ -127,7 +130,7 @@ async fn history_filters_by_task_and_type_pages_and_refuses_after_with_cursor() 
         vec![activity(&ts, a, EventType::WorkspaceStopRequested), activity(&ts, b, EventType::WorkspaceReady).task(t1)];
     ts.app.record_activity(&rows).await.unwrap();
     ts.app.record_activity(&other[..1]).await.unwrap_err();
-    ts.app.store.append_audit(&other).await.unwrap();
+    ts.app.store().append_audit(&other).await.unwrap();
 
     let list = |q: String| {
         let ts = &ts;

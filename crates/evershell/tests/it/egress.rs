@@ -115,13 +115,13 @@ async fn the_in_process_proxy_decides_a_workspace_request_and_audits_it() {
     assert!(resp.starts_with("HTTP/1.1 403"), "{resp}");
     assert!(resp.contains("unknown_peer"), "{resp}");
 
-    let rec = ts.app.store.get_workspace_by_id(ws_id).await.unwrap().unwrap();
+    let rec = ts.app.store().get_workspace_by_id(ws_id).await.unwrap().unwrap();
     let net = PodNetwork {
         address: "127.0.0.1".into(),
         capability: "test-capability".into(),
         capability_expires_at: Timestamp::now().plus_millis(60_000),
     };
-    assert!(ts.app.store.set_pod_network(ws_id, rec.pod_id.unwrap(), Some(&net)).await.unwrap());
+    assert!(ts.app.store().set_pod_network(ws_id, rec.observed.pod_id.unwrap(), Some(&net)).await.unwrap());
     // The proxy caches identities for at most a second.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
     let resp = loop {
@@ -165,7 +165,7 @@ async fn the_in_process_proxy_decides_a_workspace_request_and_audits_it() {
     let s = ts.post_empty(&format!("/v1/workspaces/{ws}/stop")).await;
     s.ok();
     ts.wait_status(&ws, "stopped", 60).await;
-    assert_eq!(ts.app.store.pod_network(ws_id).await.unwrap(), None);
+    assert_eq!(ts.app.store().pod_network(ws_id).await.unwrap(), None);
     ts.stop().await;
 }
 

@@ -301,8 +301,10 @@ async fn activity_feed_publishes_committed_activity_rows_only(ctx: Ctx) {
     let stale = event(w.org.id, EventType::WorkspaceFailed).workspace(ws.id);
     let audit_only = event(w.org.id, EventType::WorkspaceStopRequested).workspace(ws.id);
     // A write refused by the generation guard commits nothing and publishes nothing.
-    assert!(!ctx.store.update_workspace(&ws, ws.generation + 7, std::slice::from_ref(&stale)).await.unwrap());
-    assert!(ctx.store.update_workspace(&ws, ws.generation, &[audit_only, ready.clone()]).await.unwrap());
+    let (gi, go) = (ws.intent.generation, ws.observed.generation);
+    let quota = evershell_store::WorkspaceQuota::default();
+    assert!(!ctx.store.update_intent(&ws, gi + 7, go, &quota, std::slice::from_ref(&stale)).await.unwrap());
+    assert!(ctx.store.update_intent(&ws, gi, go, &quota, &[audit_only, ready.clone()]).await.unwrap());
     let got = rx.recv().await.unwrap();
     assert_eq!(got.event, ready);
     // Nothing else is queued: the failed write and the `audit`-category row were not published.

@@ -22,16 +22,18 @@ async fn pod_network_is_recorded_looked_up_by_address_and_cleared(ctx: Ctx) {
     let w = world(&ctx, "acme").await;
     let ws = workspace(w.org.id, w.role.id, WorkspaceStatus::Idle);
     ctx.store.create_workspace(&ws, &[]).await.unwrap();
-    let pod = ws.pod_id.unwrap();
+    let pod = ws.observed.pod_id.unwrap();
     assert_eq!(ctx.store.workspace_by_pod_address("10.212.0.6").await.unwrap(), None);
     assert!(!ctx.store.set_pod_network(ws.id, PodId::new(), Some(&net("10.212.0.6", 5_000))).await.unwrap());
     assert!(ctx.store.set_pod_network(ws.id, pod, Some(&net("10.212.0.6", 5_000))).await.unwrap());
     assert_eq!(ctx.store.workspace_by_pod_address("10.212.0.6").await.unwrap(), Some((ws.id, pod, Some(ts(5_000)))));
     assert_eq!(ctx.store.pod_network(ws.id).await.unwrap(), Some((pod, net("10.212.0.6", 5_000))));
-    // A whole-row write by the reconciler leaves the observation alone.
+    // An observation write by the reconciler leaves the pod's network alone.
     let mut next = ws.clone();
-    next.status = WorkspaceStatus::Busy;
-    assert!(ctx.store.update_workspace(&next, ws.generation, &[]).await.unwrap());
+    next.observed.status = WorkspaceStatus::Stopping;
+    let fence = ctx.store.claim_workspace(ws.id, "test", ts(1_000), ts(60_000)).await.unwrap().unwrap();
+    let wrote = ctx.store.record_observation(&next, ws.observed.generation, &fence, &[]).await.unwrap();
+    assert_eq!(wrote, evershell_store::ObservationWrite::Written);
     assert_eq!(ctx.store.workspace_by_pod_address("10.212.0.6").await.unwrap(), Some((ws.id, pod, Some(ts(5_000)))));
     assert!(ctx.store.set_pod_network(ws.id, pod, None).await.unwrap());
     assert_eq!(ctx.store.workspace_by_pod_address("10.212.0.6").await.unwrap(), None);
