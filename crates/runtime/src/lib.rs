@@ -11,4 +11,4 @@ mod pod;
 
 pub use agent_client::{AgentClient, AgentError, Download};
 pub use local::{LocalRuntime, LocalRuntimeConfig};
-pub use pod::{PodError, PodRuntime, PodSpec, PrepareReport};
+pub use pod::{PodError, PodLimits, PodRuntime, PodSpec, PrepareReport};
