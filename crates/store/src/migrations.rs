@@ -15,6 +15,7 @@ pub(crate) const SQLITE: Ladder = &[
     (2, "login_throttle", include_str!("../migrations/sqlite/0002_login_throttle.sql")),
     (3, "idempotency_leases", include_str!("../migrations/sqlite/0003_idempotency_leases.sql")),
     (4, "secrets_credentials", include_str!("../migrations/sqlite/0004_secrets_credentials.sql")),
+    (9, "role_pod_limits", include_str!("../migrations/sqlite/0009_role_pod_limits.sql")),
 ];
 
 pub(crate) const POSTGRES: Ladder = &[
@@ -22,6 +23,7 @@ pub(crate) const POSTGRES: Ladder = &[
     (2, "login_throttle", include_str!("../migrations/postgres/0002_login_throttle.sql")),
     (3, "idempotency_leases", include_str!("../migrations/postgres/0003_idempotency_leases.sql")),
     (4, "secrets_credentials", include_str!("../migrations/postgres/0004_secrets_credentials.sql")),
+    (9, "role_pod_limits", include_str!("../migrations/postgres/0009_role_pod_limits.sql")),
 ];
 
 pub(crate) fn migrator(ladder: Ladder) -> Migrator {
