@@ -22,6 +22,10 @@ const IDLE_TIMEOUT_SECONDS: (i64, i64) = (1, 30 * 24 * 3600);
 const MAX_CONTINUATIONS: (i64, i64) = (0, 10_000);
 const MAX_CONTEXT_TOKENS: (i64, i64) = (1, 100_000_000);
 const POOL_SIZE: (i64, i64) = (0, 1_000);
+/// Pod limits a role may set: 16 MiB to 1 TiB of memory, 16 to a million processes, 1% of a CPU to 1,000 CPUs.
+const MEMORY_LIMIT_BYTES: (i64, i64) = (16 << 20, 1 << 40);
+const PIDS_LIMIT: (i64, i64) = (16, 1_000_000);
+const CPU_LIMIT_MILLIS: (i64, i64) = (10, 1_000_000);
 
 mod schemas {
     //! The request fields' schemas, from the limits `check_fields` applies.
@@ -43,6 +47,19 @@ mod schemas {
     }
     pub fn pool_size() -> ObjectBuilder {
         sch::opt_int(super::POOL_SIZE.0, super::POOL_SIZE.1)
+    }
+    pub fn memory_limit() -> ObjectBuilder {
+        sch::opt_int(super::MEMORY_LIMIT_BYTES.0, super::MEMORY_LIMIT_BYTES.1)
+            .description(Some("The pod's memory limit in bytes (no swap on top); unset: the server's default."))
+    }
+    pub fn pids_limit() -> ObjectBuilder {
+        sch::opt_int(super::PIDS_LIMIT.0, super::PIDS_LIMIT.1)
+            .description(Some("The pod's limit of processes and threads at once; unset: the server's default."))
+    }
+    pub fn cpu_limit() -> ObjectBuilder {
+        sch::opt_int(super::CPU_LIMIT_MILLIS.0, super::CPU_LIMIT_MILLIS.1).description(Some(
+            "The pod's CPU quota in thousandths of a CPU (1000 = one core); unset: the server's default.",
+        ))
     }
     fn pack() -> RefOr<utoipa::openapi::Schema> {
         RefOr::Ref(utoipa::openapi::Ref::from_schema_name("PackId"))
@@ -88,6 +105,12 @@ pub struct CreateRole {
     pub max_continuations: Option<i64>,
     #[schema(schema_with = schemas::context_tokens)]
     pub max_context_tokens: Option<i64>,
+    #[schema(schema_with = schemas::memory_limit)]
+    pub memory_limit_bytes: Option<i64>,
+    #[schema(schema_with = schemas::pids_limit)]
+    pub pids_limit: Option<i64>,
+    #[schema(schema_with = schemas::cpu_limit)]
+    pub cpu_limit_millis: Option<i64>,
     #[serde(default)]
     pub pool_policy: PoolPolicy,
     #[schema(schema_with = schemas::pool_size)]
@@ -139,6 +162,15 @@ pub struct PatchRole {
     #[serde(default, deserialize_with = "double_option")]
     #[schema(schema_with = schemas::context_tokens)]
     pub max_context_tokens: Option<Option<i64>>,
+    #[serde(default, deserialize_with = "double_option")]
+    #[schema(schema_with = schemas::memory_limit)]
+    pub memory_limit_bytes: Option<Option<i64>>,
+    #[serde(default, deserialize_with = "double_option")]
+    #[schema(schema_with = schemas::pids_limit)]
+    pub pids_limit: Option<Option<i64>>,
+    #[serde(default, deserialize_with = "double_option")]
+    #[schema(schema_with = schemas::cpu_limit)]
+    pub cpu_limit_millis: Option<Option<i64>>,
     pub pool_policy: Option<PoolPolicy>,
     #[serde(default, deserialize_with = "double_option")]
     #[schema(schema_with = schemas::pool_size)]
@@ -185,6 +217,9 @@ fn check_fields(errs: &mut FieldErrors, r: &AgentRole) {
     range(errs, "idle_timeout_seconds", r.idle_timeout_seconds, IDLE_TIMEOUT_SECONDS);
     range(errs, "max_continuations", r.max_continuations, MAX_CONTINUATIONS);
     range(errs, "max_context_tokens", r.max_context_tokens, MAX_CONTEXT_TOKENS);
+    range(errs, "memory_limit_bytes", r.memory_limit_bytes, MEMORY_LIMIT_BYTES);
+    range(errs, "pids_limit", r.pids_limit, PIDS_LIMIT);
+    range(errs, "cpu_limit_millis", r.cpu_limit_millis, CPU_LIMIT_MILLIS);
     range(errs, "pool_size", r.pool_size, POOL_SIZE);
     range(errs, "pool_max_size", r.pool_max_size, POOL_SIZE);
     if let (Some(size), Some(max)) = (r.pool_size, r.pool_max_size)
@@ -227,6 +262,9 @@ impl App {
             thinking_effort: req.thinking_effort,
             max_continuations: req.max_continuations,
             max_context_tokens: req.max_context_tokens,
+            memory_limit_bytes: req.memory_limit_bytes,
+            pids_limit: req.pids_limit,
+            cpu_limit_millis: req.cpu_limit_millis,
             pool_policy: req.pool_policy,
             pool_size: req.pool_size,
             pool_max_size: req.pool_max_size,
@@ -271,6 +309,9 @@ impl App {
         r.thinking_effort = patch(&r.thinking_effort, &req.thinking_effort);
         r.max_continuations = patch(&r.max_continuations, &req.max_continuations);
         r.max_context_tokens = patch(&r.max_context_tokens, &req.max_context_tokens);
+        r.memory_limit_bytes = patch(&r.memory_limit_bytes, &req.memory_limit_bytes);
+        r.pids_limit = patch(&r.pids_limit, &req.pids_limit);
+        r.cpu_limit_millis = patch(&r.cpu_limit_millis, &req.cpu_limit_millis);
         if let Some(p) = req.pool_policy {
             r.pool_policy = p;
         }
@@ -328,6 +369,9 @@ fn req_fields(req: &PatchRole) -> Vec<&'static str> {
         ("thinking_effort", req.thinking_effort.is_some()),
         ("max_continuations", req.max_continuations.is_some()),
         ("max_context_tokens", req.max_context_tokens.is_some()),
+        ("memory_limit_bytes", req.memory_limit_bytes.is_some()),
+        ("pids_limit", req.pids_limit.is_some()),
+        ("cpu_limit_millis", req.cpu_limit_millis.is_some()),
         ("pool_policy", req.pool_policy.is_some()),
         ("pool_size", req.pool_size.is_some()),
         ("pool_max_size", req.pool_max_size.is_some()),

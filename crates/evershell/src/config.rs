@@ -158,6 +158,42 @@ pub struct RuntimeConfig {
     /// with the host's bundle, and named by `SSL_CERT_FILE` and friends); default `<data_dir>/egress-ca/ca.pem`,
     /// the `ca.pem` the proxy creates in its CA directory (`Config::egress_ca_dir`). Its key is never given to pods.
     pub egress_ca_file: Option<PathBuf>,
+    /// Every pod's resource limits (`runtime.limits.*`); a role may override the memory, process and CPU ones.
+    pub limits: PodLimitsConfig,
+}
+
+/// `runtime.limits`: what each pod may use. 0 turns a limit off. Memory, processes and CPU are the pod's cgroup
+/// (v1 or v2, whichever the host has; without one, a warning at start-up and no limits); the disk limit is the size
+/// of the pod's own `/workspace` file system (a loop-mounted sparse ext4 image; needs root and `mkfs.ext4`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PodLimitsConfig {
+    /// Most memory, bytes (no swap on top); over it the OOM killer ends the pod's largest process.
+    pub memory_bytes: u64,
+    /// Most processes and threads at once.
+    pub pids: u64,
+    /// CPU quota in thousandths of a CPU (1000 = one core).
+    pub cpu_millis: u64,
+    /// Size of each pod's `/workspace`; writes beyond it fail with ENOSPC in the pod.
+    pub disk_bytes: u64,
+}
+
+impl Default for PodLimitsConfig {
+    fn default() -> Self {
+        Self { memory_bytes: 4 << 30, pids: 2048, cpu_millis: 2000, disk_bytes: 20 << 30 }
+    }
+}
+
+impl PodLimitsConfig {
+    /// The cgroup limits (0 = off).
+    pub fn pod_limits(&self) -> evershell_runtime::PodLimits {
+        let on = |v: u64| Some(v).filter(|&v| v > 0);
+        evershell_runtime::PodLimits {
+            memory_bytes: on(self.memory_bytes),
+            pids: on(self.pids),
+            cpu_millis: on(self.cpu_millis),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, Default)]
@@ -260,6 +296,7 @@ impl Default for RuntimeConfig {
             proxy_port: evershell_runtime::local::DEFAULT_PROXY_PORT,
             dns_port: evershell_runtime::local::DEFAULT_DNS_PORT,
             egress_ca_file: None,
+            limits: PodLimitsConfig::default(),
         }
     }
 }

@@ -112,6 +112,8 @@ pub async fn start(cfg: Config) -> anyhow::Result<Server> {
         dns: cfg.runtime.dns_port,
     });
     rcfg.egress_ca_file = Some(cfg.egress_ca_file());
+    rcfg.limits = cfg.runtime.limits.pod_limits();
+    rcfg.disk_limit_bytes = Some(cfg.runtime.limits.disk_bytes).filter(|&b| b > 0);
     let runtime = Arc::new(LocalRuntime::new(rcfg)?);
     let app_cfg = AppConfig {
         session_ttl_ms: cfg.sessions.ttl_seconds * 1000,

@@ -54,7 +54,12 @@ async fn wait_for(rt: &LocalRuntime, pod: PodId, want: PodObservation) {
 }
 
 async fn running_pod(rt: &LocalRuntime) -> PodSpec {
-    let s = PodSpec { pod_id: PodId::new(), org_id: OrgId::new(), workspace_id: WorkspaceId::new() };
+    let s = PodSpec {
+        pod_id: PodId::new(),
+        org_id: OrgId::new(),
+        workspace_id: WorkspaceId::new(),
+        limits: Default::default(),
+    };
     rt.prepare(&s, None).await.unwrap();
     rt.start(&s).await.unwrap();
     wait_for(rt, s.pod_id, PodObservation::Running).await;

@@ -29,6 +29,8 @@ impl Drop for Env {
         for pid in processes_mentioning(&needle) {
             unsafe { libc::kill(pid, libc::SIGKILL) };
         }
+        // And their cgroups and workspace file systems.
+        evershell_runtime::local::kill_all_sandboxes(self.rt.pods_dir());
     }
 }
 
@@ -42,7 +44,7 @@ fn env() -> Env {
 }
 
 fn spec() -> PodSpec {
-    PodSpec { pod_id: PodId::new(), org_id: OrgId::new(), workspace_id: WorkspaceId::new() }
+    PodSpec { pod_id: PodId::new(), org_id: OrgId::new(), workspace_id: WorkspaceId::new(), limits: Default::default() }
 }
 
 fn rel(s: &str) -> RelPath {

@@ -14,5 +14,5 @@ pub mod sim;
 pub use agent_client::{AgentClient, AgentError, Download};
 pub use agent_tasks::DeliveryAnswer;
 pub use local::{LocalRuntime, LocalRuntimeConfig};
-pub use pod::{PodError, PodRuntime, PodSpec, PrepareReport};
+pub use pod::{PodError, PodLimits, PodRuntime, PodSpec, PrepareReport};
 pub use sim::{SimOp, SimRuntime};

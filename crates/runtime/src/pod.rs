@@ -13,6 +13,32 @@ pub struct PodSpec {
     pub pod_id: PodId,
     pub org_id: OrgId,
     pub workspace_id: WorkspaceId,
+    /// The role's overrides of the runtime's default resource limits (unset fields keep the defaults).
+    pub limits: PodLimits,
+}
+
+/// What a pod may use: memory, processes, CPU. `None`: the runtime's default for that field (in a runtime's own
+/// defaults, `None` is "not limited").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+pub struct PodLimits {
+    /// Most memory (RSS and the page cache the pod causes), bytes, with no swap on top; over it the kernel's OOM
+    /// killer ends the pod's largest process.
+    pub memory_bytes: Option<u64>,
+    /// Most processes and threads at once (a fork beyond fails with EAGAIN).
+    pub pids: Option<u64>,
+    /// CPU time per wall-clock time in thousandths of a CPU (1000 = one full core).
+    pub cpu_millis: Option<u64>,
+}
+
+impl PodLimits {
+    /// `self` with every field `over` sets taken from it.
+    pub fn overridden_by(self, over: PodLimits) -> PodLimits {
+        PodLimits {
+            memory_bytes: over.memory_bytes.or(self.memory_bytes),
+            pids: over.pids.or(self.pids),
+            cpu_millis: over.cpu_millis.or(self.cpu_millis),
+        }
+    }
 }
 
 /// What `prepare` did.

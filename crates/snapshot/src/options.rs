@@ -16,4 +16,8 @@ pub struct RestoreOptions {
     /// `(uid, gid)` given to every entry extracted, the restore root included (set on the descriptor created, or
     /// with `lchown` for symlinks; no link is followed). `None`: entries belong to the restoring process.
     pub owner: Option<(u32, u32)>,
+    /// The destination is a file system of the workspace's own, sized to its disk limit: the free-space check (and
+    /// its margin, which a workspace filled to its limit could never meet again) is skipped. A snapshot that does
+    /// not fit fails with ENOSPC there, filling nothing else.
+    pub own_filesystem: bool,
 }

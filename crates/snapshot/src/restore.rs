@@ -44,9 +44,11 @@ pub(crate) async fn restore(
     }
     let dest = dest.to_path_buf();
     let expected = manifest.clone();
-    let owner = opts.owner;
+    let (owner, check_space) = (opts.owner, !opts.own_filesystem);
     run_cancellable(move |cancelled| {
-        check_fits(&dest, expected.data_bytes, expected.file_count)?;
+        if check_space {
+            check_fits(&dest, expected.data_bytes, expected.file_count)?;
+        }
         unpack(source, &dest, &expected, owner, cancelled)
     })
     .await?;

@@ -66,7 +66,11 @@ async fn a_restore_over_the_cap_is_refused_before_writing() {
     let (ids, keys) = ids_and_keys();
     h.snaps.capture(src.path(), &keys, ids).await.unwrap();
     let dest = tempfile::tempdir().unwrap();
-    let opts = RestoreOptions { max_content_bytes: Some(FIXTURE_CONTENT - 1), owner: Some((4242, 4242)) };
+    let opts = RestoreOptions {
+        max_content_bytes: Some(FIXTURE_CONTENT - 1),
+        owner: Some((4242, 4242)),
+        ..Default::default()
+    };
     let err = h.snaps.restore_with(&keys, dest.path(), &opts).await.unwrap_err();
     assert!(
         matches!(err, SnapshotError::TooLarge { limit, found } if limit == FIXTURE_CONTENT - 1 && found == FIXTURE_CONTENT),
@@ -74,7 +78,7 @@ async fn a_restore_over_the_cap_is_refused_before_writing() {
     );
     assert!(walk(dest.path()).is_empty());
     assert_eq!(std::os::unix::fs::MetadataExt::uid(&fs::metadata(dest.path()).unwrap()), 0, "root not touched");
-    let opts = RestoreOptions { max_content_bytes: Some(FIXTURE_CONTENT), owner: None };
+    let opts = RestoreOptions { max_content_bytes: Some(FIXTURE_CONTENT), owner: None, ..Default::default() };
     h.snaps.restore_with(&keys, dest.path(), &opts).await.unwrap();
     assert_same_tree(src.path(), dest.path());
 }

@@ -19,6 +19,7 @@ pub(crate) const SQLITE: Ladder = &[
     (6, "intent_observation_fence", include_str!("../migrations/sqlite/0006_intent_observation_fence.sql")),
     (7, "tasks", include_str!("../migrations/sqlite/0007_tasks.sql")),
     (8, "activity_task_index", include_str!("../migrations/sqlite/0008_activity_task_index.sql")),
+    (9, "role_pod_limits", include_str!("../migrations/sqlite/0009_role_pod_limits.sql")),
 ];
 
 pub(crate) const POSTGRES: Ladder = &[
@@ -30,6 +31,7 @@ pub(crate) const POSTGRES: Ladder = &[
     (6, "intent_observation_fence", include_str!("../migrations/postgres/0006_intent_observation_fence.sql")),
     (7, "tasks", include_str!("../migrations/postgres/0007_tasks.sql")),
     (8, "activity_task_index", include_str!("../migrations/postgres/0008_activity_task_index.sql")),
+    (9, "role_pod_limits", include_str!("../migrations/postgres/0009_role_pod_limits.sql")),
 ];
 
 pub(crate) fn migrator(ladder: Ladder) -> Migrator {

@@ -217,6 +217,17 @@ fn spec(ws: &WorkspaceRecord) -> PodSpec {
         pod_id: ws.observed.pod_id.expect("planned steps that need a pod have one"),
         org_id: ws.org_id,
         workspace_id: ws.id,
+        limits: Default::default(),
+    }
+}
+
+/// A role's overrides of the pods' resource limits.
+fn role_limits(r: &evershell_core::model::AgentRole) -> evershell_runtime::PodLimits {
+    let pos = |v: Option<i64>| v.and_then(|v| u64::try_from(v).ok()).filter(|&v| v > 0);
+    evershell_runtime::PodLimits {
+        memory_bytes: pos(r.memory_limit_bytes),
+        pids: pos(r.pids_limit),
+        cpu_millis: pos(r.cpu_limit_millis),
     }
 }
 
@@ -248,7 +259,13 @@ async fn perform(
                 return Ok(Flow::Again);
             }
             let keys = snap.as_ref().map(|s| SnapshotKeys::from_strings(&s.archive_key, &s.manifest_key));
-            match rt.prepare(&spec(ws), keys.as_ref()).await {
+            // The role's resource limits over the runtime's defaults (a pod taken from the spares gets them before
+            // its agent is released).
+            let mut pod_spec = spec(ws);
+            if let Some(role) = inner.store.get_role(ws.org_id, ws.role_id).await? {
+                pod_spec.limits = role_limits(&role);
+            }
+            match rt.prepare(&pod_spec, keys.as_ref()).await {
                 Ok(_) => {
                     pass.prepared = Some(ws.observed.snapshot_id);
                     Ok(Flow::Again)

@@ -121,6 +121,12 @@ pub struct AgentRole {
     pub thinking_effort: Option<ThinkingEffort>,
     pub max_continuations: Option<i64>,
     pub max_context_tokens: Option<i64>,
+    /// The pod's memory limit in bytes, over the server's `runtime.limits.memory_bytes`.
+    pub memory_limit_bytes: Option<i64>,
+    /// The pod's process (and thread) limit, over `runtime.limits.pids`.
+    pub pids_limit: Option<i64>,
+    /// The pod's CPU quota in thousandths of a CPU (1000 = one core), over `runtime.limits.cpu_millis`.
+    pub cpu_limit_millis: Option<i64>,
     pub pool_policy: PoolPolicy,
     pub pool_size: Option<i64>,
     pub pool_max_size: Option<i64>,

@@ -30,8 +30,10 @@ impl Drop for Server {
     }
 }
 
-pub fn bin() -> &'static str {
-    env!("CARGO_BIN_EXE_evershell")
+/// The server binary: `BENCH_EVERSHELL_BIN` when set (to compare a build kept aside in the same session), else this
+/// package's own.
+pub fn bin() -> String {
+    std::env::var("BENCH_EVERSHELL_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_evershell").to_string())
 }
 
 /// Start `evershell serve` on a fresh data dir under `root` (bootstrapping org `bench`). Its log (level from

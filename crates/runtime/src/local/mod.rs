@@ -5,7 +5,9 @@
 //! observing them: the only in-memory state is the set of reaper tasks for sandboxes this process spawned.
 
 mod bwrap;
+mod cgroup;
 mod diag;
+mod disk;
 mod identity;
 mod layout;
 mod logpipe;
@@ -31,10 +33,11 @@ use tokio::sync::watch;
 use tracing::Instrument;
 
 use crate::agent_client::AgentClient;
-use crate::pod::{PodError, PodRuntime, PodSpec, PrepareReport};
+use crate::pod::{PodError, PodLimits, PodRuntime, PodSpec, PrepareReport};
 use layout::PodDir;
 
 pub use bwrap::{AGENT_PATH, AGENT_SOCKET};
+pub use cgroup::base_name as cgroup_base_name;
 pub use identity::{DEFAULT_BASE as DEFAULT_POD_UID_BASE, DEFAULT_COUNT as DEFAULT_POD_UID_COUNT, PodIdentity};
 pub use logpipe::DEFAULT_CAP as DEFAULT_SANDBOX_LOG_BYTES;
 pub use netns::{
@@ -86,6 +89,11 @@ pub struct LocalRuntimeConfig {
     /// Every pod trusts it: the host's bundle plus this certificate is bound over the distro bundle paths and named
     /// by `SSL_CERT_FILE` and friends. Re-read whenever it changes. `None`: pods see the host's bundle only.
     pub egress_ca_file: Option<PathBuf>,
+    /// Every pod's default memory, process and CPU limits (cgroups; a role's `PodSpec::limits` overrides them).
+    pub limits: PodLimits,
+    /// Size of each pod's `/workspace` file system (a loop-mounted sparse ext4 image, `disk.rs`): writes beyond it
+    /// fail with ENOSPC inside the pod. `None`: no disk limit (`/workspace` is a directory of the data dir).
+    pub disk_limit_bytes: Option<u64>,
 }
 
 impl LocalRuntimeConfig {
@@ -104,6 +112,8 @@ impl LocalRuntimeConfig {
             max_workspace_bytes: None,
             network: None,
             egress_ca_file: None,
+            limits: PodLimits::default(),
+            disk_limit_bytes: None,
         }
     }
 }
@@ -165,6 +175,11 @@ impl LocalRuntime {
                 }
             },
         };
+        let cgroups = cgroup::Cgroups::for_host(&cfg.pods_dir, cfg.limits).map(Arc::new);
+        let disk = cfg.disk_limit_bytes.and_then(|b| disk::DiskLimit::probe(b, &cfg.pods_dir.join(".disk-probe")));
+        if let Some(d) = &disk {
+            tracing::info!(bytes = d.bytes, "each pod's /workspace is a file system of its own");
+        }
         let launcher = sandbox::Launcher {
             bwrap: cfg.bwrap.clone(),
             agent_binary: cfg.agent_binary.clone(),
@@ -173,12 +188,14 @@ impl LocalRuntime {
             log_cap: cfg.sandbox_log_bytes,
             network,
             trust: cfg.egress_ca_file.clone().map(|f| Arc::new(trust::Trust::new(f, &cfg.pods_dir))),
+            cgroups,
+            disk,
         };
         // Spares belong to no workspace: those a previous run left are killed and deleted.
         let spares = Arc::new(spares::Spares::new(&cfg.pods_dir, cfg.spare_pods));
         if let Ok(rd) = std::fs::read_dir(spares.root()) {
             for e in rd.flatten() {
-                spares::discard(&e.path(), None);
+                spares::discard(&e.path(), None, launcher.cgroups.as_deref());
             }
         }
         if let Some(ids) = &identities {
@@ -187,6 +204,15 @@ impl LocalRuntime {
         }
         // Files of pods removed before a crash or restart, still waiting to be deleted.
         let trash = layout::trash_root(&cfg.pods_dir);
+        disk::unmount_all_under(&trash);
+        // Cgroups of pods whose files are gone (removed before a crash, spares): their processes are killed.
+        if let Some(cg) = &launcher.cgroups {
+            let pods_dir = cfg.pods_dir.clone();
+            let n = cg.sweep(|name| pods_dir.join(name).is_dir());
+            if n > 0 {
+                tracing::info!(removed = n, "removed leftover pod cgroups");
+            }
+        }
         if trash.exists() {
             std::thread::spawn(move || {
                 if let Err(e) = layout::remove_tree(&trash) {
@@ -226,14 +252,15 @@ impl LocalRuntime {
             let Ok(_one_at_a_time) = spares.filling.try_lock() else { return };
             let stale = spares.stale();
             if !stale.is_empty() {
-                let ids = ids.clone();
-                let _ =
-                    tokio::task::spawn_blocking(move || stale.iter().for_each(|d| spares::discard(d, ids.as_deref())))
-                        .await;
+                let (ids, cg) = (ids.clone(), launcher.cgroups.clone());
+                let _ = tokio::task::spawn_blocking(move || {
+                    stale.iter().for_each(|d| spares::discard(d, ids.as_deref(), cg.as_deref()))
+                })
+                .await;
             }
             let discard = |root: PathBuf| {
-                let ids = ids.clone();
-                tokio::task::spawn_blocking(move || spares::discard(&root, ids.as_deref()))
+                let (ids, cg) = (ids.clone(), launcher.cgroups.clone());
+                tokio::task::spawn_blocking(move || spares::discard(&root, ids.as_deref(), cg.as_deref()))
             };
             while spares.missing() > 0 {
                 let pod = PodId::new();
@@ -245,8 +272,8 @@ impl LocalRuntime {
                         return;
                     }
                 };
-                let (d, id) = (dir.clone(), pod.to_string());
-                let made = blocking(move || layout::create(&d, &id, owner));
+                let (d, id, disk) = (dir.clone(), pod.to_string(), launcher.disk.clone());
+                let made = blocking(move || create_files(&d, &id, owner, disk.as_ref()));
                 if let Err(e) = made.await {
                     tracing::warn!(error = %format!("{e:#}"), "creating a spare pod failed");
                     let _ = discard(dir.root.clone()).await;
@@ -357,7 +384,12 @@ impl LocalRuntime {
             }
             tracing::info!("discarding incomplete pod files");
             let d = dir.clone();
-            blocking(move || layout::remove_tree(&d.root)).await.context("removing incomplete pod files")?;
+            blocking(move || {
+                disk::unmount(&d.workspace())?;
+                layout::remove_tree(&d.root)
+            })
+            .await
+            .context("removing incomplete pod files")?;
         }
         // A spare reserved for this id is moved into place with its sandbox already set up (agent held). Otherwise
         // the sandbox is set up while the snapshot is restored. Either way its agent is held (`--hold`) until `start`
@@ -369,16 +401,19 @@ impl LocalRuntime {
             blocking(move || std::fs::rename(&from, &to)).await.context("moving the spare pod into place")?;
             self.spares.taken(spec.pod_id);
             tracing::debug!("took a spare pod");
+            // Its sandbox runs under the default limits; the role's apply before its agent is released.
+            self.record_limits(&dir, spec, true).await?;
             None
         } else {
             let owner = self.allocate()?;
-            let (d, id) = (dir.clone(), spec.pod_id.to_string());
-            if let Err(e) = blocking(move || layout::create(&d, &id, owner)).await {
+            let (d, id, disk) = (dir.clone(), spec.pod_id.to_string(), self.launcher.disk.clone());
+            if let Err(e) = blocking(move || create_files(&d, &id, owner, disk.as_ref())).await {
                 if let (Some(ids), Some(o)) = (&self.identities, owner) {
                     ids.release(o.pod);
                 }
                 return Err(e.context("creating the pod directory").into());
             }
+            self.record_limits(&dir, spec, false).await?;
             Some(tokio::spawn(sandbox::spawn(
                 self.launcher.clone(),
                 dir.clone(),
@@ -391,6 +426,7 @@ impl LocalRuntime {
         let options = evershell_snapshot::RestoreOptions {
             max_content_bytes: self.cfg.max_workspace_bytes,
             owner: self.ownership(&dir).map(|o| (o.pod.uid, o.pod.gid)),
+            own_filesystem: self.launcher.disk.is_some() && disk::image(&dir).is_file(),
         };
         let restored = match snapshot {
             Some(keys) => self.cfg.snapshots.restore_with(keys, &dir.workspace(), &options).await.map(Some),
@@ -426,6 +462,7 @@ impl LocalRuntime {
         if self.running(&dir).is_none() {
             // Files of a pod made before pods had their own uid (or before `ctl/` existed) are brought up to date.
             self.upgrade(&dir).await?;
+            self.ensure_mounted(&dir).await?;
         }
         // Let the agent go: the one held in a sandbox set up by `prepare`, or the one spawned below. `ctl/` is
         // root's: nothing the pod wrote can redirect this write.
@@ -453,6 +490,7 @@ impl LocalRuntime {
             if !rec.alive() {
                 self.await_reaper(pod).await;
                 let diag = diag::describe(&dir).unwrap_or_else(|| "no diagnostics".into());
+                let diag = self.with_limits(pod, diag);
                 return Err(PodError::Start(format!("the sandbox exited during start-up: {diag}")));
             }
             tokio::time::sleep(Duration::from_millis(1)).await;
@@ -462,6 +500,45 @@ impl LocalRuntime {
         // with the rest of this pod's start (marking it ready, answering the caller).
         self.refill(REFILL_DELAY);
         Ok(())
+    }
+
+    /// Record the pod's limits (the defaults with the role's overrides) in its directory; `apply`: write them into
+    /// the cgroup its sandbox already runs in (a spare's), when they differ from the defaults it was made with.
+    async fn record_limits(&self, dir: &PodDir, spec: &PodSpec, apply: bool) -> Result<(), PodError> {
+        let Some(cg) = self.launcher.cgroups.clone() else { return Ok(()) };
+        let limits = cg.defaults.overridden_by(spec.limits);
+        let (d, id) = (dir.clone(), spec.pod_id.to_string());
+        blocking(move || {
+            cgroup::write_record(&d.root, &limits)?;
+            if apply && limits != cg.defaults { cg.apply(&id, &limits) } else { Ok(()) }
+        })
+        .await
+        .context("setting the pod's resource limits")?;
+        Ok(())
+    }
+
+    /// Mount the pod's workspace image again if a reboot unmounted it.
+    async fn ensure_mounted(&self, dir: &PodDir) -> Result<(), PodError> {
+        if let Some(disk) = self.launcher.disk.clone() {
+            let d = dir.clone();
+            blocking(move || disk.ensure_mounted(&d)).await.context("mounting the workspace image")?;
+        }
+        Ok(())
+    }
+
+    /// What the kernel counted against the pod's limits, as a sentence for `last_error` (`None`: nothing hit).
+    fn limits_line(&self, pod: PodId) -> Option<String> {
+        let cg = self.launcher.cgroups.as_ref()?;
+        let id = pod.to_string();
+        let limits = cgroup::read_record(&self.dir(pod).root).unwrap_or(cg.defaults);
+        cgroup::describe(cg.events(&id), &limits)
+    }
+
+    fn with_limits(&self, pod: PodId, diag: String) -> String {
+        match self.limits_line(pod) {
+            Some(l) => format!("{l}; {diag}"),
+            None => diag,
+        }
     }
 
     /// Reap a sandbox this process spawned, recording how it ended.
@@ -477,6 +554,21 @@ impl LocalRuntime {
 
     fn run_as(&self, dir: &PodDir) -> Option<bwrap::RunAs> {
         run_as(self.identities.as_deref(), self.ownership(dir))
+    }
+
+    /// The pod's cgroup directories (one per controller on v1, one on v2); empty when pods run without cgroups.
+    pub fn pod_cgroups(&self, pod: PodId) -> Vec<PathBuf> {
+        self.launcher.cgroups.as_ref().map(|cg| cg.dirs(&pod.to_string())).unwrap_or_default()
+    }
+
+    /// The cgroup version pods' limits use (`None`: no usable hierarchy).
+    pub fn cgroup_version(&self) -> Option<u8> {
+        self.launcher.cgroups.as_ref().map(|cg| cg.layout.version())
+    }
+
+    /// Whether each pod's `/workspace` is a file system of its own (the disk limit).
+    pub fn disk_limited(&self) -> bool {
+        self.launcher.disk.is_some()
     }
 
     /// Whether pods get a network of their own (and so an address the proxy knows them by).
@@ -555,6 +647,8 @@ impl LocalRuntime {
         if self.running(&dir).is_some() {
             return Err(anyhow!("pod {pod} is running; stop its sandbox before capturing").into());
         }
+        // A workspace image a reboot unmounted is mounted again: never capture the empty directory under it.
+        self.ensure_mounted(&dir).await?;
         let options = evershell_snapshot::CaptureOptions { max_content_bytes: self.cfg.max_workspace_bytes };
         let manifest = self.cfg.snapshots.capture_with(&dir.workspace(), keys, ids, &options).await?;
         tracing::info!(files = manifest.file_count, bytes = manifest.archive_bytes, "workspace captured");
@@ -575,6 +669,8 @@ impl LocalRuntime {
             // the tree out of the pods directory at once (one rename) and unlink its files in the background: a stop
             // does not wait for thousands of unlinks. Leftovers of a crash are swept when the runtime starts.
             layout::unmark_complete(&dir)?;
+            // Its workspace file system goes first (one umount, not thousands of unlinks in the image).
+            disk::unmount(&dir.workspace())?;
             std::fs::create_dir_all(doomed.parent().expect("the trash dir has a parent"))?;
             match std::fs::rename(&dir.root, &doomed) {
                 // Removed by someone else meanwhile: the outcome is the same.
@@ -585,8 +681,12 @@ impl LocalRuntime {
         .await
         .context("removing the pod directory")?;
         let id = pod.to_string();
+        let cgroups = self.launcher.cgroups.clone();
         tokio::task::spawn_blocking(move || {
-            // Its network goes once its files are out of the pods directory (no sandbox runs on it any more).
+            // Its cgroup and network go once its files are out of the pods directory (no sandbox runs on it any more).
+            if let Some(cg) = cgroups {
+                cg.remove(&id);
+            }
             netns::remove(&id);
             if let Err(e) = layout::remove_tree(&trash) {
                 tracing::warn!(error = %e, path = %trash.display(), "deleting a removed pod's files failed");
@@ -622,6 +722,20 @@ fn watch_child((reapers, relays): (&Reapers, &Relays), dir: PodDir, pod: PodId, 
         }
         .instrument(tracing::info_span!("reaper", pod_id = %pod)),
     );
+}
+
+/// A pod's files: the directory layout, and its workspace file system when workspaces are limited.
+fn create_files(
+    dir: &PodDir,
+    pod_id: &str,
+    owner: Option<layout::Ownership>,
+    disk: Option<&disk::DiskLimit>,
+) -> std::io::Result<()> {
+    layout::create(dir, pod_id, owner)?;
+    if let Some(d) = disk {
+        d.create(dir, owner.map(|o| (o.pod.uid, o.pod.gid)))?;
+    }
+    Ok(())
 }
 
 /// A fresh uid for a new pod, when pods get their own.
@@ -676,10 +790,14 @@ impl PodRuntime for LocalRuntime {
         let _no_more = self.spares.filling.lock().await;
         self.spares.clear();
         let root = self.spares.root().to_path_buf();
-        let ids = self.identities.clone();
+        let (ids, cg) = (self.identities.clone(), self.launcher.cgroups.clone());
         let _ = tokio::task::spawn_blocking(move || {
             for e in std::fs::read_dir(&root).into_iter().flatten().flatten() {
-                spares::discard(&e.path(), ids.as_deref());
+                spares::discard(&e.path(), ids.as_deref(), cg.as_deref());
+            }
+            // The cgroup bases go when no pod is left in them (workspaces' pods outlive the control plane).
+            if let Some(cg) = cg {
+                cg.remove_bases_if_empty();
             }
         })
         .await;
@@ -747,6 +865,13 @@ impl PodRuntime for LocalRuntime {
 
     async fn diagnostics(&self, pod: PodId) -> Option<String> {
         let dir = self.dir(pod);
-        tokio::task::spawn_blocking(move || diag::describe(&dir)).await.ok().flatten()
+        let said = tokio::task::spawn_blocking(move || diag::describe(&dir)).await.ok().flatten();
+        let limits = self.limits_line(pod);
+        match (said, limits) {
+            (None, None) => None,
+            (Some(s), None) => Some(s),
+            (None, Some(l)) => Some(l),
+            (Some(s), Some(l)) => Some(format!("{l}; {s}")),
+        }
     }
 }

@@ -21,7 +21,7 @@ use tokio::process::Child;
 use super::bwrap;
 use super::layout::{self, PodDir};
 use super::procfs;
-use super::{logpipe, netns, seccomp, trust};
+use super::{cgroup, disk, logpipe, netns, seccomp, trust};
 
 /// How long a stop waits after SIGTERM before SIGKILL.
 pub const STOP_GRACE: Duration = Duration::from_secs(3);
@@ -98,6 +98,10 @@ pub fn kill_all_under(pods_dir: &std::path::Path) {
             procfs::kill(pid, libc::SIGKILL);
         }
     }
+    // Their cgroups (waiting for the killed processes to go) and workspace file systems.
+    let real = pods_dir.canonicalize().unwrap_or_else(|_| pods_dir.to_path_buf());
+    cgroup::remove_all_for(&real);
+    disk::unmount_all_under(&real);
 }
 
 /// The sandbox's record. When the init's pid was never recorded (a crash right after spawning), it is recovered
@@ -170,6 +174,10 @@ pub struct Launcher {
     pub network: Option<netns::Ports>,
     /// The CA bundle bound into every sandbox (`trust.rs`), when the egress proxy's CA is configured.
     pub trust: Option<Arc<trust::Trust>>,
+    /// Pods' cgroups (`cgroup.rs`); `None`: no usable hierarchy, pods run without limits.
+    pub cgroups: Option<Arc<cgroup::Cgroups>>,
+    /// Pods' workspace file systems (`disk.rs`); `None`: no disk limit.
+    pub disk: Option<disk::DiskLimit>,
 }
 
 /// A spawned sandbox: the child (for the reaper), its record, and the relay of its output into `sandbox.log`.
@@ -221,6 +229,16 @@ pub async fn spawn(
     let (net, resolv) = net.unzip();
     let net_fd = net.as_ref().map(|f| f.as_raw_fd());
     let trusted = launcher.trust.as_ref().and_then(|t| t.refresh().binds);
+    // The pod's cgroup (made again after a reboot, with the limits recorded at prepare): bwrap is placed in it
+    // before it runs, so nothing of the sandbox ever runs outside its limits.
+    let cgroup_fds = match &launcher.cgroups {
+        Some(cg) => {
+            let limits = cgroup::read_record(&dir.root).unwrap_or(cg.defaults);
+            cg.prepare(pod_id, &limits).with_context(|| format!("setting up the pod's cgroup ({limits:?})"))?
+        }
+        None => Vec::new(),
+    };
+    let cgroup_raw = cgroup::raw(&cgroup_fds);
 
     let mut cmd = tokio::process::Command::new(&launcher.bwrap);
     let args = bwrap::sandbox_args(
@@ -241,13 +259,17 @@ pub async fn spawn(
         .process_group(0)
         .kill_on_drop(false);
     let inherit = [status_fd, fds.deny, fds.guard];
-    // SAFETY: the closure only makes async-signal-safe system calls (fcntl, setgroups, setresgid, setresuid).
+    // SAFETY: the closure only makes async-signal-safe system calls (write, fcntl, setns, setgroups, setresgid,
+    // setresuid).
     unsafe {
-        cmd.pre_exec(move || bwrap::pre_exec(&inherit, run_as, net_fd));
+        cmd.pre_exec(move || {
+            cgroup::enter(&cgroup_raw)?;
+            bwrap::pre_exec(&inherit, run_as, net_fd)
+        });
     }
     let spawned = cmd.spawn();
     // Our copies of what bwrap inherited: the pipe's write end now lives only in the sandbox.
-    drop((status, deny, guard, net));
+    drop((status, deny, guard, net, cgroup_fds));
     let mut child = spawned.with_context(|| format!("spawning {}", launcher.bwrap.display()))?;
     let log = tokio::spawn(logpipe::relay(log_read, sink));
     let pid = child.id().ok_or_else(|| anyhow!("bwrap exited before its pid could be read"))? as i32;

@@ -125,14 +125,22 @@ impl Spares {
     }
 }
 
-/// Kill whatever sandbox runs in a spare directory and delete it, freeing its uid.
-pub fn discard(dir: &Path, ids: Option<&Identities>) {
+/// Kill whatever sandbox runs in a spare directory and delete it (cgroup and workspace file system first), freeing
+/// its uid.
+pub fn discard(dir: &Path, ids: Option<&Identities>, cgroups: Option<&super::cgroup::Cgroups>) {
     let pod = PodDir { root: dir.to_path_buf() };
     if let Some(rec) = sandbox::read_pid_record(&pod) {
         rec.kill();
     }
     if let Some(name) = dir.file_name().and_then(|n| n.to_str()) {
+        // Waits until its last process is gone, so the workspace is no longer held below.
+        if let Some(cg) = cgroups {
+            cg.remove(name);
+        }
         super::netns::remove(name);
+    }
+    if let Err(e) = super::disk::unmount(&pod.workspace()) {
+        tracing::warn!(error = %e, "unmounting a spare pod's workspace failed");
     }
     let id = identity::read(dir);
     match layout::remove_tree(dir) {

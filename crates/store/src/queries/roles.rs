@@ -16,8 +16,9 @@ macro_rules! ops {
             () => {
                 "SELECT id, org_id, name, display_name, description, provider_id, model, capabilities, environment, \
                  environment_description, task_timeout_seconds, idle_timeout_seconds, thinking_effort, \
-                 max_continuations, max_context_tokens, pool_policy, pool_size, pool_max_size, pack_ids, \
-                 created_at, updated_at, archived_at FROM agent_roles "
+                 max_continuations, max_context_tokens, memory_limit_bytes, pids_limit, cpu_limit_millis, \
+                 pool_policy, pool_size, pool_max_size, pack_ids, created_at, updated_at, archived_at \
+                 FROM agent_roles "
             };
         }
 
@@ -86,8 +87,9 @@ macro_rules! ops {
                 "INSERT INTO agent_roles (id, org_id, name, display_name, description, provider_id, model, \
                  capabilities, environment, environment_description, task_timeout_seconds, idle_timeout_seconds, \
                  thinking_effort, max_continuations, max_context_tokens, pool_policy, pool_size, pool_max_size, \
-                 pack_ids, created_at, updated_at, archived_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, \
-                 $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22)",
+                 pack_ids, created_at, updated_at, archived_at, memory_limit_bytes, pids_limit, cpu_limit_millis) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, \
+                 $21, $22, $23, $24, $25)",
             )
             .bind(r.id.to_string())
             .bind(r.org_id.to_string())
@@ -111,6 +113,9 @@ macro_rules! ops {
             .bind(r.created_at.millis())
             .bind(r.updated_at.millis())
             .bind(millis(r.archived_at))
+            .bind(r.memory_limit_bytes)
+            .bind(r.pids_limit)
+            .bind(r.cpu_limit_millis)
             .execute(c)
             .await?;
             Ok(())
@@ -173,7 +178,8 @@ macro_rules! ops {
                      model = $7, capabilities = $8, environment = $9, environment_description = $10, \
                      task_timeout_seconds = $11, idle_timeout_seconds = $12, thinking_effort = $13, \
                      max_continuations = $14, max_context_tokens = $15, pool_policy = $16, pool_size = $17, \
-                     pool_max_size = $18, pack_ids = $19, updated_at = $20 WHERE org_id = $1 AND id = $2",
+                     pool_max_size = $18, pack_ids = $19, updated_at = $20, memory_limit_bytes = $21, \
+                     pids_limit = $22, cpu_limit_millis = $23 WHERE org_id = $1 AND id = $2",
                 )
                 .bind(r.org_id.to_string())
                 .bind(r.id.to_string())
@@ -195,6 +201,9 @@ macro_rules! ops {
                 .bind(r.pool_max_size)
                 .bind(pack_ids)
                 .bind(r.updated_at.millis())
+                .bind(r.memory_limit_bytes)
+                .bind(r.pids_limit)
+                .bind(r.cpu_limit_millis)
                 .execute(&mut *tx)
                 .await?;
                 if done.rows_affected() == 0 {

@@ -73,6 +73,9 @@ async fn roles_round_trip_and_names(ctx: Ctx) {
     full.idle_timeout_seconds = Some(60);
     full.thinking_effort = Some(ThinkingEffort::High);
     full.max_context_tokens = Some(100_000);
+    full.memory_limit_bytes = Some(512 << 20);
+    full.pids_limit = Some(256);
+    full.cpu_limit_millis = Some(1500);
     full.pool_policy = PoolPolicy::Dynamic;
     full.pool_size = Some(1);
     full.pool_max_size = Some(4);
@@ -92,6 +95,8 @@ async fn roles_round_trip_and_names(ctx: Ctx) {
     let mut changed = full.clone();
     changed.name = "analyst-2".into();
     changed.thinking_effort = None;
+    changed.memory_limit_bytes = None;
+    changed.pids_limit = Some(512);
     changed.pool_policy = PoolPolicy::Static;
     changed.pack_ids = vec![];
     changed.updated_at = ts(5_000);
