@@ -306,6 +306,9 @@ async fn world() -> World {
         created_at: now,
         updated_at: now,
         archived_at: None,
+        memory_limit_bytes: None,
+        pids_limit: None,
+        cpu_limit_millis: None,
     };
     store.create_role(&role, &[]).await.unwrap();
     let runtime = Arc::new(FakeRuntime { sockets: Mutex::new(HashMap::new()) });

@@ -206,7 +206,12 @@ async fn ordinary_tools_work_through_the_proxy_and_nothing_gets_around_it() {
     let t = Teardown { rt: LocalRuntime::new(cfg).unwrap(), ports };
     let rt = &t.rt;
     assert!(rt.networked());
-    let s = PodSpec { pod_id: PodId::new(), org_id: OrgId::new(), workspace_id: WorkspaceId::new() };
+    let s = PodSpec {
+        pod_id: PodId::new(),
+        org_id: OrgId::new(),
+        workspace_id: WorkspaceId::new(),
+        limits: Default::default(),
+    };
     rt.prepare(&s, None).await.unwrap();
     rt.start(&s).await.unwrap();
     let deadline = Instant::now() + Duration::from_secs(20);

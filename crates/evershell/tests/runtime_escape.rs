@@ -557,7 +557,8 @@ async fn pods_and_spares_trust_the_platform_ca_and_never_see_its_key() {
     // …is not handed out once the CA exists: the pod is set up afresh, and trusts it.
     let first = e.rt.reserve_pod();
     assert_ne!(first, early, "a spare that does not trust the CA was handed out");
-    let s = PodSpec { pod_id: first, org_id: OrgId::new(), workspace_id: WorkspaceId::new() };
+    let s =
+        PodSpec { pod_id: first, org_id: OrgId::new(), workspace_id: WorkspaceId::new(), limits: Default::default() };
     e.rt.prepare(&s, None).await.unwrap();
     e.rt.start(&s).await.unwrap();
     wait_for(&e.rt, first, PodObservation::Running).await;
@@ -565,7 +566,8 @@ async fn pods_and_spares_trust_the_platform_ca_and_never_see_its_key() {
     // The spares set up since trust it too.
     let spare = wait_ready_spare(&e.rt, &[early]).await;
     assert_eq!(e.rt.reserve_pod(), spare);
-    let s = PodSpec { pod_id: spare, org_id: OrgId::new(), workspace_id: WorkspaceId::new() };
+    let s =
+        PodSpec { pod_id: spare, org_id: OrgId::new(), workspace_id: WorkspaceId::new(), limits: Default::default() };
     e.rt.prepare(&s, None).await.unwrap();
     e.rt.start(&s).await.unwrap();
     wait_for(&e.rt, spare, PodObservation::Running).await;

@@ -312,7 +312,12 @@ mod tests {
     use super::*;
 
     fn spec() -> PodSpec {
-        PodSpec { pod_id: PodId::new(), org_id: OrgId::new(), workspace_id: WorkspaceId::new() }
+        PodSpec {
+            pod_id: PodId::new(),
+            org_id: OrgId::new(),
+            workspace_id: WorkspaceId::new(),
+            limits: Default::default(),
+        }
     }
 
     #[tokio::test]

@@ -100,6 +100,9 @@ async fn seed(store: &Arc<dyn Store>) -> (OrgId, RoleId) {
         created_at: now,
         updated_at: now,
         archived_at: None,
+        memory_limit_bytes: None,
+        pids_limit: None,
+        cpu_limit_millis: None,
     };
     store.create_role(&role, &[]).await.unwrap();
     (org.id, role.id)

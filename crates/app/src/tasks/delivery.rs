@@ -144,6 +144,9 @@ mod tests {
             created_at: Timestamp::from_millis(0),
             updated_at: Timestamp::from_millis(0),
             archived_at: None,
+            memory_limit_bytes: None,
+            pids_limit: None,
+            cpu_limit_millis: None,
         }
     }
 
