@@ -147,12 +147,15 @@ pub struct RuntimeConfig {
     /// a restore over it is refused. 0: no cap.
     pub max_workspace_bytes: u64,
     /// Give each pod a network namespace of its own (veth to the host) whose outbound TCP goes to the egress proxy
-    /// port and DNS to the DNS port on the host; needs root and `ip`/`nft`, else pods have loopback only. Off by
-    /// default until the server runs the egress proxy on those ports (until then it changes nothing a pod can
-    /// reach, and its six `ip`/`nft` calls per pod made 200 concurrent creates take 37.5 s instead of 2.7 s).
+    /// port and DNS to the DNS port on the host. On by default; it takes effect when the server runs as root with
+    /// `ip`/`nft` present, otherwise the server says why at start-up and pods have loopback only.
     pub network: bool,
     pub proxy_port: u16,
     pub dns_port: u16,
+    /// The egress proxy's platform CA certificate, which every pod trusts (bound over the distro bundle paths
+    /// with the host's bundle, and named by `SSL_CERT_FILE` and friends); default `<data_dir>/egress-ca/ca.pem`,
+    /// the `ca.pem` the proxy creates in its CA directory (`Config::egress_ca_dir`). Its key is never given to pods.
+    pub egress_ca_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, Default)]
@@ -250,9 +253,10 @@ impl Default for RuntimeConfig {
             pod_uid_count: evershell_runtime::local::DEFAULT_POD_UID_COUNT,
             sandbox_log_bytes: evershell_runtime::local::DEFAULT_SANDBOX_LOG_BYTES,
             max_workspace_bytes: 50 << 30,
-            network: false,
+            network: true,
             proxy_port: evershell_runtime::local::DEFAULT_PROXY_PORT,
             dns_port: evershell_runtime::local::DEFAULT_DNS_PORT,
+            egress_ca_file: None,
         }
     }
 }
@@ -335,6 +339,20 @@ pub struct Overrides {
 }
 
 impl Config {
+    /// The egress proxy's CA directory (`ca.pem`, `ca.key`): `<data_dir>/egress-ca`, or the directory of
+    /// `runtime.egress_ca_file` when that is set.
+    pub fn egress_ca_dir(&self) -> PathBuf {
+        match &self.runtime.egress_ca_file {
+            Some(f) => f.parent().map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from(".")),
+            None => self.data_dir.join("egress-ca"),
+        }
+    }
+
+    /// The platform CA certificate pods trust (`runtime.egress_ca_file`, default `<egress_ca_dir>/ca.pem`).
+    pub fn egress_ca_file(&self) -> PathBuf {
+        self.runtime.egress_ca_file.clone().unwrap_or_else(|| self.egress_ca_dir().join("ca.pem"))
+    }
+
     /// defaults → `file` → `EVERSHELL_*` env → `overrides`.
     pub fn load(file: Option<&Path>, overrides: &Overrides) -> anyhow::Result<Self> {
         let mut fig = Figment::from(Serialized::defaults(Config::default()));

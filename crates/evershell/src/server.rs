@@ -111,6 +111,7 @@ pub async fn start(cfg: Config) -> anyhow::Result<Server> {
         proxy: proxy_addr.map_or(cfg.runtime.proxy_port, |a| a.port()),
         dns: cfg.runtime.dns_port,
     });
+    rcfg.egress_ca_file = Some(cfg.egress_ca_file());
     let runtime = Arc::new(LocalRuntime::new(rcfg)?);
     let app_cfg = AppConfig {
         session_ttl_ms: cfg.sessions.ttl_seconds * 1000,

@@ -8,6 +8,7 @@ mod body;
 pub mod ca;
 pub mod config;
 pub mod directory;
+pub mod dns;
 pub mod gate;
 mod handler;
 pub mod oauth2_broker;
@@ -24,6 +25,7 @@ pub use config::{ProxyConfig, parse_cidr};
 pub use directory::{
     BudgetKey, BudgetMove, ClientCredentialsGrant, CredentialForUse, Directory, MintResult, PodIdentity,
 };
+pub use dns::{DnsAllowList, DnsAnswer, DnsConfig, DnsDenial, DnsPolicy, DnsServer, DnsTransport};
 pub use gate::{
     ConnId, ConnInfo, ConnKind, Decision, Denial, Forward, Gate, Outcome, ProxyRefusal, RequestHead, RequestSummary,
     Scheme, Verdict,
