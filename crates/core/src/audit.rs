@@ -111,6 +111,9 @@ event_types! {
     /// The egress proxy decided a pod's outbound request (or refused its connection): destination, method, redacted
     /// path, decision and reason, with capability, transforms, credentials, budgets, bytes and latency in `details`.
     EgressRequest = "egress_request" => Activity,
+    /// The egress proxy's DNS responder answered `NXDOMAIN` to a pod for a name its policy does not allow: the name
+    /// in `destination`, `reason`, and `qtype`, `transport`, `pod_id` in `details`. The name was never forwarded.
+    EgressDnsDenied = "egress_dns_denied" => Activity,
 }
 
 /// `audit` (a caller changed something) or `activity` (workspace state and agent events).

@@ -156,6 +156,11 @@ impl TestServer {
     }
 
     /// Connections the server is serving right now.
+    /// Where the in-process DNS responder for the pods listens.
+    pub fn dns_addr(&self) -> std::net::SocketAddr {
+        self.server.as_ref().and_then(|s| s.dns_addr).expect("the DNS responder runs in-process")
+    }
+
     /// Where the in-process egress proxy listens.
     pub fn proxy_addr(&self) -> std::net::SocketAddr {
         self.server.as_ref().and_then(|s| s.proxy_addr).expect("the egress proxy runs in-process")
@@ -319,6 +324,7 @@ pub fn config(data_dir: &std::path::Path, db_url: &str) -> Config {
     cfg.reconciler.interval_ms = 500;
     // The in-process egress proxy on an ephemeral port: tests run side by side.
     cfg.runtime.proxy_port = 0;
+    cfg.runtime.dns_port = 0;
     cfg
 }
 
