@@ -133,6 +133,9 @@ event_types! {
     TaskCompleted = "task_completed" => Activity,
     /// An agent event of a type not listed above (`details.agent_event_type` names it).
     AgentEvent = "agent_event" => Activity,
+    /// The egress proxy's DNS responder answered `NXDOMAIN` to a pod for a name its policy does not allow: the name
+    /// in `destination`, `reason`, and `qtype`, `transport`, `pod_id` in `details`. The name was never forwarded.
+    EgressDnsDenied = "egress_dns_denied" => Activity,
 }
 
 /// `audit` (a caller changed something) or `activity` (workspace state and agent events).

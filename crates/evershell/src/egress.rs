@@ -1,5 +1,6 @@
 //! The egress proxy's wiring: `[proxy]` → `ProxyConfig`, and the proxy itself (a `PolicyGate` over the store's
-//! `Directory`) started in-process by `evershell serve` or on its own by `evershell proxy`; the same code either way.
+//! `Directory`) with the pods' DNS responder (`PolicyDns` over the same gate), started in-process by `evershell
+//! serve` or on its own by `evershell proxy`; the same code either way.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -7,7 +8,9 @@ use std::sync::Arc;
 use anyhow::Context;
 use evershell_app::egress::StoreDirectory;
 use evershell_app::sealing::MasterKey;
-use evershell_proxy::{PolicyGate, PolicyGateConfig, ProxyConfig, ProxyServer, parse_cidr};
+use evershell_proxy::{
+    DnsConfig, DnsServer, PolicyDns, PolicyGate, PolicyGateConfig, ProxyConfig, ProxyServer, parse_cidr,
+};
 use evershell_store::Store;
 
 use crate::config::Config;
@@ -36,32 +39,53 @@ pub fn proxy_config(cfg: &Config) -> anyhow::Result<ProxyConfig> {
 /// A running egress proxy.
 pub struct EgressProxy {
     server: ProxyServer,
+    dns: DnsServer,
     gate: Arc<PolicyGate<StoreDirectory>>,
 }
 
 impl EgressProxy {
-    /// Bind `[proxy] listen_address` : `runtime.proxy_port` and serve.
+    /// Bind `[proxy] listen_address` : `runtime.proxy_port` (the proxy, which creates the platform CA on first
+    /// start) and `: runtime.dns_port` (the DNS responder, UDP and TCP), and serve.
     pub async fn start(cfg: &Config, store: Arc<dyn Store>, key: MasterKey) -> anyhow::Result<Self> {
         let pcfg = proxy_config(cfg)?;
         let dir = Arc::new(StoreDirectory::new(store, key));
         let gate = Arc::new(PolicyGate::new(dir, &pcfg, PolicyGateConfig::default())?);
-        let addr: SocketAddr = format!("{}:{}", cfg.proxy.listen_address, cfg.runtime.proxy_port)
-            .parse()
-            .or_else(|_| format!("[{}]:{}", cfg.proxy.listen_address, cfg.runtime.proxy_port).parse())
-            .context("proxy.listen_address must be an IP address")?;
+        let at = |port: u16| -> anyhow::Result<SocketAddr> {
+            format!("{}:{port}", cfg.proxy.listen_address)
+                .parse()
+                .or_else(|_| format!("[{}]:{port}", cfg.proxy.listen_address).parse())
+                .context("proxy.listen_address must be an IP address")
+        };
+        let addr = at(cfg.runtime.proxy_port)?;
+        let dns_addr = at(cfg.runtime.dns_port)?;
+        let dns_cfg = DnsConfig::for_proxy(&pcfg);
         let server = ProxyServer::bind(addr, pcfg, gate.clone())
             .await
             .with_context(|| format!("starting the egress proxy on {addr}"))?;
-        Ok(Self { server, gate })
+        let dns = match DnsServer::bind(dns_addr, dns_cfg, Arc::new(PolicyDns::new(gate.clone()))).await {
+            Ok(d) => d,
+            Err(e) => {
+                server.shutdown().await;
+                gate.shutdown().await;
+                return Err(e.context(format!("starting the pods' DNS responder on {dns_addr}")));
+            }
+        };
+        Ok(Self { server, dns, gate })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
         self.server.local_addr()
     }
 
+    /// Where the DNS responder listens (UDP and TCP).
+    pub fn dns_addr(&self) -> SocketAddr {
+        self.dns.local_addr()
+    }
+
     /// Stop accepting, then write every audit row still queued.
     pub async fn shutdown(self) {
         self.server.shutdown().await;
+        self.dns.shutdown().await;
         self.gate.shutdown().await;
     }
 }
@@ -75,7 +99,7 @@ pub async fn run_standalone(cfg: Config) -> anyhow::Result<()> {
     let (key, _) = MasterKey::load_or_create(cfg.master_key_file.as_deref(), &cfg.data_dir)?;
     key.verify_against(store.as_ref()).await?;
     let proxy = EgressProxy::start(&cfg, store, key).await?;
-    println!("evershell egress proxy listening on {}", proxy.local_addr());
+    println!("evershell egress proxy listening on {} (DNS on {})", proxy.local_addr(), proxy.dns_addr());
     crate::server::signal().await;
     tracing::info!("egress proxy shutting down");
     proxy.shutdown().await;

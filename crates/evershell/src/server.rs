@@ -25,6 +25,8 @@ pub struct Server {
     pub app: Arc<App>,
     /// Where the in-process egress proxy listens (`None` when `[proxy] enabled = false`).
     pub proxy_addr: Option<SocketAddr>,
+    /// Where the in-process DNS responder for the pods listens (UDP and TCP; `None` with the proxy disabled).
+    pub dns_addr: Option<SocketAddr>,
     /// Connections being served right now.
     pub open_connections: Arc<AtomicUsize>,
     stop: Option<oneshot::Sender<()>>,
@@ -88,6 +90,7 @@ pub async fn start(cfg: Config) -> anyhow::Result<Server> {
         false => None,
     };
     let proxy_addr = egress.as_ref().map(crate::egress::EgressProxy::local_addr);
+    let dns_addr = egress.as_ref().map(crate::egress::EgressProxy::dns_addr);
     anyhow::ensure!(cfg.runtime.kind == "local", "unknown runtime kind `{}` (expected `local`)", cfg.runtime.kind);
     let agent_binary = match &cfg.runtime.agent_binary {
         Some(p) => p.clone(),
@@ -109,7 +112,7 @@ pub async fn start(cfg: Config) -> anyhow::Result<Server> {
     rcfg.network = cfg.runtime.network.then_some(evershell_runtime::local::NetworkPorts {
         // The in-process proxy's actual port (`runtime.proxy_port` may be 0 in tests).
         proxy: proxy_addr.map_or(cfg.runtime.proxy_port, |a| a.port()),
-        dns: cfg.runtime.dns_port,
+        dns: dns_addr.map_or(cfg.runtime.dns_port, |a| a.port()),
     });
     rcfg.egress_ca_file = Some(cfg.egress_ca_file());
     rcfg.limits = cfg.runtime.limits.pod_limits();
@@ -191,7 +194,7 @@ pub async fn start(cfg: Config) -> anyhow::Result<Server> {
         Ok(())
     });
     tracing::info!(%addr, "evershell listening");
-    Ok(Server { addr, app, proxy_addr, open_connections, stop: Some(stop_tx), done, _lock: lock })
+    Ok(Server { addr, app, proxy_addr, dns_addr, open_connections, stop: Some(stop_tx), done, _lock: lock })
 }
 
 /// SIGINT or SIGTERM.

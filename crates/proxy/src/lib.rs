@@ -13,6 +13,7 @@ pub mod gate;
 mod handler;
 pub mod oauth2_broker;
 pub mod orig_dst;
+pub mod policy_dns;
 pub mod policy_gate;
 mod raw_head;
 mod server;
@@ -30,6 +31,7 @@ pub use gate::{
     ConnId, ConnInfo, ConnKind, Decision, Denial, Forward, Gate, Outcome, ProxyRefusal, RequestHead, RequestSummary,
     Scheme, Verdict,
 };
+pub use policy_dns::PolicyDns;
 pub use policy_gate::{PolicyGate, PolicyGateConfig};
 pub use server::ProxyServer;
 pub use upstream::is_internal;

@@ -88,12 +88,18 @@ impl<D: Directory> PolicyGate<D> {
         self.audit.queued()
     }
 
+    /// Queue a row on the gate's batched audit writer (`PolicyDns`'s denials).
+    pub(crate) async fn push_audit(&self, row: AuditEvent) {
+        self.audit.push(row).await;
+    }
+
     /// Drop the cached identity of `addr` (a pod started or stopped there).
     pub fn invalidate(&self, addr: IpAddr) {
         self.identities.lock().unwrap_or_else(|p| p.into_inner()).remove(&addr);
     }
 
-    async fn identity(&self, addr: IpAddr) -> evershell_core::Result<Option<Arc<PodIdentity>>> {
+    /// Who is behind `addr` (cached for `identity_ttl`); shared with `PolicyDns`.
+    pub(crate) async fn identity(&self, addr: IpAddr) -> evershell_core::Result<Option<Arc<PodIdentity>>> {
         if let Some((at, id)) = self.identities.lock().unwrap_or_else(|p| p.into_inner()).get(&addr)
             && at.elapsed() < self.cfg.identity_ttl
         {

@@ -84,6 +84,9 @@ async fn egress_rows(ts: &TestServer, path: &str, n: usize) -> Vec<Value> {
 async fn the_in_process_proxy_decides_a_workspace_request_and_audits_it() {
     let up = echo_upstream().await;
     let ts = TestServer::start_with(|cfg| {
+        // The pod's address is recorded by hand below; a networked pod's real address (root) would replace it at
+        // the reconciler's next renewal. The networked version is `egress_e2e`.
+        cfg.runtime.network = false;
         cfg.proxy.allowed_peers = vec!["127.0.0.1/32".into()];
         cfg.proxy.upstream_hosts.insert("plain.test".into(), up.to_string());
     })

@@ -33,6 +33,8 @@ pub struct TestServer {
     pub db_url: String,
     server: Option<Server>,
     http: reqwest::Client,
+    /// The server's nftables table (pod networking as root); it outlives a server by design, so the test removes it.
+    nft_table: Option<String>,
 }
 
 /// A response, with the body parsed as JSON when it is JSON.
@@ -120,9 +122,20 @@ impl TestServer {
         }
         let mut cfg = config(dir.path(), &db_url);
         tweak(&mut cfg);
+        // SAFETY: geteuid has no preconditions.
+        let networked = cfg.runtime.network && unsafe { libc::geteuid() } == 0;
         let server = evershell::server::start(cfg).await.expect("server starts");
         let url = format!("http://{}", server.addr);
         let app = server.app.clone();
+        let nft_table = match (server.proxy_addr, server.dns_addr) {
+            (Some(p), Some(d)) if networked => {
+                Some(evershell_runtime::local::network_table(evershell_runtime::local::NetworkPorts {
+                    proxy: p.port(),
+                    dns: d.port(),
+                }))
+            }
+            _ => None,
+        };
         let mut ts = TestServer {
             url,
             key: String::new(),
@@ -134,6 +147,7 @@ impl TestServer {
             db_url,
             server: Some(server),
             http: reqwest::Client::builder().timeout(Duration::from_secs(120)).build().unwrap(),
+            nft_table,
         };
         if bootstrap {
             let b = evershell_app::admin::bootstrap(ts.app.store().as_ref(), "acme", &ts.owner_email, Some(PASSWORD))
@@ -156,6 +170,11 @@ impl TestServer {
     }
 
     /// Connections the server is serving right now.
+    /// Where the in-process DNS responder for the pods listens.
+    pub fn dns_addr(&self) -> std::net::SocketAddr {
+        self.server.as_ref().and_then(|s| s.dns_addr).expect("the DNS responder runs in-process")
+    }
+
     /// Where the in-process egress proxy listens.
     pub fn proxy_addr(&self) -> std::net::SocketAddr {
         self.server.as_ref().and_then(|s| s.proxy_addr).expect("the egress proxy runs in-process")
@@ -288,6 +307,12 @@ impl Drop for TestServer {
         if self.server.is_some() {
             evershell_runtime::local::kill_all_sandboxes(&self.dir.path().join("pods"));
         }
+        if let Some(t) = self.nft_table.take() {
+            let _ = std::process::Command::new("nft")
+                .args(["delete", "table", "inet", &t])
+                .stderr(std::process::Stdio::null())
+                .status();
+        }
     }
 }
 
@@ -319,6 +344,7 @@ pub fn config(data_dir: &std::path::Path, db_url: &str) -> Config {
     cfg.reconciler.interval_ms = 500;
     // The in-process egress proxy on an ephemeral port: tests run side by side.
     cfg.runtime.proxy_port = 0;
+    cfg.runtime.dns_port = 0;
     cfg
 }
 

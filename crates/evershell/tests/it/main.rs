@@ -22,6 +22,7 @@ mod conformance;
 mod crash;
 mod credentials;
 mod egress;
+mod egress_e2e;
 mod exec;
 mod openapi_drift;
 mod secrets;

@@ -547,3 +547,82 @@ async fn wait_until(mut f: impl FnMut() -> bool) {
         tokio::task::yield_now().await;
     }
 }
+
+// ---- DNS over the same policy ----------------------------------------------------------------------------------
+
+async fn dns_ask(from: &str, server: SocketAddr, msg: &[u8]) -> Vec<u8> {
+    let sock = tokio::net::UdpSocket::bind(format!("{from}:0")).await.unwrap();
+    sock.send_to(msg, server).await.unwrap();
+    let mut buf = vec![0u8; 2048];
+    let n = tokio::time::timeout(Duration::from_secs(10), sock.recv(&mut buf)).await.expect("no DNS answer").unwrap();
+    buf[..n].to_vec()
+}
+
+#[tokio::test]
+async fn dns_answers_only_names_the_pods_policy_allows_and_audits_the_rest() {
+    use evershell_proxy::dns::{parse_response, query};
+    use evershell_proxy::{DnsConfig, DnsServer, PolicyDns};
+    let env = start(AuditSinkConfig { flush_every: Duration::from_millis(10), ..Default::default() }).await;
+    let config = DnsConfig { upstream_hosts: ["api.test".to_string()].into(), ..DnsConfig::default() };
+    let dns = DnsServer::bind("127.0.0.1:0".parse().unwrap(), config, Arc::new(PolicyDns::new(env.gate.clone())))
+        .await
+        .unwrap();
+    let at = dns.local_addr();
+    // Allowed by the `api` capability: answered (a mapped name: the stand-in address, no lookup).
+    let r = dns_ask("127.0.0.1", at, &query(1, "API.test", 1)).await;
+    assert_eq!(parse_response(&r), Some((1, 0, vec![Ipv4Addr::new(192, 0, 2, 1)])));
+    // A name no rule could match, over UDP and TCP: NXDOMAIN, never looked up, one audit row each.
+    let r = dns_ask("127.0.0.1", at, &query(2, "c2VjcmV0.evil.example", 1)).await;
+    assert_eq!(parse_response(&r), Some((2, 3, vec![])));
+    {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut s = TcpStream::connect(at).await.unwrap();
+        let q = query(3, "test", 16);
+        let mut msg = (q.len() as u16).to_be_bytes().to_vec();
+        msg.extend_from_slice(&q);
+        s.write_all(&msg).await.unwrap();
+        let mut len = [0u8; 2];
+        s.read_exact(&mut len).await.unwrap();
+        let mut r = vec![0u8; u16::from_be_bytes(len) as usize];
+        s.read_exact(&mut r).await.unwrap();
+        assert_eq!(parse_response(&r), Some((3, 3, vec![])));
+    }
+    // Another address is nobody: NXDOMAIN, and no row (it has no org).
+    let r = dns_ask("127.0.0.2", at, &query(4, "api.test", 1)).await;
+    assert_eq!(parse_response(&r), Some((4, 3, vec![])));
+    // A stopped workspace resolves nothing, not even its allowed names.
+    *env.dir.identity.lock().unwrap() = Some(identity(WorkspaceStatus::Stopped, 60_000));
+    let r = dns_ask("127.0.0.1", at, &query(5, "api.test", 1)).await;
+    assert_eq!(parse_response(&r), Some((5, 3, vec![])));
+    assert_eq!(dns.lookups(), 0, "a denied name reached the host's resolver");
+    dns.shutdown().await;
+    env.gate.shutdown().await;
+    let rows: Vec<AuditEvent> = env
+        .dir
+        .rows
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|r| r.event_type == evershell_core::audit::EventType::EgressDnsDenied)
+        .cloned()
+        .collect();
+    let seen: Vec<(Option<&str>, Option<&str>, &serde_json::Value, &serde_json::Value)> = rows
+        .iter()
+        .map(|r| (r.destination.as_deref(), r.reason.as_deref(), &details(r)["qtype"], &details(r)["transport"]))
+        .collect();
+    assert_eq!(
+        seen,
+        vec![
+            (Some("c2vjcmv0.evil.example"), Some("host_not_allowed"), &serde_json::json!(1), &serde_json::json!("udp")),
+            (Some("test"), Some("host_not_allowed"), &serde_json::json!(16), &serde_json::json!("tcp")),
+            (Some("api.test"), Some("workspace_not_running"), &serde_json::json!(1), &serde_json::json!("udp")),
+        ]
+    );
+    for r in &rows {
+        assert_eq!(
+            (r.actor, r.category, r.decision.as_deref()),
+            (evershell_core::audit::Actor::PolicyEngine, evershell_core::audit::Category::Activity, Some("deny"))
+        );
+        assert!(r.workspace_id.is_some());
+    }
+}
