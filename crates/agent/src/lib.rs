@@ -2,8 +2,13 @@
 //! and serves the live files of `/workspace` over HTTP on a Unix socket that the control plane reaches through the
 //! pod directory.
 //!
-//! Routes: `GET /healthz`, `GET /v1/info`, `GET /v1/files`, `GET|PUT /v1/files/{*path}`, `POST /v1/exec`. Errors are
-//! `{"error":{"code","message"}}`. Logs go to stderr (the pod's `sandbox.log`); file contents are never logged.
+//! It also runs the workspace's agent loop (`task`): tasks delivered by the control plane over the routes of
+//! `evershell_core::agent_wire`, model calls over Anthropic Messages or OpenAI Chat Completions (streamed, through the
+//! egress proxy, which holds the key), one `bash` tool, a session log that survives in the workspace.
+//!
+//! Routes: `GET /healthz`, `GET /v1/info`, `GET /v1/files`, `GET|PUT /v1/files/{*path}`, `POST /v1/exec`,
+//! `POST /v1/tasks`, `GET /v1/tasks/{id}`, `POST /v1/tasks/{id}/cancel`, `GET /v1/events`, `GET /v1/session`. Errors
+//! are `{"error":{"code","message"}}`. Logs go to stderr (the pod's `sandbox.log`); file contents are never logged.
 
 mod error;
 mod exec;
@@ -11,6 +16,9 @@ mod fsops;
 mod hold;
 mod info;
 mod routes;
+pub mod task;
+#[cfg(feature = "testing")]
+pub mod testing;
 mod upload;
 
 use std::future::Future;
@@ -58,7 +66,8 @@ pub async fn run(opts: AgentOptions) -> anyhow::Result<()> {
     let span = tracing::info_span!("agent", pod_id = opts.pod_id.as_deref().unwrap_or("-"));
     async move {
         tracing::info!(socket = %opts.socket.display(), root = %opts.root.display(), "agent listening");
-        let result = serve(listener, opts.root, opts.pod_id, shutdown_signal()).await;
+        let result =
+            serve_with(listener, opts.root, opts.pod_id, task::LoopConfig::from_env(), shutdown_signal()).await;
         let _ = std::fs::remove_file(&opts.socket);
         tracing::info!("agent stopped");
         result
@@ -89,8 +98,20 @@ pub async fn serve(
     pod_id: Option<String>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
+    serve_with(listener, root, pod_id, task::LoopConfig::default(), shutdown).await
+}
+
+/// [`serve`] with the agent loop's tuning given.
+pub async fn serve_with(
+    listener: UnixListener,
+    root: PathBuf,
+    pod_id: Option<String>,
+    loop_cfg: task::LoopConfig,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
     let root = root.canonicalize().with_context(|| format!("workspace root {}", root.display()))?;
-    let app = routes::router(Arc::new(routes::AgentState { root, pod_id }));
+    let tasks = task::Tasks::new(root.clone(), loop_cfg)?;
+    let app = routes::router(Arc::new(routes::AgentState { root, pod_id, tasks }));
     let (tx, mut rx) = tokio::sync::watch::channel(false);
     tokio::spawn(async move {
         shutdown.await;

@@ -1,5 +1,6 @@
-//! The agent's HTTP surface: `/healthz`, `/v1/info`, and the live file routes under `/v1/files`. One span per
-//! request carrying the pod id; paths are logged, file contents never.
+//! The agent's HTTP surface: `/healthz`, `/v1/info`, the live file routes under `/v1/files`, `/v1/exec`, and the
+//! task routes of `evershell_core::agent_wire` (`/v1/tasks…`, `/v1/events`, `/v1/session`). One span per request
+//! carrying the pod id; paths are logged, file contents and task text never.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -27,6 +28,7 @@ pub struct AgentState {
     /// Canonical workspace root.
     pub root: PathBuf,
     pub pod_id: Option<String>,
+    pub tasks: Arc<crate::task::Tasks>,
 }
 
 pub fn router(state: Arc<AgentState>) -> Router {
@@ -36,6 +38,11 @@ pub fn router(state: Arc<AgentState>) -> Router {
         .route("/v1/files", get(list_files))
         .route("/v1/files/{*path}", get(download).put(put_file).layer(DefaultBodyLimit::disable()))
         .route("/v1/exec", axum::routing::post(exec_route))
+        .route("/v1/tasks", axum::routing::post(deliver_task))
+        .route("/v1/tasks/{task_id}", get(task_status))
+        .route("/v1/tasks/{task_id}/cancel", axum::routing::post(cancel_task))
+        .route("/v1/events", get(events))
+        .route("/v1/session", get(session_view))
         .fallback(|| async { envelope(StatusCode::NOT_FOUND, "not_found", "no such route") })
         .method_not_allowed_fallback(|| async {
             envelope(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "method not allowed on this route")
@@ -134,4 +141,64 @@ async fn exec_route(
     })?;
     tracing::info!(%program, exit_code = ?result.exit_code, ms = result.duration_ms, "command run");
     Ok(Json(result))
+}
+
+async fn deliver_task(
+    State(state): State<Arc<AgentState>>,
+    body: Result<Json<evershell_core::agent_wire::TaskDelivery>, axum::extract::rejection::JsonRejection>,
+) -> Response {
+    let Json(d) = match body {
+        Ok(b) => b,
+        Err(e) => return envelope(StatusCode::BAD_REQUEST, "bad_request", &e.body_text()),
+    };
+    match state.tasks.deliver(d) {
+        Ok(status) => (StatusCode::ACCEPTED, Json(status)).into_response(),
+        Err(crate::task::DeliverError::Busy(id)) => {
+            envelope(StatusCode::CONFLICT, "agent_busy", &format!("task {id} has not ended yet"))
+        }
+    }
+}
+
+fn unknown_task() -> Response {
+    envelope(StatusCode::NOT_FOUND, "not_found", "this agent process never saw that task")
+}
+
+async fn task_status(State(state): State<Arc<AgentState>>, Path(raw): Path<String>) -> Response {
+    let Ok(id) = raw.parse::<evershell_core::ids::TaskId>() else { return unknown_task() };
+    match state.tasks.status(&id) {
+        Some(s) => Json(s).into_response(),
+        None => unknown_task(),
+    }
+}
+
+async fn cancel_task(State(state): State<Arc<AgentState>>, Path(raw): Path<String>) -> Response {
+    let Ok(id) = raw.parse::<evershell_core::ids::TaskId>() else { return unknown_task() };
+    match state.tasks.cancel(&id) {
+        Some(s) => (StatusCode::ACCEPTED, Json(s)).into_response(),
+        None => unknown_task(),
+    }
+}
+
+#[derive(serde::Deserialize)]
+struct EventsQuery {
+    #[serde(default)]
+    after: u64,
+    #[serde(default)]
+    wait_ms: u64,
+}
+
+async fn events(
+    State(state): State<Arc<AgentState>>,
+    q: Result<axum::extract::Query<EventsQuery>, axum::extract::rejection::QueryRejection>,
+) -> Response {
+    let q = match q {
+        Ok(axum::extract::Query(q)) => q,
+        Err(e) => return envelope(StatusCode::BAD_REQUEST, "bad_request", &e.body_text()),
+    };
+    Json(state.tasks.events.poll(q.after, q.wait_ms).await).into_response()
+}
+
+async fn session_view(State(state): State<Arc<AgentState>>) -> Result<Json<serde_json::Value>, AgentErr> {
+    let tasks = state.tasks.clone();
+    Ok(Json(tasks.session_view()?))
 }
