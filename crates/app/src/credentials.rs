@@ -344,18 +344,7 @@ impl App {
     /// The broker's lookup: the credential `name` as seen by `user` (their personal override first, else the
     /// org's), with its material opened. Never log or return what this gives.
     pub async fn credential_for_use(&self, org: OrgId, name: &str, user: Option<UserId>) -> Result<CredentialUse> {
-        let Some((c, sealed)) = self.store.credential_material(org, name, user).await? else {
-            tracing::debug!(org_id = %org, credential = name, "credential unavailable");
-            return Ok(CredentialUse::Unavailable);
-        };
-        if c.status != CredentialStatus::Active {
-            let reason = c.last_minted_status.clone().unwrap_or_else(|| c.status.as_str().to_string());
-            return Ok(CredentialUse::NotUsable { credential: Box::new(c), reason });
-        }
-        let plain = self.master_key()?.open(&aad(org, c.id), &sealed)?;
-        let secret: CredentialSecret = serde_json::from_slice(&plain)
-            .map_err(|_| Error::internal(anyhow::anyhow!("credential {} material is not readable", c.id)))?;
-        Ok(CredentialUse::Ready { credential: Box::new(c), secret })
+        credential_for_use(self.store.as_ref(), self.master_key()?, org, name, user).await
     }
 
     /// The broker's bookkeeping after a mint: success sets `last_minted_at`; a terminal failure sets `needs_reauth`
@@ -369,4 +358,26 @@ impl App {
             }
         }
     }
+}
+
+/// The decrypting side, for whoever holds the store and the master key (the app, the egress directory).
+pub async fn credential_for_use(
+    store: &dyn evershell_store::Store,
+    key: &crate::sealing::MasterKey,
+    org: OrgId,
+    name: &str,
+    user: Option<UserId>,
+) -> Result<CredentialUse> {
+    let Some((c, sealed)) = store.credential_material(org, name, user).await? else {
+        tracing::debug!(org_id = %org, credential = name, "credential unavailable");
+        return Ok(CredentialUse::Unavailable);
+    };
+    if c.status != CredentialStatus::Active {
+        let reason = c.last_minted_status.clone().unwrap_or_else(|| c.status.as_str().to_string());
+        return Ok(CredentialUse::NotUsable { credential: Box::new(c), reason });
+    }
+    let plain = key.open(&aad(org, c.id), &sealed)?;
+    let secret: CredentialSecret = serde_json::from_slice(&plain)
+        .map_err(|_| Error::internal(anyhow::anyhow!("credential {} material is not readable", c.id)))?;
+    Ok(CredentialUse::Ready { credential: Box::new(c), secret })
 }

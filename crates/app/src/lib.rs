@@ -9,6 +9,7 @@ pub mod authn;
 pub mod billing;
 pub mod caller;
 pub mod credentials;
+pub mod egress;
 pub mod files;
 pub mod identity;
 pub mod input;

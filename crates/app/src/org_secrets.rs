@@ -146,10 +146,20 @@ impl App {
     /// The plaintext of the org's secret `name`, for the egress proxy's `secrets["name"]` transforms; `None` when no
     /// such secret exists (any more). Never log or return what this gives.
     pub async fn secret_value(&self, org: OrgId, name: &str) -> Result<Option<Zeroizing<String>>> {
-        let Some((secret, sealed)) = self.store.secret_material(org, name).await? else { return Ok(None) };
-        let plain = self.master_key()?.open(&aad(org, secret.id), &sealed)?;
-        let text = String::from_utf8(plain.to_vec())
-            .map_err(|_| Error::internal(anyhow::anyhow!("secret {} is not UTF-8", secret.id)))?;
-        Ok(Some(Zeroizing::new(text)))
+        secret_value(self.store.as_ref(), self.master_key()?, org, name).await
     }
+}
+
+/// The decrypting side, for whoever holds the store and the master key (the app, the egress directory).
+pub async fn secret_value(
+    store: &dyn evershell_store::Store,
+    key: &MasterKey,
+    org: OrgId,
+    name: &str,
+) -> Result<Option<Zeroizing<String>>> {
+    let Some((secret, sealed)) = store.secret_material(org, name).await? else { return Ok(None) };
+    let plain = key.open(&aad(org, secret.id), &sealed)?;
+    let text = String::from_utf8(plain.to_vec())
+        .map_err(|_| Error::internal(anyhow::anyhow!("secret {} is not UTF-8", secret.id)))?;
+    Ok(Some(Zeroizing::new(text)))
 }

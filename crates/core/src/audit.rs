@@ -108,6 +108,9 @@ event_types! {
     SnapshotDeleted = "snapshot_deleted" => Activity,
     /// The reconciler found work interrupted by a control-plane restart and took it over.
     WorkspaceRecovered = "workspace_recovered" => Activity,
+    /// The egress proxy decided a pod's outbound request (or refused its connection): destination, method, redacted
+    /// path, decision and reason, with capability, transforms, credentials, budgets, bytes and latency in `details`.
+    EgressRequest = "egress_request" => Activity,
     /// A task was submitted (queued on its workspace).
     TaskSubmitted = "task_submitted" => Activity,
     /// The agent accepted a task.

@@ -31,6 +31,40 @@ pub struct Config {
     pub sessions: SessionConfig,
     pub reconciler: ReconcilerSettings,
     pub login: LoginSettings,
+    pub proxy: ProxySettings,
+}
+
+/// The egress proxy (`[proxy]`): `evershell serve` runs it in-process on `runtime.proxy_port` unless `enabled` is
+/// false; `evershell proxy` runs it as its own process over the same store and configuration.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ProxySettings {
+    pub enabled: bool,
+    /// Address the proxy listens on (the port is `runtime.proxy_port`): pods' redirected connections arrive on the
+    /// host side of their veth, so the default is every address.
+    pub listen_address: String,
+    /// Host name → fixed `ip:port`, for private upstreams and tests: such names skip DNS and the internal-address
+    /// refusal, e.g. `upstream_hosts = { "api.example.com" = "10.0.0.5:443" }`.
+    pub upstream_hosts: std::collections::BTreeMap<String, String>,
+    /// Extra PEM CAs trusted for upstreams, besides the system roots (also `EVERSHELL_UPSTREAM_CA_FILE`).
+    pub upstream_ca_file: Option<PathBuf>,
+    /// Where the platform CA (`ca.pem`, `ca.key`) lives; default `<data_dir>/egress-ca`.
+    pub ca_dir: Option<PathBuf>,
+    /// Peers the proxy serves (CIDRs); any other connection is closed at once. Default: the pod network.
+    pub allowed_peers: Vec<String>,
+}
+
+impl Default for ProxySettings {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            listen_address: "0.0.0.0".into(),
+            upstream_hosts: Default::default(),
+            upstream_ca_file: None,
+            ca_dir: None,
+            allowed_peers: vec!["10.212.0.0/14".into()],
+        }
+    }
 }
 
 /// Sign-in throttling and the password-hashing pool (`[login]`).
@@ -113,12 +147,15 @@ pub struct RuntimeConfig {
     /// a restore over it is refused. 0: no cap.
     pub max_workspace_bytes: u64,
     /// Give each pod a network namespace of its own (veth to the host) whose outbound TCP goes to the egress proxy
-    /// port and DNS to the DNS port on the host; needs root and `ip`/`nft`, else pods have loopback only. Off by
-    /// default until the server runs the egress proxy on those ports (until then it changes nothing a pod can
-    /// reach, and its six `ip`/`nft` calls per pod made 200 concurrent creates take 37.5 s instead of 2.7 s).
+    /// port and DNS to the DNS port on the host. On by default; it takes effect when the server runs as root with
+    /// `ip`/`nft` present, otherwise the server says why at start-up and pods have loopback only.
     pub network: bool,
     pub proxy_port: u16,
     pub dns_port: u16,
+    /// The egress proxy's platform CA certificate, which every pod trusts (bound over the distro bundle paths
+    /// with the host's bundle, and named by `SSL_CERT_FILE` and friends); default `<data_dir>/egress-ca/ca.pem`,
+    /// the `ca.pem` the proxy creates in its CA directory (`Config::egress_ca_dir`). Its key is never given to pods.
+    pub egress_ca_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, Default)]
@@ -199,6 +236,7 @@ impl Default for Config {
             sessions: SessionConfig::default(),
             reconciler: ReconcilerSettings::default(),
             login: LoginSettings::default(),
+            proxy: ProxySettings::default(),
         }
     }
 }
@@ -215,9 +253,10 @@ impl Default for RuntimeConfig {
             pod_uid_count: evershell_runtime::local::DEFAULT_POD_UID_COUNT,
             sandbox_log_bytes: evershell_runtime::local::DEFAULT_SANDBOX_LOG_BYTES,
             max_workspace_bytes: 50 << 30,
-            network: false,
+            network: true,
             proxy_port: evershell_runtime::local::DEFAULT_PROXY_PORT,
             dns_port: evershell_runtime::local::DEFAULT_DNS_PORT,
+            egress_ca_file: None,
         }
     }
 }
@@ -288,6 +327,7 @@ const SECTIONS: &[&str] = &[
     "sessions",
     "reconciler",
     "login",
+    "proxy",
 ];
 
 /// Flags that override the file and the environment.
@@ -299,6 +339,20 @@ pub struct Overrides {
 }
 
 impl Config {
+    /// The egress proxy's CA directory (`ca.pem`, `ca.key`): `<data_dir>/egress-ca`, or the directory of
+    /// `runtime.egress_ca_file` when that is set.
+    pub fn egress_ca_dir(&self) -> PathBuf {
+        match &self.runtime.egress_ca_file {
+            Some(f) => f.parent().map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from(".")),
+            None => self.data_dir.join("egress-ca"),
+        }
+    }
+
+    /// The platform CA certificate pods trust (`runtime.egress_ca_file`, default `<egress_ca_dir>/ca.pem`).
+    pub fn egress_ca_file(&self) -> PathBuf {
+        self.runtime.egress_ca_file.clone().unwrap_or_else(|| self.egress_ca_dir().join("ca.pem"))
+    }
+
     /// defaults → `file` → `EVERSHELL_*` env → `overrides`.
     pub fn load(file: Option<&Path>, overrides: &Overrides) -> anyhow::Result<Self> {
         let mut fig = Figment::from(Serialized::defaults(Config::default()));

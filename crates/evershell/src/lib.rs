@@ -3,5 +3,6 @@
 
 pub mod config;
 pub mod datadir;
+pub mod egress;
 pub mod listener;
 pub mod server;

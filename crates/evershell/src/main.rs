@@ -41,6 +41,12 @@ enum Command {
         #[command(flatten)]
         store: StoreArgs,
     },
+    /// Run the egress proxy as its own process (cluster mode) over the same store and configuration as `serve`
+    /// (set `[proxy] enabled = false` for the servers then).
+    Proxy {
+        #[command(flatten)]
+        store: StoreArgs,
+    },
     /// Run the agent service inside a workspace pod.
     Agent {
         /// Unix socket to listen on.
@@ -139,6 +145,11 @@ fn main() -> anyhow::Result<()> {
                 println!("evershell listening on http://{}", server.addr);
                 server.wait().await
             })
+        }
+        Command::Proxy { store } => {
+            let cfg = load(&store, None)?;
+            init_tracing(cfg.log_format == "json");
+            tokio::runtime::Runtime::new()?.block_on(evershell::egress::run_standalone(cfg))
         }
         Command::Admin { store, command } => {
             let cfg = load(&store, None)?;

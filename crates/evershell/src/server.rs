@@ -23,6 +23,8 @@ use crate::listener::{self, ListenerLimits};
 pub struct Server {
     pub addr: SocketAddr,
     pub app: Arc<App>,
+    /// Where the in-process egress proxy listens (`None` when `[proxy] enabled = false`).
+    pub proxy_addr: Option<SocketAddr>,
     /// Connections being served right now.
     pub open_connections: Arc<AtomicUsize>,
     stop: Option<oneshot::Sender<()>>,
@@ -78,6 +80,14 @@ pub async fn start(cfg: Config) -> anyhow::Result<Server> {
     let lock = lock_data_dir(&cfg)?;
     let store = evershell_store::connect(&cfg.database_url()).await.context("opening the store")?;
     let snapshots = SnapshotStore::local(&snap_dir).context("opening the snapshot directory")?;
+    let (master_key, key_path) = MasterKey::load_or_create(cfg.master_key_file.as_deref(), &cfg.data_dir)?;
+    master_key.verify_against(store.as_ref()).await?;
+    tracing::info!(path = %key_path.display(), "master key loaded");
+    let egress = match cfg.proxy.enabled {
+        true => Some(crate::egress::EgressProxy::start(&cfg, store.clone(), master_key.clone()).await?),
+        false => None,
+    };
+    let proxy_addr = egress.as_ref().map(crate::egress::EgressProxy::local_addr);
     anyhow::ensure!(cfg.runtime.kind == "local", "unknown runtime kind `{}` (expected `local`)", cfg.runtime.kind);
     let agent_binary = match &cfg.runtime.agent_binary {
         Some(p) => p.clone(),
@@ -96,10 +106,12 @@ pub async fn start(cfg: Config) -> anyhow::Result<Server> {
     rcfg.pod_uid_count = cfg.runtime.pod_uid_count;
     rcfg.sandbox_log_bytes = cfg.runtime.sandbox_log_bytes;
     rcfg.max_workspace_bytes = Some(cfg.runtime.max_workspace_bytes).filter(|&b| b > 0);
-    rcfg.network = cfg
-        .runtime
-        .network
-        .then_some(evershell_runtime::local::NetworkPorts { proxy: cfg.runtime.proxy_port, dns: cfg.runtime.dns_port });
+    rcfg.network = cfg.runtime.network.then_some(evershell_runtime::local::NetworkPorts {
+        // The in-process proxy's actual port (`runtime.proxy_port` may be 0 in tests).
+        proxy: proxy_addr.map_or(cfg.runtime.proxy_port, |a| a.port()),
+        dns: cfg.runtime.dns_port,
+    });
+    rcfg.egress_ca_file = Some(cfg.egress_ca_file());
     let runtime = Arc::new(LocalRuntime::new(rcfg)?);
     let app_cfg = AppConfig {
         session_ttl_ms: cfg.sessions.ttl_seconds * 1000,
@@ -118,9 +130,6 @@ pub async fn start(cfg: Config) -> anyhow::Result<Server> {
         login: cfg.login.policy(),
         password_hash_concurrency: cfg.login.hash_concurrency,
     };
-    let (master_key, key_path) = MasterKey::load_or_create(cfg.master_key_file.as_deref(), &cfg.data_dir)?;
-    master_key.verify_against(store.as_ref()).await?;
-    tracing::info!(path = %key_path.display(), "master key loaded");
     let app = Arc::new(App::new(store, runtime, snapshots, app_cfg).with_master_key(master_key));
     app.reconciler.start().await.context("starting the reconciler")?;
     app.dispatcher.start(app.reconciler.subscribe()).await.context("starting the task dispatcher")?;
@@ -170,13 +179,17 @@ pub async fn start(cfg: Config) -> anyhow::Result<Server> {
         let _ = sweeper.await;
         app2.dispatcher.shutdown().await;
         app2.reconciler.shutdown().await;
+        if let Some(egress) = egress {
+            egress.shutdown().await;
+        }
         Ok(())
     });
     tracing::info!(%addr, "evershell listening");
-    Ok(Server { addr, app, open_connections, stop: Some(stop_tx), done, _lock: lock })
+    Ok(Server { addr, app, proxy_addr, open_connections, stop: Some(stop_tx), done, _lock: lock })
 }
 
-async fn signal() {
+/// SIGINT or SIGTERM.
+pub(crate) async fn signal() {
     let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
         Ok(s) => s,
         Err(_) => return std::future::pending().await,

@@ -378,6 +378,16 @@ fn original_dst(s: &tokio::net::TcpStream) -> std::net::SocketAddrV4 {
     std::net::SocketAddrV4::new(u32::from_be(addr.sin_addr.s_addr).into(), u16::from_be(addr.sin_port))
 }
 
+/// Deletes a test runtime's host rules when the test ends (a server leaves them in place for its running pods).
+struct HostRules(evershell_runtime::local::NetworkPorts);
+
+impl Drop for HostRules {
+    fn drop(&mut self) {
+        let t = evershell_runtime::local::network_table(self.0);
+        let _ = std::process::Command::new("nft").args(["delete", "table", "inet", &t]).status();
+    }
+}
+
 #[tokio::test]
 async fn a_networked_pod_reaches_only_the_proxy_and_the_dns_responder() {
     if !root() {
@@ -397,11 +407,16 @@ async fn a_networked_pod_reaches_only_the_proxy_and_the_dns_responder() {
         LocalRuntimeConfig::new(tmp.path().join("pods"), PathBuf::from(env!("CARGO_BIN_EXE_evershell")), snapshots);
     cfg.network = Some(ports);
     let e = Env { rt: LocalRuntime::new(cfg).unwrap(), _tmp: tmp };
+    let _rules = HostRules(ports);
     assert!(e.rt.networked(), "this host (root, ip, nft) must give pods a network");
     let pod = running_pod(&e.rt).await.pod_id;
     let info = e.rt.agent(pod).info().await.unwrap();
     let ifaces: Vec<String> = serde_json::from_value(info["interfaces"].clone()).unwrap();
-    assert!(ifaces.contains(&"lo".to_string()) && ifaces.iter().any(|i| i.starts_with("evp")), "{ifaces:?}");
+    let pod_if = format!("ev{:x}p", ports.proxy);
+    assert!(ifaces.contains(&"lo".to_string()) && ifaces.iter().any(|i| i.starts_with(&pod_if)), "{ifaces:?}");
+    // No IPv6 inside: no address, not even on loopback.
+    let r = sh(&e.rt, pod, "cat /proc/net/if_inet6 | wc -l").await;
+    assert_eq!(r.stdout.trim(), "0", "{r:?}");
 
     // Any TCP destination lands on the proxy, which can read where it was going (TEST-NET: nothing is sent out).
     let connect = tokio::spawn({
@@ -456,4 +471,100 @@ async fn a_networked_pod_reaches_only_the_proxy_and_the_dns_responder() {
         assert!(Instant::now() < deadline, "the pod's namespace outlived it");
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
+}
+
+/// The first spare the runtime counts as ready other than `not`.
+async fn wait_ready_spare(rt: &LocalRuntime, not: &[PodId]) -> PodId {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Some(pod) = rt.ready_spares().into_iter().find(|p| !not.contains(p)) {
+            return pod;
+        }
+        assert!(Instant::now() < deadline, "no spare pod became ready");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Checks inside a pod: the bundle at every path and variable holds the platform CA, the key is nowhere.
+async fn assert_trusts_the_ca_and_cannot_read_its_key(rt: &LocalRuntime, pod: PodId, cert: &str, key: &Path) {
+    let body = cert.lines().nth(1).unwrap();
+    let r = sh(rt, pod, "env | sort").await;
+    for (var, path) in evershell_runtime::local::CA_ENV {
+        assert!(r.stdout.contains(&format!("{var}={path}\n")), "{var} not set: {r:?}");
+    }
+    let r = sh(
+        rt,
+        pod,
+        "for f in /etc/ssl/certs/ca-certificates.crt \"$SSL_CERT_FILE\" \"$REQUESTS_CA_BUNDLE\" \"$CURL_CA_BUNDLE\" \
+         \"$GIT_SSL_CAINFO\" \"$PIP_CERT\" \"$NODE_EXTRA_CA_CERTS\"; do grep -c BEGIN.CERTIFICATE \"$f\"; done",
+    )
+    .await;
+    let counts: Vec<usize> = r.stdout.lines().map(|l| l.parse().unwrap()).collect();
+    assert_eq!(counts.len(), 7, "{r:?}");
+    assert!(counts[..6].iter().all(|&c| c > 1), "the system roots stay: {r:?}");
+    assert_eq!(counts[6], 1, "NODE_EXTRA_CA_CERTS is the platform CA alone: {r:?}");
+    let r = sh(rt, pod, &format!("grep -l '{body}' /etc/ssl/certs/ca-certificates.crt \"$SSL_CERT_FILE\"")).await;
+    assert_eq!(r.stdout.lines().count(), 2, "{r:?}");
+    // The bundle cannot be changed from inside.
+    let r = sh(
+        rt,
+        pod,
+        "echo x >> /etc/ssl/certs/ca-certificates.crt && echo WROTE; echo x >> \"$SSL_CERT_FILE\" && echo WROTE",
+    )
+    .await;
+    assert!(!r.stdout.contains("WROTE"), "{r:?}");
+    // The key: not at its host path, not in any file or environment the pod can read.
+    let r = sh(
+        rt,
+        pod,
+        &format!(
+            "cat {} && echo READ; grep -rls KEY-MARKER /etc /run /workspace /data /tmp /opt /proc/self/environ \
+             /proc/1/environ 2>/dev/null; echo end",
+            key.display()
+        ),
+    )
+    .await;
+    assert_eq!(r.stdout, "end\n", "{r:?}");
+}
+
+#[tokio::test]
+async fn pods_and_spares_trust_the_platform_ca_and_never_see_its_key() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ca_dir = tmp.path().join("egress-ca");
+    std::fs::create_dir(&ca_dir).unwrap();
+    let snapshots = SnapshotStore::local(&tmp.path().join("snapshots")).unwrap();
+    let mut cfg =
+        LocalRuntimeConfig::new(tmp.path().join("pods"), PathBuf::from(env!("CARGO_BIN_EXE_evershell")), snapshots);
+    cfg.spare_pods = 1;
+    cfg.egress_ca_file = Some(ca_dir.join("ca.pem"));
+    let e = Env { rt: LocalRuntime::new(cfg).unwrap(), _tmp: tmp };
+    // A spare set up before the proxy made its CA…
+    let early = wait_ready_spare(&e.rt, &[]).await;
+    let cert = "-----BEGIN CERTIFICATE-----\nMIIBevershellTestPlatformCA0123456789\n-----END CERTIFICATE-----\n";
+    let key = ca_dir.join("ca.key");
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        let mut f = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&key).unwrap();
+        std::io::Write::write_all(&mut f, b"-----BEGIN PRIVATE KEY-----\nKEY-MARKER\n-----END PRIVATE KEY-----\n")
+            .unwrap();
+    }
+    std::fs::write(ca_dir.join("ca.pem"), cert).unwrap();
+    // …is not handed out once the CA exists: the pod is set up afresh, and trusts it.
+    let first = e.rt.reserve_pod();
+    assert_ne!(first, early, "a spare that does not trust the CA was handed out");
+    let s = PodSpec { pod_id: first, org_id: OrgId::new(), workspace_id: WorkspaceId::new() };
+    e.rt.prepare(&s, None).await.unwrap();
+    e.rt.start(&s).await.unwrap();
+    wait_for(&e.rt, first, PodObservation::Running).await;
+    assert_trusts_the_ca_and_cannot_read_its_key(&e.rt, first, cert, &key).await;
+    // The spares set up since trust it too.
+    let spare = wait_ready_spare(&e.rt, &[early]).await;
+    assert_eq!(e.rt.reserve_pod(), spare);
+    let s = PodSpec { pod_id: spare, org_id: OrgId::new(), workspace_id: WorkspaceId::new() };
+    e.rt.prepare(&s, None).await.unwrap();
+    e.rt.start(&s).await.unwrap();
+    wait_for(&e.rt, spare, PodObservation::Running).await;
+    assert_trusts_the_ca_and_cannot_read_its_key(&e.rt, spare, cert, &key).await;
+    e.rt.shutdown().await;
+    e.rt.stop_all().await;
 }

@@ -80,6 +80,10 @@ pub struct Forward {
     pub set_query: Vec<(String, String)>,
     /// Plain `http://` upstreams are refused unless this is true.
     pub allow_insecure: bool,
+    /// Forward this path instead of the one received (the gate's normalised path: what was matched is what leaves).
+    pub path: Option<String>,
+    /// Forward this query instead of the one received (`set_query` is then not applied).
+    pub query: Option<String>,
 }
 
 /// Refuse the request with this status and JSON body.

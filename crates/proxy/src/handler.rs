@@ -214,7 +214,11 @@ async fn exchange(
             }
         }
     }
-    let query = edit_query(head.query.as_deref(), &forward.set_query);
+    let query = match &forward.query {
+        Some(q) => Some(q.clone()),
+        None => edit_query(head.query.as_deref(), &forward.set_query),
+    };
+    let path = forward.path.as_deref().unwrap_or(&path);
     let target = format!(
         "{}://{}{}{}",
         scheme.as_str(),

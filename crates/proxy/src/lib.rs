@@ -3,12 +3,17 @@
 //! policy) before it is forwarded, streamed, and reported back for audit.
 
 pub mod allow_list;
+pub mod audit_sink;
 mod body;
 pub mod ca;
 pub mod config;
+pub mod directory;
+pub mod dns;
 pub mod gate;
 mod handler;
+pub mod oauth2_broker;
 pub mod orig_dst;
+pub mod policy_gate;
 mod raw_head;
 mod server;
 mod sniff;
@@ -16,10 +21,15 @@ mod upstream;
 
 pub use allow_list::AllowList;
 pub use ca::{CaError, PlatformCa};
-pub use config::ProxyConfig;
+pub use config::{ProxyConfig, parse_cidr};
+pub use directory::{
+    BudgetKey, BudgetMove, ClientCredentialsGrant, CredentialForUse, Directory, MintResult, PodIdentity,
+};
+pub use dns::{DnsAllowList, DnsAnswer, DnsConfig, DnsDenial, DnsPolicy, DnsServer, DnsTransport};
 pub use gate::{
     ConnId, ConnInfo, ConnKind, Decision, Denial, Forward, Gate, Outcome, ProxyRefusal, RequestHead, RequestSummary,
     Scheme, Verdict,
 };
+pub use policy_gate::{PolicyGate, PolicyGateConfig};
 pub use server::ProxyServer;
 pub use upstream::is_internal;

@@ -68,6 +68,11 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, mut stopped: wa
             _ = stopped.changed() => return,
             accepted = listener.accept() => match accepted {
                 Ok((tcp, peer)) => {
+                    if !shared.config.peer_allowed(peer.ip()) {
+                        tracing::debug!(%peer, "connection from outside the allowed peers closed");
+                        drop(tcp);
+                        continue;
+                    }
                     let shared = shared.clone();
                     tokio::spawn(async move { serve_connection(shared, tcp, peer).await });
                 }

@@ -122,30 +122,7 @@ const PROTOCOL_MEMORY: usize = 4096;
 
 impl Upstreams {
     pub fn new(cfg: &ProxyConfig) -> anyhow::Result<Self> {
-        let mut roots = rustls::RootCertStore::empty();
-        if cfg.system_roots {
-            let found = rustls_native_certs::load_native_certs();
-            for e in &found.errors {
-                tracing::warn!(error = %e, "system root certificates: partly unreadable");
-            }
-            let (added, ignored) = roots.add_parsable_certificates(found.certs);
-            tracing::debug!(added, ignored, "system roots loaded");
-        }
-        if let Some(path) = &cfg.upstream_ca_file {
-            let mut n = 0;
-            for cert in CertificateDer::pem_file_iter(path).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))? {
-                let cert = cert.map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
-                roots.add(cert).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
-                n += 1;
-            }
-            if n == 0 {
-                anyhow::bail!("{}: no certificate in the upstream CA file", path.display());
-            }
-        }
-        let tls = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-            .with_safe_default_protocol_versions()?
-            .with_root_certificates(roots)
-            .with_no_client_auth();
+        let tls = client_tls(cfg)?;
         let dialer = Dialer { hosts: Arc::new(cfg.upstream_hosts.clone()) };
         let any = hyper_rustls::HttpsConnectorBuilder::new()
             .with_tls_config(tls.clone())
@@ -166,6 +143,21 @@ impl Upstreams {
         Ok(Self { any: client(any), h1: client(h1), h2_hosts: Mutex::new(HashMap::new()) })
     }
 
+    /// A client with the same upstream rules (roots, `upstream_hosts`, internal addresses refused), for the proxy's
+    /// own requests (the credential broker's token endpoints).
+    pub fn own_client<B>(cfg: &ProxyConfig) -> anyhow::Result<Client<HttpsConnector<Dialer>, B>>
+    where
+        B: hyper::body::Body + Send + 'static,
+        B::Data: Send,
+    {
+        let connector = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(client_tls(cfg)?)
+            .https_only()
+            .enable_http1()
+            .wrap_connector(Dialer { hosts: Arc::new(cfg.upstream_hosts.clone()) });
+        Ok(Client::builder(TokioExecutor::new()).timer(hyper_util::rt::TokioTimer::new()).build(connector))
+    }
+
     /// Remember whether `host`'s upstream answered over h2.
     pub fn learn(&self, host: &str, h2: bool) {
         let mut m = self.h2_hosts.lock().expect("protocols");
@@ -179,6 +171,34 @@ impl Upstreams {
     pub fn carries_h2(&self, host: &str) -> bool {
         self.h2_hosts.lock().expect("protocols").get(host).copied().unwrap_or(false)
     }
+}
+
+/// Upstream TLS: the system roots (when configured) plus the extra CA file.
+fn client_tls(cfg: &ProxyConfig) -> anyhow::Result<rustls::ClientConfig> {
+    let mut roots = rustls::RootCertStore::empty();
+    if cfg.system_roots {
+        let found = rustls_native_certs::load_native_certs();
+        for e in &found.errors {
+            tracing::warn!(error = %e, "system root certificates: partly unreadable");
+        }
+        let (added, ignored) = roots.add_parsable_certificates(found.certs);
+        tracing::debug!(added, ignored, "system roots loaded");
+    }
+    if let Some(path) = &cfg.upstream_ca_file {
+        let mut n = 0;
+        for cert in CertificateDer::pem_file_iter(path).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))? {
+            let cert = cert.map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+            roots.add(cert).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+            n += 1;
+        }
+        if n == 0 {
+            anyhow::bail!("{}: no certificate in the upstream CA file", path.display());
+        }
+    }
+    Ok(rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots)
+        .with_no_client_auth())
 }
 
 #[cfg(test)]

@@ -85,6 +85,12 @@ pub trait PodRuntime: Send + Sync + 'static {
     /// Every pod that exists (files or process), for adoption and garbage collection after a restart.
     async fn list_pods(&self) -> Result<Vec<PodId>, PodError>;
 
+    /// The address the pod's outbound connections come from (what the egress proxy knows it by), when pods get a
+    /// network of their own; `None` otherwise or when the pod has no identity yet.
+    fn pod_address(&self, _pod: PodId) -> Option<std::net::IpAddr> {
+        None
+    }
+
     /// A client for the agent inside the pod.
     fn agent(&self, pod: PodId) -> AgentClient;
 

@@ -106,6 +106,35 @@ pub struct LoginClaim {
     pub failures: i64,
 }
 
+/// A running pod's network observation: the address its connections come from and its capability token (held by
+/// the control plane and the egress proxy only) with its expiry.
+#[derive(Clone, PartialEq, Eq)]
+pub struct PodNetwork {
+    pub address: String,
+    pub capability: String,
+    pub capability_expires_at: Timestamp,
+}
+
+/// Never prints the token.
+impl std::fmt::Debug for PodNetwork {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PodNetwork")
+            .field("address", &self.address)
+            .field("capability_expires_at", &self.capability_expires_at)
+            .finish_non_exhaustive()
+    }
+}
+
+/// One compare-and-set move of a budget counter (`charge_budgets`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BudgetCounterMove {
+    pub scope: String,
+    pub name: String,
+    /// As read; a missing counter reads as zero.
+    pub seen: evershell_core::policy::Counter,
+    pub new: evershell_core::policy::Counter,
+}
+
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
     fn backend(&self) -> Backend;
@@ -375,6 +404,23 @@ pub trait Store: Send + Sync + 'static {
     async fn append_audit(&self, events: &[AuditEvent]) -> Result<()>;
     /// One page of events, at most `q.limit`.
     async fn query_audit(&self, q: &AuditQuery) -> Result<Vec<AuditEvent>>;
+
+    // ---- egress ----------------------------------------------------------------------------------------------------
+    /// Record (or, with `None`, clear) the network observation of the workspace's pod `pod`: a narrow update of
+    /// those columns only, beside the generation-guarded row. `false` when the workspace no longer owns `pod`.
+    async fn set_pod_network(&self, ws: WorkspaceId, pod: PodId, net: Option<&PodNetwork>) -> Result<bool>;
+    /// The recorded network observation of the workspace's pod.
+    async fn pod_network(&self, ws: WorkspaceId) -> Result<Option<(PodId, PodNetwork)>>;
+    /// The non-archived workspace whose pod was last recorded at `address`: its id, the pod, and when the pod's
+    /// capability token expires (`None`: it holds none).
+    async fn workspace_by_pod_address(&self, address: &str) -> Result<Option<(WorkspaceId, PodId, Option<Timestamp>)>>;
+    /// The budget counters under `(scope, name)` keys, in order (zero when absent).
+    async fn budget_counters(&self, keys: &[(String, String)]) -> Result<Vec<evershell_core::policy::Counter>>;
+    /// Apply every move, all or nothing, only if each counter still reads as its `seen` (compare-and-set). `false`,
+    /// with nothing written, when another writer moved one first.
+    async fn charge_budgets(&self, moves: &[BudgetCounterMove], now: Timestamp) -> Result<bool>;
+    /// Add `bytes` to a counter (creating it), never refused: response bytes counted after the fact.
+    async fn add_budget_bytes(&self, scope: &str, name: &str, bytes: u64, now: Timestamp) -> Result<()>;
 
     // ---- idempotency -----------------------------------------------------------------------------------------------
     /// Start a request under `key`. An expired key counts as new, and so does an in-flight one whose owner's lease

@@ -20,8 +20,8 @@ pub mod testing;
 use std::sync::Arc;
 
 pub use api::{
-    Backend, IdempotencyBegin, IdempotencyClaim, LoginClaim, LoginCounter, Store, TaskUpdate, WorkspaceFilter,
-    WorkspaceQuota,
+    Backend, BudgetCounterMove, IdempotencyBegin, IdempotencyClaim, LoginClaim, LoginCounter, PodNetwork, Store,
+    TaskUpdate, WorkspaceFilter, WorkspaceQuota,
 };
 pub use postgres::PgStore;
 pub use sqlite::SqliteStore;

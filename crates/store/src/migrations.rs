@@ -15,6 +15,7 @@ pub(crate) const SQLITE: Ladder = &[
     (2, "login_throttle", include_str!("../migrations/sqlite/0002_login_throttle.sql")),
     (3, "idempotency_leases", include_str!("../migrations/sqlite/0003_idempotency_leases.sql")),
     (4, "secrets_credentials", include_str!("../migrations/sqlite/0004_secrets_credentials.sql")),
+    (5, "egress", include_str!("../migrations/sqlite/0005_egress.sql")),
     (7, "tasks", include_str!("../migrations/sqlite/0007_tasks.sql")),
 ];
 
@@ -23,6 +24,7 @@ pub(crate) const POSTGRES: Ladder = &[
     (2, "login_throttle", include_str!("../migrations/postgres/0002_login_throttle.sql")),
     (3, "idempotency_leases", include_str!("../migrations/postgres/0003_idempotency_leases.sql")),
     (4, "secrets_credentials", include_str!("../migrations/postgres/0004_secrets_credentials.sql")),
+    (5, "egress", include_str!("../migrations/postgres/0005_egress.sql")),
     (7, "tasks", include_str!("../migrations/postgres/0007_tasks.sql")),
 ];
 

@@ -431,6 +431,40 @@ macro_rules! impl_store {
                     ops::audit::query_audit(self, q).await
                 }
 
+                async fn set_pod_network(
+                    &self,
+                    ws: WorkspaceId,
+                    pod: PodId,
+                    net: Option<&$crate::api::PodNetwork>,
+                ) -> Result<bool> {
+                    ops::egress::set_pod_network(self, ws, pod, net).await
+                }
+                async fn pod_network(&self, ws: WorkspaceId) -> Result<Option<(PodId, $crate::api::PodNetwork)>> {
+                    ops::egress::pod_network(self, ws).await
+                }
+                async fn workspace_by_pod_address(
+                    &self,
+                    address: &str,
+                ) -> Result<Option<(WorkspaceId, PodId, Option<Timestamp>)>> {
+                    ops::egress::workspace_by_pod_address(self, address).await
+                }
+                async fn budget_counters(
+                    &self,
+                    keys: &[(String, String)],
+                ) -> Result<Vec<evershell_core::policy::Counter>> {
+                    ops::egress::budget_counters(self, keys).await
+                }
+                async fn charge_budgets(
+                    &self,
+                    moves: &[$crate::api::BudgetCounterMove],
+                    now: Timestamp,
+                ) -> Result<bool> {
+                    ops::egress::charge_budgets(self, moves, now).await
+                }
+                async fn add_budget_bytes(&self, scope: &str, name: &str, bytes: u64, now: Timestamp) -> Result<()> {
+                    ops::egress::add_budget_bytes(self, scope, name, bytes, now).await
+                }
+
                 async fn idempotency_begin(
                     &self,
                     org: OrgId,

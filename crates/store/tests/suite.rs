@@ -97,6 +97,8 @@ mod audit;
 mod catalog;
 #[path = "suite/concurrency.rs"]
 mod concurrency;
+#[path = "suite/egress.rs"]
+mod egress;
 #[path = "suite/identity.rs"]
 mod identity;
 #[path = "suite/secrets.rs"]

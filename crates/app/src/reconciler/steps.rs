@@ -15,6 +15,7 @@ use evershell_snapshot::SnapshotKeys;
 use tracing::{info, warn};
 
 use super::Inner;
+use crate::egress::pod_network;
 
 /// What a step did.
 enum Flow {
@@ -58,6 +59,12 @@ pub(crate) async fn reconcile(inner: &Arc<Inner>, id: WorkspaceId) -> Option<Dur
         let step = plan(ws.status, ws.desired, obs);
         if step == Step::Nothing {
             inner.attempts.lock().unwrap().remove(&id);
+            if matches!(ws.status, WorkspaceStatus::Idle | WorkspaceStatus::Busy)
+                && let Some(pod) = ws.pod_id
+                && let Err(e) = pod_network::renew(inner.store.as_ref(), inner.runtime.as_ref(), ws.id, pod).await
+            {
+                warn!(error = ?e, "renewing the pod's capability token failed");
+            }
             return None;
         }
         let started = Instant::now();
@@ -296,10 +303,14 @@ async fn perform(
                         .details(serde_json::json!({ "snapshot_id": ws.snapshot_id, "pod_id": ws.pod_id })),
                 );
             }
+            // The proxy knows the pod (address and capability token) before anyone sees it ready.
+            pod_network::record(inner.store.as_ref(), rt.as_ref(), ws.id, spec(ws).pod_id).await?;
             write(inner, ws, next, &audit).await?;
             Ok(Flow::Again)
         }
         Step::StopSandbox => {
+            // From here on the pod's connections are denied.
+            pod_network::clear(inner.store.as_ref(), ws.id, spec(ws).pod_id).await?;
             rt.stop(spec(ws).pod_id).await.map_err(pod_err)?;
             Ok(Flow::Again)
         }

@@ -34,6 +34,7 @@ fn serve(data: &Path, run: usize) -> Proc {
         .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
         .arg(data)
         .env("EVERSHELL_RECONCILER__INTERVAL_MS", "300")
+        .env("EVERSHELL_RUNTIME__PROXY_PORT", "0")
         .stdin(Stdio::null())
         .stdout(out.try_clone().unwrap())
         .stderr(out)

@@ -156,6 +156,11 @@ impl TestServer {
     }
 
     /// Connections the server is serving right now.
+    /// Where the in-process egress proxy listens.
+    pub fn proxy_addr(&self) -> std::net::SocketAddr {
+        self.server.as_ref().and_then(|s| s.proxy_addr).expect("the egress proxy runs in-process")
+    }
+
     pub fn open_connections(&self) -> usize {
         self.server.as_ref().map_or(0, |s| s.open_connections.load(std::sync::atomic::Ordering::Relaxed))
     }
@@ -312,6 +317,8 @@ pub fn config(data_dir: &std::path::Path, db_url: &str) -> Config {
     };
     cfg.runtime.agent_binary = Some(agent_binary());
     cfg.reconciler.interval_ms = 500;
+    // The in-process egress proxy on an ephemeral port: tests run side by side.
+    cfg.runtime.proxy_port = 0;
     cfg
 }
 

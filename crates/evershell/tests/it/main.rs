@@ -19,6 +19,7 @@ mod cli;
 mod conformance;
 mod crash;
 mod credentials;
+mod egress;
 mod exec;
 mod openapi_drift;
 mod secrets;

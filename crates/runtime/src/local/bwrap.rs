@@ -10,6 +10,7 @@ use anyhow::{Context, bail};
 
 use super::layout::{PodDir, SANDBOX_UID, SANDBOX_USER};
 use super::seccomp;
+use super::trust;
 
 /// Where the agent binary appears inside the sandbox.
 pub const AGENT_PATH: &str = "/opt/evershell/bin/evershell";
@@ -170,11 +171,25 @@ pub fn sandbox_args(
     seccomp: SeccompFds,
     disable_userns: bool,
     joined_netns: bool,
+    trust: Option<&trust::Binds>,
+    resolv_conf: Option<&Path>,
 ) -> Vec<OsString> {
     let mut a = base_args_net(disable_userns, joined_netns);
     push_seccomp(&mut a, seccomp);
     for etc in HOST_ETC {
         push(&mut a, &["--ro-bind-try", etc, etc]);
+    }
+    // A networked pod asks the DNS responder (through its gateway), not the host's resolvers (often on loopback).
+    if let Some(r) = resolv_conf {
+        push_path(&mut a, "--ro-bind", r, "/etc/resolv.conf");
+    }
+    // The CA bundle (system + platform CA) over the distro paths, after the host's `/etc/ssl` it lands in.
+    if let Some(t) = trust {
+        push_path(&mut a, "--ro-bind", &t.bundle, trust::POD_BUNDLE);
+        push_path(&mut a, "--ro-bind", &t.platform_ca, trust::POD_PLATFORM_CA);
+        for p in &t.over {
+            push_path(&mut a, "--ro-bind", &t.bundle, p);
+        }
     }
     for name in POD_ETC {
         push_path(&mut a, "--ro-bind", &dir.etc().join(name), &format!("/etc/{name}"));
@@ -207,6 +222,17 @@ pub fn sandbox_args(
             "--setenv",
             "LANG",
             "C.UTF-8",
+        ],
+    );
+    // After `--clearenv` (bubblewrap applies its options in order).
+    if trust.is_some() {
+        for (k, v) in trust::ENV {
+            push(&mut a, &["--setenv", k, v]);
+        }
+    }
+    push(
+        &mut a,
+        &[
             "--new-session",
             "--json-status-fd",
             &fd,
@@ -326,11 +352,20 @@ mod tests {
     #[test]
     fn sandbox_args_isolate_and_run_the_agent() {
         let dir = PodDir::new(Path::new("/pods"), "pod_x");
-        let args: Vec<String> =
-            sandbox_args(&dir, "pod_x", Path::new("/bin/evershell"), 7, SeccompFds { deny: 8, guard: 9 }, true, false)
-                .into_iter()
-                .map(|s| s.into_string().unwrap())
-                .collect();
+        let args: Vec<String> = sandbox_args(
+            &dir,
+            "pod_x",
+            Path::new("/bin/evershell"),
+            7,
+            SeccompFds { deny: 8, guard: 9 },
+            true,
+            false,
+            None,
+            None,
+        )
+        .into_iter()
+        .map(|s| s.into_string().unwrap())
+        .collect();
         let joined = args.join(" ");
         for flag in ["--unshare-user", "--unshare-pid", "--unshare-net", "--unshare-ipc", "--unshare-uts"] {
             assert!(args.iter().any(|a| a == flag), "{flag}");
@@ -344,6 +379,47 @@ mod tests {
             "agent --socket /run/evershell/agent.sock --root /workspace --pod-id pod_x --hold \
              /run/evershell-ctl/release --held-marker /run/evershell/held"
         ));
+    }
+
+    #[test]
+    fn the_ca_bundle_is_bound_and_named_after_the_environment_is_cleared() {
+        let dir = PodDir::new(Path::new("/pods"), "pod_x");
+        let binds = trust::Binds {
+            bundle: "/pods/.trust/ca-bundle.pem".into(),
+            platform_ca: "/pods/.trust/platform-ca.pem".into(),
+            over: vec!["/etc/ssl/certs/ca-certificates.crt"],
+        };
+        let args: Vec<String> = sandbox_args(
+            &dir,
+            "pod_x",
+            Path::new("/bin/evershell"),
+            7,
+            SeccompFds { deny: 8, guard: 9 },
+            true,
+            true,
+            Some(&binds),
+            Some(Path::new("/pods/pod_x/etc/resolv.conf")),
+        )
+        .into_iter()
+        .map(|s| s.into_string().unwrap())
+        .collect();
+        let joined = args.join(" ");
+        assert!(joined.contains("--ro-bind /pods/.trust/ca-bundle.pem /etc/ssl/certs/ca-certificates.crt"));
+        assert!(joined.contains("--ro-bind /pods/.trust/ca-bundle.pem /etc/evershell/ca-bundle.pem"));
+        assert!(joined.contains("--ro-bind /pods/.trust/platform-ca.pem /etc/evershell/platform-ca.pem"));
+        assert!(joined.contains("--ro-bind /pods/pod_x/etc/resolv.conf /etc/resolv.conf"));
+        assert!(!args.iter().any(|a| a == "--unshare-net"), "the joined namespace is the pod's network");
+        let clear = args.iter().position(|a| a == "--clearenv").unwrap();
+        for (k, v) in trust::ENV {
+            let at = args.windows(3).position(|w| w[0] == "--setenv" && w[1] == *k && w[2] == *v).unwrap();
+            assert!(at > clear, "{k} set before --clearenv");
+        }
+        // The bundle lands over the host's /etc/ssl, so it comes after it; the resolver config after the host's.
+        let ssl = args.iter().position(|a| a == "/etc/ssl").unwrap();
+        let bundle = args.iter().position(|a| a == "/etc/ssl/certs/ca-certificates.crt").unwrap();
+        assert!(bundle > ssl);
+        let host_resolv = args.iter().position(|a| a == "/etc/resolv.conf").unwrap();
+        assert!(args.iter().rposition(|a| a == "/etc/resolv.conf").unwrap() > host_resolv);
     }
 
     #[test]

@@ -14,9 +14,11 @@ mod procfs;
 mod sandbox;
 mod seccomp;
 mod spares;
+mod trust;
 
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -35,9 +37,12 @@ use layout::PodDir;
 pub use bwrap::{AGENT_PATH, AGENT_SOCKET};
 pub use identity::{DEFAULT_BASE as DEFAULT_POD_UID_BASE, DEFAULT_COUNT as DEFAULT_POD_UID_COUNT, PodIdentity};
 pub use logpipe::DEFAULT_CAP as DEFAULT_SANDBOX_LOG_BYTES;
-pub use netns::{DEFAULT_DNS_PORT, DEFAULT_PROXY_PORT, Ports as NetworkPorts, addresses as pod_addresses};
+pub use netns::{
+    DEFAULT_DNS_PORT, DEFAULT_PROXY_PORT, Ports as NetworkPorts, addresses as pod_addresses, table as network_table,
+};
 pub use sandbox::kill_all_under as kill_all_sandboxes;
 pub use seccomp::denied_names as seccomp_denied_syscalls;
+pub use trust::{ENV as CA_ENV, POD_BUNDLE as POD_CA_BUNDLE, POD_PLATFORM_CA};
 
 /// The pods' seccomp programs as two fresh memfds (deny list, guard), for benchmarks that replay a sandbox's
 /// command line with `--add-seccomp-fd`.
@@ -77,6 +82,10 @@ pub struct LocalRuntimeConfig {
     /// Give pods a network namespace of their own whose outbound traffic goes to the egress proxy and DNS responder
     /// on these host ports (needs root and `ip`/`nft`; otherwise pods have loopback only). `None`: loopback only.
     pub network: Option<netns::Ports>,
+    /// The egress proxy's platform CA certificate (PEM; the proxy creates it as `ca.pem` in its CA directory).
+    /// Every pod trusts it: the host's bundle plus this certificate is bound over the distro bundle paths and named
+    /// by `SSL_CERT_FILE` and friends. Re-read whenever it changes. `None`: pods see the host's bundle only.
+    pub egress_ca_file: Option<PathBuf>,
 }
 
 impl LocalRuntimeConfig {
@@ -94,6 +103,7 @@ impl LocalRuntimeConfig {
             sandbox_log_bytes: logpipe::DEFAULT_CAP,
             max_workspace_bytes: None,
             network: None,
+            egress_ca_file: None,
         }
     }
 }
@@ -109,6 +119,8 @@ pub struct LocalRuntime {
     /// Pods whose `sandbox.log` this process relays.
     relays: Relays,
     spares: Arc<spares::Spares>,
+    /// The CA bundle's generation the ready spares were set up with.
+    trust_generation: AtomicU64,
 }
 
 type Relays = Arc<Mutex<HashSet<PodId>>>;
@@ -142,7 +154,7 @@ impl LocalRuntime {
                 tracing::warn!("pods get no network: pod networking needs a control plane running as root");
                 None
             }
-            (Some(ports), Some(_)) => match netns::check_host() {
+            (Some(ports), Some(_)) => match netns::setup_host(ports) {
                 Ok(()) => {
                     tracing::info!(proxy_port = ports.proxy, dns_port = ports.dns, "pods get their own network");
                     Some(ports)
@@ -160,6 +172,7 @@ impl LocalRuntime {
             seccomp: programs,
             log_cap: cfg.sandbox_log_bytes,
             network,
+            trust: cfg.egress_ca_file.clone().map(|f| Arc::new(trust::Trust::new(f, &cfg.pods_dir))),
         };
         // Spares belong to no workspace: those a previous run left are killed and deleted.
         let spares = Arc::new(spares::Spares::new(&cfg.pods_dir, cfg.spare_pods));
@@ -181,7 +194,16 @@ impl LocalRuntime {
                 }
             });
         }
-        let rt = Self { cfg, launcher, identities, reapers: Arc::default(), relays: Arc::default(), spares };
+        let trust_generation = launcher.trust.as_ref().map_or(0, |t| t.refresh().generation);
+        let rt = Self {
+            cfg,
+            launcher,
+            identities,
+            reapers: Arc::default(),
+            relays: Arc::default(),
+            spares,
+            trust_generation: AtomicU64::new(trust_generation),
+        };
         rt.refill(Duration::ZERO);
         Ok(rt)
     }
@@ -618,11 +640,28 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> std::io::Result<T> + Se
 
 #[async_trait]
 impl PodRuntime for LocalRuntime {
+    fn pod_address(&self, pod: PodId) -> Option<std::net::IpAddr> {
+        self.launcher.network?;
+        let ids = self.identities.as_ref()?;
+        let owner = self.ownership(&self.dir(pod))?;
+        Some(std::net::IpAddr::V4(netns::addresses(ids.index(owner.pod)).1))
+    }
+
     fn name(&self) -> &'static str {
         "local"
     }
 
     fn reserve_pod(&self) -> PodId {
+        // Spares set up before the CA bundle changed (the proxy created its CA after this runtime started) do not
+        // trust it: they are replaced rather than handed out.
+        if let Some(t) = &self.launcher.trust {
+            let now = t.refresh().generation;
+            if self.trust_generation.swap(now, Ordering::SeqCst) != now {
+                self.spares.forget_ready();
+                self.refill(Duration::ZERO);
+                return PodId::new();
+            }
+        }
         // The replacement is set up once this pod has started (`start`), not beside its restore.
         self.spares.reserve().unwrap_or_default()
     }

@@ -21,7 +21,7 @@ use tokio::process::Child;
 use super::bwrap;
 use super::layout::{self, PodDir};
 use super::procfs;
-use super::{logpipe, netns, seccomp};
+use super::{logpipe, netns, seccomp, trust};
 
 /// How long a stop waits after SIGTERM before SIGKILL.
 pub const STOP_GRACE: Duration = Duration::from_secs(3);
@@ -168,6 +168,8 @@ pub struct Launcher {
     /// Pods get a network namespace of their own (`netns.rs`), redirected to these host ports, when they have a
     /// network index.
     pub network: Option<netns::Ports>,
+    /// The CA bundle bound into every sandbox (`trust.rs`), when the egress proxy's CA is configured.
+    pub trust: Option<Arc<trust::Trust>>,
 }
 
 /// A spawned sandbox: the child (for the reaper), its record, and the relay of its output into `sandbox.log`.
@@ -209,11 +211,16 @@ pub async fn spawn(
         (Some(index), Some(ports)) => {
             let id = pod_id.to_string();
             tokio::task::spawn_blocking(move || netns::create(&id, index, ports)).await.context("netns task")??;
-            Some(netns::open(pod_id)?)
+            let resolv = dir.etc().join("resolv.conf");
+            let text = format!("nameserver {}\noptions timeout:2 attempts:2\n", netns::addresses(index).0);
+            layout::write_atomic(&resolv, text.as_bytes()).context("writing resolv.conf")?;
+            Some((netns::open(pod_id)?, resolv))
         }
         _ => None,
     };
+    let (net, resolv) = net.unzip();
     let net_fd = net.as_ref().map(|f| f.as_raw_fd());
+    let trusted = launcher.trust.as_ref().and_then(|t| t.refresh().binds);
 
     let mut cmd = tokio::process::Command::new(&launcher.bwrap);
     let args = bwrap::sandbox_args(
@@ -224,6 +231,8 @@ pub async fn spawn(
         fds,
         launcher.disable_userns,
         net_fd.is_some(),
+        trusted.as_ref(),
+        resolv.as_deref(),
     );
     cmd.args(args)
         .stdin(Stdio::null())

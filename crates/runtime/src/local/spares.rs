@@ -111,6 +111,11 @@ impl Spares {
             .collect()
     }
 
+    /// Stop handing out the ready spares (they are stale now; the next refill deletes them and sets new ones up).
+    pub fn forget_ready(&self) {
+        self.state.lock().unwrap_or_else(|p| p.into_inner()).ready.clear();
+    }
+
     /// Forget every spare (they are being removed).
     pub fn clear(&self) -> Vec<PodId> {
         let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());

@@ -12,6 +12,7 @@
 pub(crate) mod audit;
 pub(crate) mod auth;
 pub(crate) mod credentials;
+pub(crate) mod egress;
 pub(crate) mod idempotency;
 pub(crate) mod members;
 pub(crate) mod orgs;
@@ -37,6 +38,10 @@ macro_rules! expand {
         pub(crate) mod credentials {
             use super::*;
             $crate::queries::credentials::ops!();
+        }
+        pub(crate) mod egress {
+            use super::*;
+            $crate::queries::egress::ops!();
         }
         pub(crate) mod idempotency {
             use super::*;
