@@ -23,6 +23,7 @@ mod egress;
 mod exec;
 mod openapi_drift;
 mod secrets;
+mod task_run;
 mod tasks;
 mod workspace_faults;
 mod workspaces;
