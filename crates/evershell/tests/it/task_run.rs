@@ -3,7 +3,8 @@
 //! HTTPS on loopback with a test-CA leaf the proxy trusts (`proxy.upstream_ca_file`; the provider's domain mapped by
 //! `proxy.upstream_hosts`). The pods' DNS is answered by a DNS responder this test starts (`runtime.dns_port`), which
 //! answers the provider's domain with the proxy's mapped address; `serve` has no DNS responder of its own in this
-//! build. Needs root with `ip`/`nft` (networked pods); skipped otherwise.
+//! build. Both wire formats: an `anthropic` provider (`x-api-key`) and an `openai` one (`Authorization: Bearer`).
+//! Needs root with `ip`/`nft` (networked pods); skipped otherwise.
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
@@ -73,19 +74,19 @@ struct Setup {
     _ca_dir: tempfile::TempDir,
 }
 
-async fn setup() -> Setup {
+async fn setup(kind: &str, domain: &str) -> Setup {
     let model = ScriptedModel::start().await;
-    let (front, ca_pem) = tls_front(model.addr, &[DOMAIN]).await;
-    let dns_config = DnsConfig { upstream_hosts: HashSet::from([DOMAIN.to_string()]), ..DnsConfig::default() };
+    let (front, ca_pem) = tls_front(model.addr, &[domain]).await;
+    let dns_config = DnsConfig { upstream_hosts: HashSet::from([domain.to_string()]), ..DnsConfig::default() };
     let dns =
-        DnsServer::bind("0.0.0.0:0".parse().unwrap(), dns_config, Arc::new(DnsAllowList::new([DOMAIN]))).await.unwrap();
+        DnsServer::bind("0.0.0.0:0".parse().unwrap(), dns_config, Arc::new(DnsAllowList::new([domain]))).await.unwrap();
     let dns_port = dns.local_addr().port();
     let ca_dir = tempfile::tempdir().unwrap();
     let ca_file = ca_dir.path().join("model-ca.pem");
     std::fs::write(&ca_file, ca_pem).unwrap();
     let ts = TestServer::start_with(|cfg| {
         cfg.runtime.dns_port = dns_port;
-        cfg.proxy.upstream_hosts.insert(DOMAIN.into(), front.to_string());
+        cfg.proxy.upstream_hosts.insert(domain.into(), front.to_string());
         cfg.proxy.upstream_ca_file = Some(ca_file.clone());
     })
     .await;
@@ -94,15 +95,15 @@ async fn setup() -> Setup {
         Method::POST,
         "/v1/credentials",
         Some(&owner),
-        Some(json!({"name": "anthropic-key", "provider": "anthropic", "kind": "api_key", "api_key": KEY})),
+        Some(json!({"name": "model-key", "provider": kind, "kind": "api_key", "api_key": KEY})),
     )
     .await
     .ok();
     let p = ts
         .post(
             "/v1/providers",
-            json!({"name": "anthropic", "kind": "anthropic", "domain": DOMAIN, "default_model": "claude-test",
-                   "credential_name": "anthropic-key"}),
+            json!({"name": "models", "kind": kind, "domain": domain, "default_model": "claude-test",
+                   "credential_name": "model-key"}),
         )
         .await;
     let pid = p.ok()["id"].as_str().unwrap().to_string();
@@ -142,11 +143,21 @@ async fn file_exists(ts: &TestServer, ws: &str, path: &str) -> bool {
 
 #[tokio::test]
 async fn a_task_runs_bash_through_the_proxy_and_completes() {
+    runs_bash_and_completes("anthropic", DOMAIN).await;
+}
+
+#[tokio::test]
+async fn an_openai_task_runs_bash_through_the_proxy_and_completes() {
+    runs_bash_and_completes("openai", "api.openai.com").await;
+}
+
+async fn runs_bash_and_completes(kind: &str, domain: &str) {
     if !can_run() {
         eprintln!("skipped: needs root with ip and nft");
         return;
     }
-    let Setup { ts, model, _dns, _ca_dir } = setup().await;
+    let anthropic = kind == "anthropic";
+    let Setup { ts, model, _dns, _ca_dir } = setup(kind, domain).await;
     // The tool call waits for a file the test writes, so the workspace is seen busy while the task runs.
     let cmd = "while [ ! -f /workspace/go ]; do sleep 0.05; done; echo hi > /workspace/out.txt";
     model.push(Reply::tools(vec![ScriptedCall::bash("call_1", cmd)]));
@@ -172,10 +183,16 @@ async fn a_task_runs_bash_through_the_proxy_and_completes() {
     let reqs = model.requests();
     assert_eq!(reqs.len(), 2, "{reqs:?}");
     for q in &reqs {
-        assert_eq!(q.path, "/v1/messages");
-        let keys: Vec<&str> = q.headers.iter().filter(|(k, _)| k == "x-api-key").map(|(_, v)| v.as_str()).collect();
-        assert_eq!(keys, [KEY], "the proxy's key, exactly once");
-        assert!(!q.headers.iter().any(|(k, _)| k == "authorization"), "{:?}", q.headers);
+        let of = |name: &str| q.headers.iter().filter(|(k, _)| k == name).map(|(_, v)| v.clone()).collect::<Vec<_>>();
+        if anthropic {
+            assert_eq!(q.path, "/v1/messages");
+            assert_eq!(of("x-api-key"), [KEY], "the proxy's key, exactly once");
+            assert!(of("authorization").is_empty(), "{:?}", q.headers);
+        } else {
+            assert_eq!(q.path, "/v1/chat/completions");
+            assert_eq!(of("authorization"), [format!("Bearer {KEY}")], "the proxy's key, exactly once");
+            assert!(of("x-api-key").is_empty(), "{:?}", q.headers);
+        }
         assert_eq!(q.body["model"], "claude-test");
     }
     reqs[1].assert_every_tool_use_has_result();
@@ -187,7 +204,7 @@ async fn a_task_runs_bash_through_the_proxy_and_completes() {
     .await;
     assert!(agent_rows.iter().all(|r| r["actor"] == "agent" && r["task_id"] == task.as_str()), "{agent_rows:?}");
     let egress = rows_until(&ts, "/v1/audit?filter=event_type=egress_request&limit=200", |r| {
-        r["destination"] == format!("{DOMAIN}:443") && r["decision"] == "allow"
+        r["destination"] == format!("{domain}:443") && r["decision"] == "allow"
     })
     .await;
     assert!(egress.iter().all(|r| r["workspace_id"] == ws.as_str()), "{egress:?}");
@@ -202,7 +219,7 @@ async fn a_cancel_during_a_long_tool_call_ends_the_task_within_the_grace() {
         eprintln!("skipped: needs root with ip and nft");
         return;
     }
-    let Setup { ts, model, _dns, _ca_dir } = setup().await;
+    let Setup { ts, model, _dns, _ca_dir } = setup("anthropic", DOMAIN).await;
     model.push(Reply::tools(vec![ScriptedCall::bash("call_1", "touch /workspace/started; sleep 300")]));
     let r = ts.post("/v1/tasks", json!({"role_name": "runner", "description": "sleep"})).await;
     assert_eq!(r.status.as_u16(), 202, "{}", r.json);
