@@ -407,6 +407,11 @@ async fn follow(
     }
     match agent.task_status(task.id).await {
         Ok(Some(status)) => {
+            if status.state.is_terminal() {
+                // The task's last events (`task_completed`, …) may have been emitted after the page above: record
+                // them before the task ends, since the next round follows another task.
+                drain_events(inner, ws, task, agent).await?;
+            }
             report(inner, ws, task, &status).await?;
         }
         Ok(None) => {
@@ -421,6 +426,32 @@ async fn follow(
         // The reconciler notices a dead pod (and the worker then ends the task); meanwhile do not spin.
         pause(inner, inner.cfg.retry_base * 4).await;
     }
+    Ok(())
+}
+
+/// Record the events already waiting at the agent (no long-poll), from the same agent process only.
+async fn drain_events(
+    inner: &Arc<Inner>,
+    ws: &WorkspaceRecord,
+    task: &TaskRecord,
+    agent: &AgentClient,
+) -> evershell_core::Result<()> {
+    let Some(cursor) = inner.cursors.lock().unwrap().get(&ws.id).cloned() else { return Ok(()) };
+    let Ok(page) = agent.events(cursor.after, Duration::ZERO).await else { return Ok(()) };
+    if cursor.instance.as_deref() != Some(page.agent_instance.as_str()) {
+        return Ok(());
+    }
+    let rows: Vec<AuditEvent> = page
+        .events
+        .iter()
+        .filter(|e| e.seq > cursor.after)
+        .map(|e| event_row(ws, task.id, &page.agent_instance, e))
+        .collect();
+    if !rows.is_empty() {
+        inner.store.append_audit(&rows).await?;
+    }
+    let after = page.next_after.max(cursor.after);
+    inner.cursors.lock().unwrap().insert(ws.id, Cursor { instance: Some(page.agent_instance), after });
     Ok(())
 }
 

@@ -23,13 +23,7 @@ use crate::harness::{PASSWORD, Resp, TestServer};
 /// the 503 of `/healthz`).
 /// Operations this deployment answers only with an error: the authorization-code flow is not offered (`501
 /// not_supported`, documented on the operation).
-// The task cancel and the session view answer 2xx only from an agent that speaks the task wire (the agent loop);
-// until it is in this build they are exercised against a scripted agent in `crates/app/tests/dispatcher.rs`.
-const NO_SUCCESS: &[(&str, &str)] = &[
-    ("POST", "/v1/credentials/{id}/oauth/start"),
-    ("POST", "/v1/workspaces/{id}/task/cancel"),
-    ("GET", "/v1/workspaces/{id}/session"),
-];
+const NO_SUCCESS: &[(&str, &str)] = &[("POST", "/v1/credentials/{id}/oauth/start")];
 
 const NO_CLIENT_ERROR: &[(&str, &str)] = &[("GET", "/healthz"), ("GET", "/metrics"), ("GET", "/v1/openapi.json")];
 
@@ -482,8 +476,9 @@ async fn real_answers_match_the_committed_document() {
     c.get(&format!("{wsp}/tasks"), &key).await.ok();
     c.get(&format!("{wsp}/tasks/{task}"), &key).await.ok();
     c.get(&format!("{wsp}/tasks/task_01JD8X3Q5M2N4P6R8T0V2W4Y6Z"), &key).await;
-    c.post_empty(&format!("{wsp}/task/cancel"), &key).await;
-    c.get(&format!("{wsp}/session"), &key).await;
+    // The real agent answers both (the head task is queued or at the agent: a cancel is accepted either way).
+    c.post_empty(&format!("{wsp}/task/cancel"), &key).await.ok();
+    c.get(&format!("{wsp}/session"), &key).await.ok();
     let first = c.post("/v1/tasks", &key, json!({"role_name": "coder", "description": "first"})).await;
     let first_ws = first.ok()["workspace_id"].as_str().unwrap().to_string();
     c.post("/v1/tasks", &key, json!({"role_name": "nobody", "description": "first"})).await;

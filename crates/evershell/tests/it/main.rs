@@ -26,6 +26,7 @@ mod egress_e2e;
 mod exec;
 mod openapi_drift;
 mod secrets;
+mod task_run;
 mod tasks;
 mod workspace_faults;
 mod workspaces;

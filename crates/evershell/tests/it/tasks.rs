@@ -1,7 +1,8 @@
 //! Tasks through the real server on real sandboxes: submit (on a workspace and with a new one), the queue, list
 //! (bare array, newest first), get, cancel and session guards, the 409s of workspaces that take no work, `:own`
-//! narrowing. (The agent in this build may not speak the task wire yet: its tasks then end `delivery_failed`; the
-//! dispatcher's side of a running task is tested against a scripted agent in `crates/app/tests/dispatcher.rs`.)
+//! narrowing. The real agent runs these tasks, but no model is reachable here (the pods resolve no name), so none
+//! completes (each ends once the model retries are spent); a task that completes through the real proxy is in
+//! `task_run.rs`, the dispatcher's faults against a scripted agent in `crates/app/tests/dispatcher.rs`.
 
 use std::time::Duration;
 
