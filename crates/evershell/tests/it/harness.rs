@@ -345,6 +345,11 @@ pub fn config(data_dir: &std::path::Path, db_url: &str) -> Config {
     // The in-process egress proxy on an ephemeral port: tests run side by side.
     cfg.runtime.proxy_port = 0;
     cfg.runtime.dns_port = 0;
+    // No test reaches a real model API: the providers' usual domains lead to a closed local port unless a test maps
+    // them to its own scripted server.
+    for host in ["api.anthropic.com", "api.openai.com"] {
+        cfg.proxy.upstream_hosts.insert(host.into(), "127.0.0.1:9".into());
+    }
     cfg
 }
 

@@ -1,19 +1,16 @@
 //! A task end to end through the real server: a networked pod running the real agent, its model calls going
 //! through the in-process egress proxy (which injects the provider's key) to the scripted model server, served over
 //! HTTPS on loopback with a test-CA leaf the proxy trusts (`proxy.upstream_ca_file`; the provider's domain mapped by
-//! `proxy.upstream_hosts`). The pods' DNS is answered by a DNS responder this test starts (`runtime.dns_port`), which
-//! answers the provider's domain with the proxy's mapped address; `serve` has no DNS responder of its own in this
-//! build. Both wire formats: an `anthropic` provider (`x-api-key`) and an `openai` one (`Authorization: Bearer`).
+//! `proxy.upstream_hosts`). The pods' DNS is the server's own responder, which answers the provider's domain (its
+//! policy allows it) with the proxy's stand-in address. Both wire formats: an `anthropic` provider (`x-api-key`) and an `openai` one (`Authorization: Bearer`).
 //! Needs root with `ip`/`nft` (networked pods); skipped otherwise.
 
-use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use evershell_agent::testing::{Reply, ScriptedCall, ScriptedModel};
-use evershell_proxy::{DnsAllowList, DnsConfig, DnsServer};
 use reqwest::Method;
 use serde_json::{Value, json};
 
@@ -70,22 +67,16 @@ async fn tls_front(backend: SocketAddr, names: &[&str]) -> (SocketAddr, String) 
 struct Setup {
     ts: TestServer,
     model: ScriptedModel,
-    _dns: DnsServer,
     _ca_dir: tempfile::TempDir,
 }
 
 async fn setup(kind: &str, domain: &str) -> Setup {
     let model = ScriptedModel::start().await;
     let (front, ca_pem) = tls_front(model.addr, &[domain]).await;
-    let dns_config = DnsConfig { upstream_hosts: HashSet::from([domain.to_string()]), ..DnsConfig::default() };
-    let dns =
-        DnsServer::bind("0.0.0.0:0".parse().unwrap(), dns_config, Arc::new(DnsAllowList::new([domain]))).await.unwrap();
-    let dns_port = dns.local_addr().port();
     let ca_dir = tempfile::tempdir().unwrap();
     let ca_file = ca_dir.path().join("model-ca.pem");
     std::fs::write(&ca_file, ca_pem).unwrap();
     let ts = TestServer::start_with(|cfg| {
-        cfg.runtime.dns_port = dns_port;
         cfg.proxy.upstream_hosts.insert(domain.into(), front.to_string());
         cfg.proxy.upstream_ca_file = Some(ca_file.clone());
     })
@@ -108,7 +99,7 @@ async fn setup(kind: &str, domain: &str) -> Setup {
         .await;
     let pid = p.ok()["id"].as_str().unwrap().to_string();
     ts.post("/v1/agent-roles", json!({"name": "runner", "provider_id": pid})).await.ok();
-    Setup { ts, model, _dns: dns, _ca_dir: ca_dir }
+    Setup { ts, model, _ca_dir: ca_dir }
 }
 
 async fn wait_task(ts: &TestServer, ws: &str, task: &str, secs: u64) -> Value {
@@ -157,7 +148,7 @@ async fn runs_bash_and_completes(kind: &str, domain: &str) {
         return;
     }
     let anthropic = kind == "anthropic";
-    let Setup { ts, model, _dns, _ca_dir } = setup(kind, domain).await;
+    let Setup { ts, model, _ca_dir } = setup(kind, domain).await;
     // The tool call waits for a file the test writes, so the workspace is seen busy while the task runs.
     let cmd = "while [ ! -f /workspace/go ]; do sleep 0.05; done; echo hi > /workspace/out.txt";
     model.push(Reply::tools(vec![ScriptedCall::bash("call_1", cmd)]));
@@ -219,7 +210,7 @@ async fn a_cancel_during_a_long_tool_call_ends_the_task_within_the_grace() {
         eprintln!("skipped: needs root with ip and nft");
         return;
     }
-    let Setup { ts, model, _dns, _ca_dir } = setup("anthropic", DOMAIN).await;
+    let Setup { ts, model, _ca_dir } = setup("anthropic", DOMAIN).await;
     model.push(Reply::tools(vec![ScriptedCall::bash("call_1", "touch /workspace/started; sleep 300")]));
     let r = ts.post("/v1/tasks", json!({"role_name": "runner", "description": "sleep"})).await;
     assert_eq!(r.status.as_u16(), 202, "{}", r.json);
