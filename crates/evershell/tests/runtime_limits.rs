@@ -139,7 +139,14 @@ async fn fork_bomb_hits_the_process_limit_and_the_agent_and_other_pods_answer() 
     bomb.await.unwrap().expect("the agent answers the bomb's exec at its deadline");
     let diag = e.rt.diagnostics(a.pod_id).await.unwrap_or_default();
     assert!(diag.contains(&format!("the pod hit its process limit ({PIDS})")), "{diag}");
-    // Once the bomb is gone the pod is usable again.
+    // Once the bomb's processes are gone (killing its group races its last forks: wait for the count to fall back)
+    // the pod is usable again.
+    let pids_current = cgroup_of(&e.rt, a.pod_id, "pids").join("pids.current");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while read(&pids_current).parse::<u64>().unwrap() >= PIDS / 2 {
+        assert!(Instant::now() < deadline, "the fork bomb's processes never went away: {}", read(&pids_current));
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     let r = sh(&e.rt, a.pod_id, "echo recovered").await;
     assert_eq!((r.exit_code, r.stdout.trim()), (Some(0), "recovered"));
     for s in [&a, &b] {
