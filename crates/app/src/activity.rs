@@ -7,9 +7,7 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
-use evershell_core::audit::{
-    AuditEvent, AuditQuery, Category, Condition, Cursor, DEFAULT_LIMIT, EventType, FilterOp, MAX_LIMIT, Order,
-};
+use evershell_core::audit::{AuditEvent, AuditQuery, Category, Condition, Cursor, EventType, FilterOp, Order};
 use evershell_core::ids::{OrgId, TaskId, UserId, WorkspaceId};
 use evershell_core::scope::{Reach, Scope};
 use evershell_core::{Error, ErrorCode, FieldErrors, Result, Timestamp};
@@ -18,7 +16,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{broadcast, mpsc, watch};
 
 use crate::App;
-use crate::audit_log::AuditPage;
+use crate::audit_log::{AuditPage, parse_page};
 use crate::caller::Caller;
 
 /// Timing of the SSE streams (`[activity]` in the server config).
@@ -101,24 +99,7 @@ impl App {
         if p.after.is_some() && p.cursor.is_some() {
             errs.add("cursor", "use `cursor` or `after`, not both");
         }
-        let order = match p.order.as_deref() {
-            None | Some("desc") => Order::Desc,
-            Some("asc") => Order::Asc,
-            Some(_) => {
-                errs.add("order", "must be asc or desc");
-                Order::Desc
-            }
-        };
-        let limit = match p.limit.as_deref() {
-            None => DEFAULT_LIMIT,
-            Some(l) => match l.parse::<i64>() {
-                Ok(n) if (1..=MAX_LIMIT).contains(&n) => n,
-                _ => {
-                    errs.add("limit", format!("must be an integer from 1 to {MAX_LIMIT}"));
-                    DEFAULT_LIMIT
-                }
-            },
-        };
+        let (order, limit) = parse_page(&mut errs, p.order.as_deref(), p.limit.as_deref());
         errs.into_result()?;
         let cursor = p.cursor.as_deref().map(|c| Cursor::decode(c, order)).transpose()?;
         let q = AuditQuery {

@@ -54,24 +54,7 @@ impl App {
         };
         let from = parse_time(&mut errs, "from", &p.from);
         let to = parse_time(&mut errs, "to", &p.to);
-        let order = match p.order.as_deref() {
-            None | Some("desc") => Order::Desc,
-            Some("asc") => Order::Asc,
-            Some(_) => {
-                errs.add("order", "must be asc or desc");
-                Order::Desc
-            }
-        };
-        let limit = match p.limit.as_deref() {
-            None => DEFAULT_LIMIT,
-            Some(l) => match l.parse::<i64>() {
-                Ok(n) if (1..=MAX_LIMIT).contains(&n) => n,
-                _ => {
-                    errs.add("limit", format!("must be an integer from 1 to {MAX_LIMIT}"));
-                    DEFAULT_LIMIT
-                }
-            },
-        };
+        let (order, limit) = parse_page(&mut errs, p.order.as_deref(), p.limit.as_deref());
         errs.into_result()?;
         let after = p.cursor.as_deref().map(|c| Cursor::decode(c, order)).transpose()?;
         // `/workspaces/{id}/audit` shows every event of a visible workspace; the org-wide log narrows `:own` callers
@@ -97,4 +80,28 @@ impl App {
             .flatten();
         Ok(AuditPage { events, cursor })
     }
+}
+
+/// `order` (asc/desc, default desc) and `limit` (1..=`MAX_LIMIT`, default `DEFAULT_LIMIT`) of an audit or activity
+/// page, each bad value named in `errs`.
+pub(crate) fn parse_page(errs: &mut FieldErrors, order: Option<&str>, limit: Option<&str>) -> (Order, i64) {
+    let order = match order {
+        None | Some("desc") => Order::Desc,
+        Some("asc") => Order::Asc,
+        Some(_) => {
+            errs.add("order", "must be asc or desc");
+            Order::Desc
+        }
+    };
+    let limit = match limit {
+        None => DEFAULT_LIMIT,
+        Some(l) => match l.parse::<i64>() {
+            Ok(n) if (1..=MAX_LIMIT).contains(&n) => n,
+            _ => {
+                errs.add("limit", format!("must be an integer from 1 to {MAX_LIMIT}"));
+                DEFAULT_LIMIT
+            }
+        },
+    };
+    (order, limit)
 }
