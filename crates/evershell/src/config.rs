@@ -354,22 +354,14 @@ impl Default for ReconcilerSettings {
 }
 
 /// Top-level keys, for picking `EVERSHELL_*` variables that configure the server.
-const SECTIONS: &[&str] = &[
-    "listen",
-    "data_dir",
-    "database_url",
-    "log_format",
-    "master_key_file",
-    "runtime",
-    "snapshots",
-    "limits",
-    "http",
-    "sessions",
-    "reconciler",
-    "login",
-    "proxy",
-    "activity",
-];
+/// The top-level keys of [`Config`], read from the struct itself so a new section is never forgotten: only these
+/// `EVERSHELL_*` variables are configuration (`EVERSHELL_URL` / `EVERSHELL_API_KEY` belong to the client).
+fn sections() -> Vec<String> {
+    match serde_json::to_value(Config::default()) {
+        Ok(serde_json::Value::Object(m)) => m.keys().cloned().collect(),
+        _ => Vec::new(),
+    }
+}
 
 /// Flags that override the file and the environment.
 #[derive(Debug, Clone, Default)]
@@ -401,12 +393,12 @@ impl Config {
             anyhow::ensure!(f.exists(), "config file {} does not exist", f.display());
             fig = fig.merge(Toml::file(f));
         }
-        // Only keys of this struct: EVERSHELL_URL / EVERSHELL_API_KEY belong to the client.
+        let sections = sections();
         fig = fig.merge(
             Env::prefixed("EVERSHELL_")
-                .filter(|k| {
+                .filter(move |k| {
                     let k = k.as_str().to_ascii_lowercase();
-                    SECTIONS.iter().any(|s| k == *s || k.starts_with(&format!("{s}__")))
+                    sections.iter().any(|s| k == *s || k.starts_with(&format!("{s}__")))
                 })
                 .split("__"),
         );
@@ -432,5 +424,33 @@ impl Config {
 
     pub fn is_sqlite(&self) -> bool {
         !self.database_url().starts_with("postgres")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_section_of_the_struct_is_read_from_the_environment() {
+        let s = sections();
+        for k in ["listen", "runtime", "idempotency", "quotas", "proxy", "activity", "database_url"] {
+            assert!(s.iter().any(|x| x == k), "{k} missing from {s:?}");
+        }
+        assert!(!s.iter().any(|x| x == "url" || x == "api_key"), "{s:?}");
+    }
+
+    #[test]
+    fn quotas_and_idempotency_come_from_the_environment() {
+        // figment's Jail isolates the environment of this closure from other tests.
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("EVERSHELL_QUOTAS__WORKSPACES_PER_ORG", "7");
+            jail.set_env("EVERSHELL_IDEMPOTENCY__TTL_MS", "1234");
+            jail.set_env("EVERSHELL_URL", "http://client-only");
+            let c = Config::load(None, &Overrides::default()).map_err(|e| e.to_string())?;
+            assert_eq!(c.quotas.workspaces_per_org, 7);
+            assert_eq!(c.idempotency.ttl_ms, 1234);
+            Ok(())
+        });
     }
 }
