@@ -1,9 +1,10 @@
 //! `PolicyGate`: the real `Gate`. Per request: who the peer is (a `Directory` lookup cached for at most
-//! `identity_ttl`, which bounds how long a task's identity outlives its end), whether it may send at all (running workspace, live capability token), the caps decision
-//! (`core::policy`: normalise → evaluate), the transforms with their credentials and secrets (OAuth2 tokens through
-//! the broker), the budgets (compare-and-set on store counters, so exactly the allowed number pass), and the verdict:
-//! forward the normalised request with its edits, or `403 egress_denied` / `429 budget_exceeded` naming the reason
-//! and rule (never a value). Every exchange ends in one `egress_request` audit row, written in batches.
+//! `identity_ttl`, which bounds how long a task's identity outlives its end), whether it may send at all (running
+//! workspace, live capability token), the caps decision (`core::policy`: normalise → evaluate), the transforms with
+//! their credentials and secrets (OAuth2 tokens through the broker), the budgets (`per_task` ones keyed by the task
+//! running now, looked up afresh; compare-and-set on store counters, so exactly the allowed number pass), and the
+//! verdict: forward the normalised request with its edits, or `403 egress_denied` / `429 budget_exceeded` naming the
+//! reason and rule (never a value). Every exchange ends in one `egress_request` audit row, written in batches.
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
@@ -11,8 +12,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use evershell_core::Timestamp;
-use evershell_core::ids::TaskId;
 use evershell_core::audit::{Actor, AuditEvent, EventType};
+use evershell_core::ids::TaskId;
 use evershell_core::policy::{
     self, Allowed, BudgetRef, BudgetScope, CredentialMaterial, Decision as PolicyDecision, Denied, FnLookup,
     RawRequest, RequestParts,

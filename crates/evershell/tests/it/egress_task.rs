@@ -186,10 +186,8 @@ fn check_rows(rows: &[Value], task: &str, passed: usize) {
     assert!(rows.iter().all(|r| r["task_id"] == task), "{rows:?}");
     let allowed: Vec<&Value> = rows.iter().filter(|r| r["decision"] == "allow").collect();
     assert_eq!(allowed.len(), passed, "{rows:?}");
-    let mut seen: Vec<u64> = allowed
-        .iter()
-        .map(|r| r["details"]["budgets"]["metered.per_task"]["requests"].as_u64().unwrap())
-        .collect();
+    let mut seen: Vec<u64> =
+        allowed.iter().map(|r| r["details"]["budgets"]["metered.per_task"]["requests"].as_u64().unwrap()).collect();
     seen.sort();
     assert_eq!(seen, (1..=passed as u64).collect::<Vec<_>>(), "the task's own counter, from zero");
     assert_eq!(rows.iter().filter(|r| r["reason"] == "budget_exceeded").count(), 5 - passed, "{rows:?}");
@@ -260,10 +258,7 @@ async fn per_task_budgets_start_afresh_per_task_and_the_workspace_budget_spans_t
     let rows = metered_rows(&ts, &format!("/v1/workspaces/{ws}/activity?task_id={t2}&limit=200"), 5).await;
     check_rows(&rows, &t2, 2);
     let refused: Vec<&Value> = rows.iter().filter(|r| r["reason"] == "budget_exceeded").collect();
-    assert!(
-        refused.iter().all(|r| r["details"]["budget_exceeded"]["name"] == "metered.per_workspace"),
-        "{refused:?}"
-    );
+    assert!(refused.iter().all(|r| r["details"]["budget_exceeded"]["name"] == "metered.per_workspace"), "{refused:?}");
     // Nothing of task 2 was charged to task 1.
     let rows =
         metered_rows(&ts, &format!("/v1/audit?filter=event_type=egress_request&filter=task_id={t1}&limit=200"), 5)
