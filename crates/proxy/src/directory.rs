@@ -22,7 +22,9 @@ pub struct PodIdentity {
     pub workspace_id: WorkspaceId,
     pub workspace_status: WorkspaceStatus,
     pub pod_id: PodId,
-    /// The running task, once tasks exist.
+    /// The task running on the pod: set while the control plane holds a live capability token for it (granted
+    /// before the task is delivered, revoked when it ends). `None` between tasks: requests are then the pod's own
+    /// (exec calls), allowed under the same policy, and their `per_task` budgets are counted per pod.
     pub task_id: Option<TaskId>,
     /// Role name (for audit rows).
     pub role: String,
@@ -98,8 +100,9 @@ pub enum MintResult {
     Transient(String),
 }
 
-/// One budget counter: `scope` is `ws_…`, `task_…` or `pod_…` (per-task budgets are kept per pod until tasks
-/// exist); `name` is `<capability>.per_workspace` / `<capability>.per_task`.
+/// One budget counter: `scope` is `ws_…` (per-workspace budgets), `task_…` (per-task budgets of a request made
+/// while a task runs) or `pod_…` (per-task budgets of a request made between tasks: the pod's life is then the
+/// unit); `name` is `<capability>.per_workspace` / `<capability>.per_task`.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct BudgetKey {
     pub scope: String,

@@ -1,9 +1,10 @@
 //! `PolicyGate`: the real `Gate`. Per request: who the peer is (a `Directory` lookup cached for at most
-//! `identity_ttl`), whether it may send at all (running workspace, live capability token), the caps decision
-//! (`core::policy`: normalise → evaluate), the transforms with their credentials and secrets (OAuth2 tokens through
-//! the broker), the budgets (compare-and-set on store counters, so exactly the allowed number pass), and the verdict:
-//! forward the normalised request with its edits, or `403 egress_denied` / `429 budget_exceeded` naming the reason
-//! and rule (never a value). Every exchange ends in one `egress_request` audit row, written in batches.
+//! `identity_ttl`, which bounds how long a task's identity outlives its end), whether it may send at all (running
+//! workspace, live capability token), the caps decision (`core::policy`: normalise → evaluate), the transforms with
+//! their credentials and secrets (OAuth2 tokens through the broker), the budgets (`per_task` ones keyed by the task
+//! running now, looked up afresh; compare-and-set on store counters, so exactly the allowed number pass), and the
+//! verdict: forward the normalised request with its edits, or `403 egress_denied` / `429 budget_exceeded` naming the
+//! reason and rule (never a value). Every exchange ends in one `egress_request` audit row, written in batches.
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
@@ -12,6 +13,7 @@ use std::time::{Duration, Instant};
 
 use evershell_core::Timestamp;
 use evershell_core::audit::{Actor, AuditEvent, EventType};
+use evershell_core::ids::TaskId;
 use evershell_core::policy::{
     self, Allowed, BudgetRef, BudgetScope, CredentialMaterial, Decision as PolicyDecision, Denied, FnLookup,
     RawRequest, RequestParts,
@@ -105,6 +107,11 @@ impl<D: Directory> PolicyGate<D> {
         {
             return Ok(id.clone());
         }
+        self.refresh(addr).await
+    }
+
+    /// Who is behind `addr` now (the directory asked, the cache refreshed).
+    async fn refresh(&self, addr: IpAddr) -> evershell_core::Result<Option<Arc<PodIdentity>>> {
         let found = self.dir.identity(addr).await?.map(Arc::new);
         let mut cache = self.identities.lock().unwrap_or_else(|p| p.into_inner());
         if cache.len() > 65_536 {
@@ -213,6 +220,7 @@ impl<D: Directory> PolicyGate<D> {
     async fn charge(
         &self,
         who: &PodIdentity,
+        task: Option<TaskId>,
         budgets: &[BudgetRef],
         request_bytes: u64,
         details: &mut serde_json::Map<String, serde_json::Value>,
@@ -220,7 +228,7 @@ impl<D: Directory> PolicyGate<D> {
         if budgets.is_empty() {
             return Ok(Vec::new());
         }
-        let keys: Vec<BudgetKey> = budgets.iter().map(|b| budget_key(who, b)).collect();
+        let keys: Vec<BudgetKey> = budgets.iter().map(|b| budget_key(who, task, b)).collect();
         for _ in 0..self.cfg.budget_attempts {
             let seen = self.dir.budget_counters(&keys).await.map_err(|e| unavailable(&e))?;
             let states: Vec<(BudgetRef, policy::Counter)> = budgets.iter().cloned().zip(seen.iter().copied()).collect();
@@ -270,11 +278,11 @@ fn unavailable(e: &evershell_core::Error) -> Denial {
     )
 }
 
-fn budget_key(who: &PodIdentity, b: &BudgetRef) -> BudgetKey {
+fn budget_key(who: &PodIdentity, task: Option<TaskId>, b: &BudgetRef) -> BudgetKey {
     let scope = match b.scope {
         BudgetScope::PerWorkspace => who.workspace_id.to_string(),
-        // Until tasks exist, a pod's life is the unit of work.
-        BudgetScope::PerTask => who.task_id.map_or_else(|| who.pod_id.to_string(), |t| t.to_string()),
+        // A request made between tasks (an exec call) has no task: the pod's life is then the unit of work.
+        BudgetScope::PerTask => task.map_or_else(|| who.pod_id.to_string(), |t| t.to_string()),
     };
     BudgetKey { scope, name: b.name() }
 }
@@ -468,7 +476,6 @@ impl<D: Directory> PolicyGate<D> {
         raw: &RawRequest,
         p: &mut Pending,
     ) -> Verdict {
-        let _ = conn;
         if let Some(why) = who.refusal(Timestamp::now()) {
             return Verdict::Deny(Denial::egress_denied(
                 StatusCode::FORBIDDEN,
@@ -533,7 +540,20 @@ impl<D: Directory> PolicyGate<D> {
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.trim().parse().ok())
             .unwrap_or(0u64);
-        match self.charge(who, &allowed.budgets, request_bytes, &mut p.details).await {
+        let task = if allowed.budgets.iter().any(|b| b.scope == BudgetScope::PerTask) {
+            // A per-task budget is charged to the task running now, never to one the identity cache still remembers
+            // (the next task's first requests can follow the previous one's end within `identity_ttl`). Budgeted
+            // requests already make store round trips; this is one more.
+            match self.refresh(conn.peer.ip()).await {
+                Ok(Some(now)) if now.workspace_id == who.workspace_id && now.pod_id == who.pod_id => now.task_id,
+                Ok(_) => None,
+                Err(e) => return Verdict::Deny(unavailable(&e)),
+            }
+        } else {
+            who.task_id
+        };
+        p.row.task_id = task;
+        match self.charge(who, task, &allowed.budgets, request_bytes, &mut p.details).await {
             Ok(keys) => {
                 p.charged = keys;
                 p.request_bytes = request_bytes;

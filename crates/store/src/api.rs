@@ -144,6 +144,29 @@ impl std::fmt::Debug for PodNetwork {
     }
 }
 
+/// A running task's egress capability token, bound to the workspace's pod: while it is live the proxy resolves that
+/// pod's connections to the task. Held by the control plane and the proxy only.
+#[derive(Clone, PartialEq, Eq)]
+pub struct TaskCapability {
+    pub task_id: TaskId,
+    pub workspace_id: WorkspaceId,
+    pub pod_id: PodId,
+    pub capability: String,
+    pub expires_at: Timestamp,
+}
+
+/// Never prints the token.
+impl std::fmt::Debug for TaskCapability {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TaskCapability")
+            .field("task_id", &self.task_id)
+            .field("workspace_id", &self.workspace_id)
+            .field("pod_id", &self.pod_id)
+            .field("expires_at", &self.expires_at)
+            .finish_non_exhaustive()
+    }
+}
+
 /// One compare-and-set move of a budget counter (`charge_budgets`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BudgetCounterMove {
@@ -457,6 +480,15 @@ pub trait Store: Send + Sync + 'static {
     async fn charge_budgets(&self, moves: &[BudgetCounterMove], now: Timestamp) -> Result<bool>;
     /// Add `bytes` to a counter (creating it), never refused: response bytes counted after the fact.
     async fn add_budget_bytes(&self, scope: &str, name: &str, bytes: u64, now: Timestamp) -> Result<()>;
+    /// Grant (or renew) a task's capability token, only while the task is open; the workspace's tokens of other
+    /// tasks are dropped. `false` (nothing written) when the task has ended or is not the workspace's.
+    async fn set_task_capability(&self, cap: &TaskCapability, now: Timestamp) -> Result<bool>;
+    /// The task's capability token, if it holds one.
+    async fn task_capability(&self, task: TaskId) -> Result<Option<TaskCapability>>;
+    /// Delete the task's token (it ended): from now on its pod's requests carry no task.
+    async fn revoke_task_capability(&self, task: TaskId) -> Result<()>;
+    /// The open task whose token is bound to the workspace's pod `pod`, and when the token expires.
+    async fn task_capability_of_pod(&self, ws: WorkspaceId, pod: PodId) -> Result<Option<(TaskId, Timestamp)>>;
 
     // ---- idempotency -----------------------------------------------------------------------------------------------
     /// Start a request under `key`. An expired key counts as new, and so does an in-flight one whose owner's lease

@@ -22,7 +22,7 @@ use std::sync::Arc;
 
 pub use api::{
     Backend, BudgetCounterMove, Fence, IdempotencyBegin, IdempotencyClaim, LoginClaim, LoginCounter, ObservationWrite,
-    PodNetwork, Store, TaskUpdate, WorkspaceFilter, WorkspaceQuota,
+    PodNetwork, Store, TaskCapability, TaskUpdate, WorkspaceFilter, WorkspaceQuota,
 };
 pub use feed::{ActivityFeed, FEED_CAPACITY, FeedEvent};
 pub use postgres::PgStore;

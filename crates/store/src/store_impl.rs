@@ -489,6 +489,22 @@ macro_rules! impl_store {
                 async fn add_budget_bytes(&self, scope: &str, name: &str, bytes: u64, now: Timestamp) -> Result<()> {
                     ops::egress::add_budget_bytes(self, scope, name, bytes, now).await
                 }
+                async fn set_task_capability(&self, cap: &$crate::api::TaskCapability, now: Timestamp) -> Result<bool> {
+                    ops::task_capabilities::set_task_capability(self, cap, now).await
+                }
+                async fn task_capability(&self, task: TaskId) -> Result<Option<$crate::api::TaskCapability>> {
+                    ops::task_capabilities::task_capability(self, task).await
+                }
+                async fn revoke_task_capability(&self, task: TaskId) -> Result<()> {
+                    ops::task_capabilities::revoke_task_capability(self, task).await
+                }
+                async fn task_capability_of_pod(
+                    &self,
+                    ws: WorkspaceId,
+                    pod: PodId,
+                ) -> Result<Option<(TaskId, Timestamp)>> {
+                    ops::task_capabilities::task_capability_of_pod(self, ws, pod).await
+                }
 
                 async fn idempotency_begin(
                     &self,

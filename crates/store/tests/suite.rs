@@ -103,6 +103,8 @@ mod egress;
 mod identity;
 #[path = "suite/secrets.rs"]
 mod secrets;
+#[path = "suite/task_capabilities.rs"]
+mod task_capabilities;
 #[path = "suite/tasks.rs"]
 mod tasks;
 #[path = "suite/throttle.rs"]

@@ -1,5 +1,6 @@
 //! `StoreDirectory`: the proxy's `Directory` over the store and the master key — the same code whether the proxy runs
-//! inside `evershell serve` or as `evershell proxy`. Pod address → workspace → role → provider → merged caps policy;
+//! inside `evershell serve` or as `evershell proxy`. Pod address → workspace (and its running task, while that task's
+//! capability token is live: `egress::task_capability`) → role → provider → merged caps policy;
 //! credentials decrypted and put in their wire form (OAuth2 client-credentials handed to the broker as a grant, kinds
 //! this deployment cannot mint reported as such); budget counters by compare-and-set; audit rows in batches.
 
@@ -110,12 +111,17 @@ impl Directory for StoreDirectory {
             (Some(r), Some(p)) => Policy::for_role(p, r).map(Arc::new).map_err(|e| format!("{e:?}")),
             _ => Err("the workspace's role or provider is gone".to_string()),
         };
+        // The running task, while its capability token is live (and the task open: the store joins its status).
+        let task_id = match self.store.task_capability_of_pod(ws.id, pod).await? {
+            Some((task, expires)) if expires > Timestamp::now() => Some(task),
+            _ => None,
+        };
         Ok(Some(PodIdentity {
             org_id: ws.org_id,
             workspace_id: ws.id,
             workspace_status: ws.status(),
             pod_id: pod,
-            task_id: None,
+            task_id,
             role: role.as_ref().map(|r| r.name.clone()).unwrap_or_default(),
             provider: provider.map(|p| p.name),
             user_id: ws.created_by_user_id,

@@ -251,6 +251,8 @@ async fn drive(inner: &Arc<Inner>, id: WorkspaceId) -> evershell_core::Result<()
         }
         let Some(pod) = ws.observed.pod_id else { return Ok(()) };
         let agent = inner.runtime.agent(pod);
+        // The task's egress identity, before the agent can make its first request (renewed on every round).
+        crate::egress::task_capability::hold(inner.store.as_ref(), ws.id, pod, head.id).await?;
         if head.status == TaskStatus::Submitted {
             deliver(inner, &ws, head, &agent).await?;
         } else {
@@ -580,6 +582,13 @@ async fn apply(
         info!(task_id = %task.id, from = task.status.as_str(), to = status.as_str(),
             reason = reason.map(|r| r.as_str()), "task moved");
         metrics::counter!("evershell_task_transitions_total", "to" => status.as_str()).increment(1);
+    }
+    if moved
+        && status.is_terminal()
+        && let Err(e) = crate::egress::task_capability::release(inner.store.as_ref(), task.id).await
+    {
+        // The proxy's lookup joins the task's status: an ended task's token names nobody even if it stays.
+        warn!(task_id = %task.id, error = ?e, "revoking the task's egress capability failed");
     }
     Ok(moved)
 }

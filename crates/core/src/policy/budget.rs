@@ -174,6 +174,107 @@ mod tests {
         assert_eq!(charge_all(&[], 5).unwrap(), Vec::<Counter>::new());
     }
 
+    /// Every small state against every small ceiling, both scopes: `charge` admits exactly when both ceilings hold
+    /// after the request (bytes also refusing a spent budget), names the first ceiling crossed (requests before
+    /// bytes), and counts the request and its bytes once. `charge_all` over a workspace and a task budget is the
+    /// conjunction, the first refusal in order, and writes nothing on refusal.
+    #[test]
+    fn charge_over_every_small_state_and_ceiling() {
+        let ceilings = [None, Some(0), Some(1), Some(2), Some(3)];
+        for &scope in BudgetScope::ALL {
+            for requests in ceilings {
+                for bytes in ceilings {
+                    let b = BudgetRef { capability: "c".into(), scope, limits: Limits { requests, bytes } };
+                    for r in 0..=4u64 {
+                        for by in 0..=4u64 {
+                            for req in 0..=3u64 {
+                                let s = Counter { requests: r, bytes: by };
+                                let got = charge(s, &b, req);
+                                let req_ok = requests.is_none_or(|c| r < c);
+                                let bytes_ok = bytes.is_none_or(|c| by < c && by + req <= c);
+                                let want = if !req_ok {
+                                    Err(BudgetExceeded {
+                                        name: format!("c.{}", scope.as_str()),
+                                        limit: BudgetLimit::Requests,
+                                        ceiling: requests.unwrap(),
+                                    })
+                                } else if !bytes_ok {
+                                    Err(BudgetExceeded {
+                                        name: format!("c.{}", scope.as_str()),
+                                        limit: BudgetLimit::Bytes,
+                                        ceiling: bytes.unwrap(),
+                                    })
+                                } else {
+                                    Ok(Counter { requests: r + 1, bytes: by + req })
+                                };
+                                assert_eq!(got, want, "{b:?} {s:?} +{req}");
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        // Two budgets (a workspace's and a task's) over every small pair of request counts.
+        let ws = BudgetRef {
+            capability: "c".into(),
+            scope: BudgetScope::PerWorkspace,
+            limits: Limits { requests: Some(3), bytes: None },
+        };
+        let task = BudgetRef {
+            capability: "c".into(),
+            scope: BudgetScope::PerTask,
+            limits: Limits { requests: Some(2), bytes: None },
+        };
+        for w in 0..=4u64 {
+            for t in 0..=4u64 {
+                let states = [
+                    (ws.clone(), Counter { requests: w, bytes: 0 }),
+                    (task.clone(), Counter { requests: t, bytes: 0 }),
+                ];
+                let got = charge_all(&states, 0);
+                match (w < 3, t < 2) {
+                    (true, true) => assert_eq!(
+                        got.unwrap(),
+                        [Counter { requests: w + 1, bytes: 0 }, Counter { requests: t + 1, bytes: 0 }]
+                    ),
+                    (false, _) => assert_eq!(got.unwrap_err().name, "c.per_workspace", "{w} {t}"),
+                    (true, false) => assert_eq!(got.unwrap_err().name, "c.per_task", "{w} {t}"),
+                }
+            }
+        }
+    }
+
+    /// A fresh task's counter (absent, read as zero) admits exactly its ceiling again, whatever an earlier task
+    /// spent; the workspace's counter carries across.
+    #[test]
+    fn a_new_task_starts_from_zero_and_the_workspace_counter_carries_on() {
+        let ws = BudgetRef {
+            capability: "c".into(),
+            scope: BudgetScope::PerWorkspace,
+            limits: Limits { requests: Some(5), bytes: None },
+        };
+        let task = BudgetRef {
+            capability: "c".into(),
+            scope: BudgetScope::PerTask,
+            limits: Limits { requests: Some(3), bytes: None },
+        };
+        let mut w = Counter::default();
+        let mut admitted = Vec::new();
+        for _task in 0..3 {
+            let mut t = Counter::default();
+            let mut n = 0;
+            for _ in 0..10 {
+                if let Ok(next) = charge_all(&[(ws.clone(), w), (task.clone(), t)], 1) {
+                    (w, t) = (next[0], next[1]);
+                    n += 1;
+                }
+            }
+            admitted.push(n);
+        }
+        assert_eq!(admitted, [3, 2, 0]);
+        assert_eq!(w, Counter { requests: 5, bytes: 5 });
+    }
+
     /// The compare-and-set loop the docs promise, run by real threads: exactly the ceiling passes.
     #[test]
     fn compare_and_set_admits_exactly_the_ceiling_under_contention() {

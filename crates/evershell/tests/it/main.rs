@@ -23,6 +23,7 @@ mod crash;
 mod credentials;
 mod egress;
 mod egress_e2e;
+mod egress_task;
 mod exec;
 mod openapi_drift;
 mod secrets;

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use evershell_core::audit::AuditEvent;
-use evershell_core::ids::{OrgId, PodId, WorkspaceId};
+use evershell_core::ids::{OrgId, PodId, TaskId, WorkspaceId};
 use evershell_core::lifecycle::WorkspaceStatus;
 use evershell_core::policy::{Counter, CredentialMaterial, Policy};
 use evershell_core::{FieldErrors, Timestamp};
@@ -179,6 +179,13 @@ const CAPS: &str = r#"
       methods: [GET]
   budgets:
     per_workspace: { requests: 5 }
+- name: tasked
+  allow:
+    - domains: ["task.test"]
+      methods: [GET]
+  budgets:
+    per_task: { requests: 10 }
+    per_workspace: { requests: 25 }
 - name: forms
   allow:
     - name: q
@@ -218,6 +225,10 @@ fn identity(status: WorkspaceStatus, expires_in_ms: i64) -> PodIdentity {
 }
 
 async fn start(audit: AuditSinkConfig) -> Env {
+    start_with(PolicyGateConfig { identity_ttl: Duration::ZERO, audit, ..Default::default() }).await
+}
+
+async fn start_with(gcfg: PolicyGateConfig) -> Env {
     install_provider();
     let tmp = tempfile::tempdir().unwrap();
     let ca_key = rcgen::KeyPair::generate().unwrap();
@@ -226,7 +237,7 @@ async fn start(audit: AuditSinkConfig) -> Env {
     let ca_cert = ca_params.self_signed(&ca_key).unwrap();
     let issuer = rcgen::Issuer::new(ca_params, ca_key);
     let leaf_key = rcgen::KeyPair::generate().unwrap();
-    let names = ["api.test", "auth.test", "count.test", "query.test", "basic.test", "oauth.test"];
+    let names = ["api.test", "auth.test", "count.test", "query.test", "basic.test", "oauth.test", "task.test"];
     let leaf = rcgen::CertificateParams::new(names.iter().map(|s| s.to_string()).collect::<Vec<_>>())
         .unwrap()
         .signed_by(&leaf_key, &issuer)
@@ -274,7 +285,6 @@ async fn start(audit: AuditSinkConfig) -> Env {
         }),
     );
     dir.secrets.lock().unwrap().insert("tenant-id".into(), "t-42".into());
-    let gcfg = PolicyGateConfig { identity_ttl: Duration::ZERO, audit, ..Default::default() };
     let gate = Arc::new(PolicyGate::new(dir.clone(), &config, gcfg).unwrap());
     let proxy = ProxyServer::bind("127.0.0.1:0".parse().unwrap(), config, gate.clone()).await.unwrap();
     let mut roots = rustls::RootCertStore::empty();
@@ -625,4 +635,134 @@ async fn dns_answers_only_names_the_pods_policy_allows_and_audits_the_rest() {
         );
         assert!(r.workspace_id.is_some());
     }
+}
+
+// ---- per-task identity and budgets ---------------------------------------------------------------------------
+
+/// Set the pod's running task (ttl-zero gates see it on the next request).
+fn run_task(env: &Env, task: Option<TaskId>) {
+    env.dir.identity.lock().unwrap().as_mut().unwrap().task_id = task;
+}
+
+/// `n` concurrent requests to `task.test{path}`: how many passed, and the budget each refusal named.
+async fn burst(env: &Arc<Env>, path: &str, n: usize) -> (usize, Vec<String>) {
+    let handles: Vec<_> = (0..n)
+        .map(|_| {
+            let (env, path) = (env.clone(), path.to_string());
+            tokio::spawn(async move { env.get("task.test", &path).await })
+        })
+        .collect();
+    let (mut ok, mut refused) = (0, Vec::new());
+    for h in handles {
+        let (s, b) = h.await.unwrap();
+        match s {
+            StatusCode::OK => ok += 1,
+            StatusCode::TOO_MANY_REQUESTS => {
+                assert_eq!(b["error"]["code"], "budget_exceeded", "{b}");
+                refused.push(b["error"]["details"]["budget"].as_str().unwrap().to_string());
+            }
+            other => panic!("unexpected {other}: {b}"),
+        }
+    }
+    (ok, refused)
+}
+
+#[tokio::test]
+async fn per_task_budget_admits_exactly_its_ceiling_per_task_and_the_workspace_budget_spans_tasks() {
+    let env = Arc::new(start(AuditSinkConfig::default()).await);
+    let (a, b, c) = (TaskId::new(), TaskId::new(), TaskId::new());
+    // Task a: 32 at once against a per-task ceiling of 10.
+    run_task(&env, Some(a));
+    let (ok, refused) = burst(&env, "/a", 32).await;
+    assert_eq!(ok, 10);
+    assert_eq!(refused, vec!["tasked.per_task".to_string(); 22]);
+    // Task b starts from zero.
+    run_task(&env, Some(b));
+    let (ok, refused) = burst(&env, "/b", 32).await;
+    assert_eq!(ok, 10);
+    assert!(refused.iter().all(|r| r == "tasked.per_task"), "{refused:?}");
+    // Task c: the workspace's ceiling of 25 leaves it 5, whatever its own budget says.
+    run_task(&env, Some(c));
+    let (ok, refused) = burst(&env, "/c", 32).await;
+    assert_eq!(ok, 5);
+    assert!(refused.iter().all(|r| r == "tasked.per_workspace"), "{refused:?}");
+
+    let who = env.dir.identity.lock().unwrap().clone().unwrap();
+    let counter = |scope: String, name: &str| {
+        env.dir.counters.lock().unwrap().get(&BudgetKey { scope, name: name.into() }).copied().unwrap_or_default()
+    };
+    assert_eq!(counter(a.to_string(), "tasked.per_task").requests, 10);
+    assert_eq!(counter(b.to_string(), "tasked.per_task").requests, 10);
+    assert_eq!(counter(c.to_string(), "tasked.per_task").requests, 5);
+    assert_eq!(counter(who.workspace_id.to_string(), "tasked.per_workspace").requests, 25);
+
+    // Every row carries the task it was made under, and the allowed ones their counters.
+    let rows = env.dir.wait_rows(96).await;
+    for (path, task, allowed) in [("/a", a, 10), ("/b", b, 10), ("/c", c, 5)] {
+        let of: Vec<&AuditEvent> = rows.iter().filter(|r| r.path.as_deref() == Some(path)).collect();
+        assert_eq!(of.len(), 32, "{path}");
+        assert!(of.iter().all(|r| r.task_id == Some(task)), "{path}");
+        let passed: Vec<&&AuditEvent> = of.iter().filter(|r| r.decision.as_deref() == Some("allow")).collect();
+        assert_eq!(passed.len(), allowed, "{path}");
+        for r in passed {
+            let n = details(r)["budgets"]["tasked.per_task"]["requests"].as_u64().unwrap();
+            assert!((1..=allowed as u64).contains(&n), "{path}: {:?}", r.details);
+        }
+        let denied = of.iter().filter(|r| r.reason.as_deref() == Some("budget_exceeded")).count();
+        assert_eq!(denied, 32 - allowed, "{path}");
+    }
+}
+
+#[tokio::test]
+async fn between_tasks_requests_are_the_pods_and_count_per_pod() {
+    let env = Arc::new(start(AuditSinkConfig::default()).await);
+    run_task(&env, None);
+    let (ok, refused) = burst(&env, "/none", 12).await;
+    assert_eq!((ok, refused.len()), (10, 2));
+    let who = env.dir.identity.lock().unwrap().clone().unwrap();
+    let key = BudgetKey { scope: who.pod_id.to_string(), name: "tasked.per_task".into() };
+    assert_eq!(env.dir.counters.lock().unwrap().get(&key).copied().unwrap_or_default().requests, 10);
+    // A task then starts from zero.
+    run_task(&env, Some(TaskId::new()));
+    let (ok, _) = burst(&env, "/task", 3).await;
+    assert_eq!(ok, 3);
+    let rows = env.dir.wait_rows(15).await;
+    assert!(rows.iter().filter(|r| r.path.as_deref() == Some("/none")).all(|r| r.task_id.is_none()));
+    assert!(rows.iter().filter(|r| r.path.as_deref() == Some("/task")).all(|r| r.task_id.is_some()));
+}
+
+#[tokio::test]
+async fn a_cached_task_identity_outlives_the_task_end_by_at_most_the_identity_ttl() {
+    let ttl = Duration::from_secs(2);
+    let env = start_with(PolicyGateConfig { identity_ttl: ttl, ..Default::default() }).await;
+    let task = TaskId::new();
+    run_task(&env, Some(task));
+    let before = tokio::time::Instant::now();
+    let (s, b) = env.get("api.test", "/v1/during").await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    // The task ends: the directory now answers the pod without it.
+    run_task(&env, None);
+    let ended = tokio::time::Instant::now();
+    let (s, b) = env.get("api.test", "/v1/cached").await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    let recent = before.elapsed() < ttl;
+    // A request with a per-task budget asks afresh: it is never charged to the ended task.
+    let (s, b) = env.get("task.test", "/fresh").await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    // Once `ttl` has passed since the end, no request is made under the task.
+    tokio::time::sleep_until(ended + ttl).await;
+    let (s, b) = env.get("api.test", "/v1/after").await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    let rows = env.dir.wait_rows(4).await;
+    let task_of = |p: &str| rows.iter().find(|r| r.path.as_deref() == Some(p)).unwrap().task_id;
+    assert_eq!(task_of("/v1/during"), Some(task));
+    if recent {
+        // Within `ttl` of the lookup the cached identity still names the task: the cache is what bounds it.
+        assert_eq!(task_of("/v1/cached"), Some(task));
+    }
+    assert_eq!(task_of("/fresh"), None);
+    let who = env.dir.identity.lock().unwrap().clone().unwrap();
+    let key = BudgetKey { scope: who.pod_id.to_string(), name: "tasked.per_task".into() };
+    assert_eq!(env.dir.counters.lock().unwrap().get(&key).map(|c| c.requests), Some(1));
+    assert_eq!(task_of("/v1/after"), None, "a task's identity outlived its end by more than identity_ttl");
 }

@@ -20,6 +20,7 @@ pub(crate) mod providers;
 pub(crate) mod roles;
 pub(crate) mod secrets;
 pub(crate) mod snapshots;
+pub(crate) mod task_capabilities;
 pub(crate) mod tasks;
 pub(crate) mod throttle;
 pub(crate) mod workspaces;
@@ -70,6 +71,10 @@ macro_rules! expand {
         pub(crate) mod snapshots {
             use super::*;
             $crate::queries::snapshots::ops!();
+        }
+        pub(crate) mod task_capabilities {
+            use super::*;
+            $crate::queries::task_capabilities::ops!();
         }
         pub(crate) mod tasks {
             use super::*;
