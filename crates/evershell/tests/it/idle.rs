@@ -39,8 +39,8 @@ async fn an_idle_workspace_stops_itself_with_a_snapshot_and_resumes_with_its_fil
     let done = ts.get(&format!("/v1/audit?filter=event_type=workspace_stopped&filter=workspace_id={ws}")).await;
     assert_eq!(done.ok()["events"][0]["reason"], "idle_timeout", "{}", done.json);
 
-    // No limit any more, so the files can be looked at without a race; resume brings them back.
-    ts.patch(&format!("/v1/agent-roles/{role_id}"), json!({ "idle_timeout_seconds": 0 })).await.ok();
+    // No limit any more (`null`), so the files can be looked at without a race; resume brings them back.
+    ts.patch(&format!("/v1/agent-roles/{role_id}"), json!({ "idle_timeout_seconds": null })).await.ok();
     let r = ts.post_empty(&format!("/v1/workspaces/{ws}/resume?wait=true&timeout_ms=60000")).await;
     assert!(r.status.is_success(), "{} {}", r.status, r.json);
     let idle = ts.wait_status(&ws, "idle", 60).await;
@@ -59,10 +59,8 @@ async fn a_task_running_past_the_idle_limit_is_not_stopped() {
     }
     let Setup { ts, model, _ca_dir } = setup("anthropic", DOMAIN).await;
     let roles = ts.get("/v1/agent-roles").await;
-    let role_id = roles.json.as_array().and_then(|a| a.iter().find(|r| r["name"] == "runner")).unwrap()["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let runner = roles.ok()["agent_roles"].as_array().and_then(|a| a.iter().find(|r| r["name"] == "runner")).cloned();
+    let role_id = runner.expect("the setup's role")["id"].as_str().unwrap().to_string();
     ts.patch(&format!("/v1/agent-roles/{role_id}"), json!({ "idle_timeout_seconds": 1 })).await.ok();
     model.push(Reply::tools(vec![ScriptedCall::bash("call_1", "sleep 5; echo slept > /workspace/slept.txt")]));
     model.push(Reply::text("slept"));
