@@ -83,7 +83,7 @@ pub(crate) async fn check(inner: &Inner, ws: &WorkspaceRecord) -> Result<Outcome
     };
     let facts = IdleFacts {
         status: ws.observed.status,
-        request_pending: false,
+        request_pending: ws.pending_request().is_some(),
         limit_seconds: limit,
         tasks,
         last_activity: last,
