@@ -35,7 +35,7 @@ use evershell_snapshot::SnapshotStore;
 use evershell_store::Store;
 
 pub use caller::{Caller, Principal};
-pub use reconciler::{Reconciler, ReconcilerConfig};
+pub use reconciler::{Clock, Reconciler, ReconcilerConfig};
 
 /// Tunables of the application layer.
 #[derive(Debug, Clone)]

@@ -7,6 +7,7 @@ pub mod caps;
 pub mod error;
 pub mod exec;
 pub mod files;
+pub mod idle;
 pub mod ids;
 pub mod lifecycle;
 pub mod model;

@@ -125,6 +125,8 @@ pub enum StatusReason {
     StopAll,
     /// Stopping / stopped after `POST /agent-roles/{id}/stop-workspaces`.
     RoleStopWorkspaces,
+    /// Stopping / stopped because the workspace sat idle for its role's `idle_timeout_seconds` (see `idle`).
+    IdleTimeout,
     /// Idle on a fresh, empty pod.
     Ready,
     /// Idle on a fresh pod with the snapshot restored.
@@ -151,6 +153,7 @@ impl StatusReason {
         StatusReason::StopRequested,
         StatusReason::StopAll,
         StatusReason::RoleStopWorkspaces,
+        StatusReason::IdleTimeout,
         StatusReason::Ready,
         StatusReason::Restored,
         StatusReason::Reattached,
@@ -169,6 +172,7 @@ impl StatusReason {
             StatusReason::StopRequested => "stop_requested",
             StatusReason::StopAll => "stop_all",
             StatusReason::RoleStopWorkspaces => "role_stop_workspaces",
+            StatusReason::IdleTimeout => "idle_timeout",
             StatusReason::Ready => "ready",
             StatusReason::Restored => "restored",
             StatusReason::Reattached => "reattached",

@@ -6,7 +6,7 @@
 use async_trait::async_trait;
 use evershell_core::Result;
 use evershell_core::Timestamp;
-use evershell_core::audit::{AuditEvent, AuditQuery};
+use evershell_core::audit::{AuditEvent, AuditQuery, EventType};
 use evershell_core::ids::{
     ApiKeyId, CredentialId, OrgId, PodId, ProviderId, RoleId, SecretId, SessionId, SnapshotId, TaskId, UserId,
     WorkspaceId,
@@ -402,6 +402,22 @@ pub trait Store: Send + Sync + 'static {
         quota: &WorkspaceQuota,
         audit: &[AuditEvent],
     ) -> Result<bool>;
+    /// The idle timeout's write (the reconciler's only intent write): `ws`'s intent as `update_intent` writes it,
+    /// only if, under the workspace's row lock (which `insert_task` takes too), the workspace has no task that has
+    /// not ended and no activity after `since` (see `last_workspace_activity`). `false` otherwise, or when a
+    /// generation moved. A submission racing it either lands first (no stop) or sees the stop pending (409).
+    async fn update_intent_if_inactive(
+        &self,
+        ws: &WorkspaceRecord,
+        expected_intent: i64,
+        expected_observed: i64,
+        since: Timestamp,
+        events: &[EventType],
+        audit: &[AuditEvent],
+    ) -> Result<bool>;
+    /// When the workspace was last active: the latest task submission or task end, or audit row about it of one of
+    /// `events`. `None` when there is none.
+    async fn last_workspace_activity(&self, ws: WorkspaceId, events: &[EventType]) -> Result<Option<Timestamp>>;
     /// The reconciler's write: the observation half of `ws`, only if the observation is still at
     /// `expected_generation` and `fence` still holds the workspace's lease. Bumps the observation generation.
     async fn record_observation(
@@ -505,8 +521,8 @@ pub trait Store: Send + Sync + 'static {
 
     // ---- tasks
     /// Queue `task` on its workspace (its `queue_seq` is assigned here, behind every earlier task; returned). Under the
-    /// workspace's row lock: 404 `workspace_not_found`; 409 `workspace_archived`, `workspace_stopped` (stopped or
-    /// stopping) or `workspace_failed`.
+    /// workspace's row lock: 404 `workspace_not_found`; 409 `workspace_archived`, `workspace_stopped` (stopped,
+    /// stopping, or a stop pending) or `workspace_failed`.
     async fn insert_task(&self, task: &TaskRecord, audit: &[AuditEvent]) -> Result<i64>;
     async fn get_task(&self, org: OrgId, ws: WorkspaceId, id: TaskId) -> Result<Option<TaskRecord>>;
     /// A workspace's tasks, newest first.

@@ -20,6 +20,7 @@ pub(crate) const SQLITE: Ladder = &[
     (7, "tasks", include_str!("../migrations/sqlite/0007_tasks.sql")),
     (8, "activity_task_index", include_str!("../migrations/sqlite/0008_activity_task_index.sql")),
     (9, "role_pod_limits", include_str!("../migrations/sqlite/0009_role_pod_limits.sql")),
+    (10, "idle", include_str!("../migrations/sqlite/0010_idle.sql")),
     (12, "task_budgets", include_str!("../migrations/sqlite/0012_task_budgets.sql")),
 ];
 
@@ -33,6 +34,7 @@ pub(crate) const POSTGRES: Ladder = &[
     (7, "tasks", include_str!("../migrations/postgres/0007_tasks.sql")),
     (8, "activity_task_index", include_str!("../migrations/postgres/0008_activity_task_index.sql")),
     (9, "role_pod_limits", include_str!("../migrations/postgres/0009_role_pod_limits.sql")),
+    (10, "idle", include_str!("../migrations/postgres/0010_idle.sql")),
     (12, "task_budgets", include_str!("../migrations/postgres/0012_task_budgets.sql")),
 ];
 

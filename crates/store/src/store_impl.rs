@@ -6,7 +6,7 @@ macro_rules! impl_store {
         const _: () = {
             use evershell_core::Result;
             use evershell_core::Timestamp;
-            use evershell_core::audit::{AuditEvent, AuditQuery};
+            use evershell_core::audit::{AuditEvent, AuditQuery, EventType};
             use evershell_core::ids::{
                 ApiKeyId, CredentialId, OrgId, PodId, ProviderId, RoleId, SecretId, SessionId, SnapshotId, TaskId,
                 UserId, WorkspaceId,
@@ -340,6 +340,33 @@ macro_rules! impl_store {
                     audit: &[AuditEvent],
                 ) -> Result<bool> {
                     ops::workspaces::update_intent(self, ws, expected_intent, expected_observed, quota, audit).await
+                }
+                async fn update_intent_if_inactive(
+                    &self,
+                    ws: &WorkspaceRecord,
+                    expected_intent: i64,
+                    expected_observed: i64,
+                    since: Timestamp,
+                    events: &[EventType],
+                    audit: &[AuditEvent],
+                ) -> Result<bool> {
+                    ops::workspaces::update_intent_if_inactive(
+                        self,
+                        ws,
+                        expected_intent,
+                        expected_observed,
+                        since,
+                        events,
+                        audit,
+                    )
+                    .await
+                }
+                async fn last_workspace_activity(
+                    &self,
+                    ws: WorkspaceId,
+                    events: &[EventType],
+                ) -> Result<Option<Timestamp>> {
+                    ops::workspaces::last_workspace_activity(self, ws, events).await
                 }
                 async fn record_observation(
                     &self,

@@ -101,6 +101,8 @@ mod concurrency;
 mod egress;
 #[path = "suite/identity.rs"]
 mod identity;
+#[path = "suite/idle.rs"]
+mod idle;
 #[path = "suite/secrets.rs"]
 mod secrets;
 #[path = "suite/task_capabilities.rs"]

@@ -10,8 +10,10 @@
 //! lease's fence (owner + epoch) and the store refuses it once another holder took the lease; a refused renewal or
 //! a fenced write stops the pass at once (`work`). It runs on a timer and on every wake-up, and start-up recovery is
 //! the same code: after a crash every workspace is simply planned again from what is found on disk and in the store
-//! (see `recovery.rs`), so every step is idempotent.
+//! (see `recovery.rs`), so every step is idempotent. A pass that leaves a workspace `idle` with nothing to do also
+//! checks its role's idle timeout (`idle.rs`), which may write a stop request the same pass then takes on.
 
+mod idle;
 mod recovery;
 mod state;
 mod steps;
@@ -32,6 +34,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{Instrument, info_span, warn};
 
+pub use idle::Clock;
 use state::{Lease, States};
 
 /// A role's name and its provider's name, as audit rows carry them.
@@ -53,6 +56,8 @@ pub struct ReconcilerConfig {
     /// No other control plane can share this store (SQLite): leases and pending snapshots found at start-up are
     /// stale by definition.
     pub single_server: bool,
+    /// Where the idle timeout reads the time (the system clock outside tests).
+    pub clock: Clock,
 }
 
 impl Default for ReconcilerConfig {
@@ -64,6 +69,7 @@ impl Default for ReconcilerConfig {
             pod_start_timeout: Duration::from_secs(30),
             max_attempts: 6,
             single_server: true,
+            clock: Clock::system(),
         }
     }
 }
@@ -82,6 +88,8 @@ pub(crate) struct Inner {
     pub(crate) states: States,
     /// Role and provider names for audit rows, briefly reused.
     pub(crate) names: Mutex<HashMap<evershell_core::ids::RoleId, (std::time::Instant, RoleNames)>>,
+    /// Idle checks begun on an idle workspace (tests wait on it).
+    pub(crate) idle_checks: std::sync::atomic::AtomicU64,
     permits: Semaphore,
     cancel: CancellationToken,
     tasks: TaskTracker,
@@ -116,6 +124,7 @@ impl Reconciler {
                 changes,
                 states: States::default(),
                 names: Mutex::new(HashMap::new()),
+                idle_checks: Default::default(),
                 cancel: CancellationToken::new(),
                 tasks: TaskTracker::new(),
             }),

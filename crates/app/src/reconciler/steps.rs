@@ -1,6 +1,7 @@
 //! Performing the planned steps for one workspace: take on a pending request, observe the pod, `plan`, act, record
-//! the observed outcome (under the observation generation and the lease's fence), repeat until settled. Failures are retried with backoff; a step that keeps failing moves the
-//! workspace to `failed` with a reason, never leaving it stuck in a transitional state.
+//! the observed outcome (under the observation generation and the lease's fence), repeat until settled (then check
+//! the idle timeout, `idle.rs`). Failures are retried with backoff; a step that keeps failing moves the workspace to
+//! `failed` with a reason, never leaving it stuck in a transitional state.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -87,7 +88,15 @@ pub(crate) async fn reconcile(inner: &Arc<Inner>, id: WorkspaceId) -> Option<Dur
             {
                 warn!(error = ?e, "renewing the pod's capability token failed");
             }
-            return None;
+            return match super::idle::check(inner, &ws).await {
+                Ok(super::idle::Outcome::StopRequested) => continue,
+                Ok(super::idle::Outcome::LookAgain(after)) => Some(after),
+                Ok(super::idle::Outcome::Nothing) => None,
+                Err(e) => {
+                    warn!(error = ?e, "checking the idle timeout failed; the next pass tries again");
+                    None
+                }
+            };
         }
         let started = Instant::now();
         let flow = perform(inner, &ws, obs, step, &mut pass).await;
@@ -138,7 +147,7 @@ async fn give_up_or_retry(inner: &Arc<Inner>, ws: &WorkspaceRecord, step: Step, 
 }
 
 /// An audit row for an automatic transition of `ws`.
-async fn auto_audit(inner: &Inner, ws: &WorkspaceRecord, t: EventType) -> AuditEvent {
+pub(super) async fn auto_audit(inner: &Inner, ws: &WorkspaceRecord, t: EventType) -> AuditEvent {
     let mut e = AuditEvent::system(ws.org_id, t).workspace(ws.id).target("workspace", ws.id);
     if let Some((role, provider)) = names(inner, ws).await {
         e.agent_role = Some(role);

@@ -401,3 +401,258 @@ fn recovery_after_a_crash_mid_prepare() {
         r.app.reconciler.shutdown().await;
     });
 }
+
+// ---- the idle timeout (`idle.rs`), on a clock the test moves
+
+/// A clock running `offset` milliseconds ahead of the system's.
+fn moved_clock() -> (crate::Clock, Arc<std::sync::atomic::AtomicI64>) {
+    let offset = Arc::new(std::sync::atomic::AtomicI64::new(0));
+    let o = offset.clone();
+    (crate::Clock::new(move || Timestamp::now().plus_millis(o.load(std::sync::atomic::Ordering::SeqCst))), offset)
+}
+
+struct IdleRig {
+    r: Rig,
+    offset: Arc<std::sync::atomic::AtomicI64>,
+}
+
+/// A rig whose role has `idle_timeout_seconds = limit`, and one idle workspace of it.
+async fn idle_rig(limit: Option<i64>) -> (IdleRig, WorkspaceId) {
+    let (clock, offset) = moved_clock();
+    let r = rig_with(SimRuntime::new(), ReconcilerConfig { clock, ..cfg() }).await;
+    let mut role = r.app.store.get_role(r.caller.org_id, r.role).await.unwrap().unwrap();
+    role.idle_timeout_seconds = limit;
+    r.app.store.update_role(&role, &[]).await.unwrap();
+    let id = r.create().await;
+    r.status(id, WorkspaceStatus::Idle).await;
+    (IdleRig { r, offset }, id)
+}
+
+impl IdleRig {
+    /// Move the clock to `secs` after now (from the start of the test).
+    fn at(&self, secs: i64) {
+        self.offset.store(secs * 1000, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Run one pass on `id` and wait until it checked the idle timeout and ended.
+    async fn check(&self, id: WorkspaceId) {
+        let checks = || self.r.app.reconciler.inner.idle_checks.load(std::sync::atomic::Ordering::SeqCst);
+        let before = checks();
+        self.r.app.reconciler.wake(id);
+        let deadline = tokio::time::Instant::now() + WAIT;
+        while checks() == before {
+            assert!(tokio::time::Instant::now() < deadline, "no idle check happened");
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        self.r.pass_ended(id).await;
+    }
+
+    /// Still running, and no stop was asked for.
+    async fn still_idle(&self, id: WorkspaceId) {
+        let ws = self.r.get(id).await;
+        assert_eq!(ws.status(), WorkspaceStatus::Idle, "{ws:?}");
+        assert_eq!(ws.intent.desired, evershell_core::lifecycle::Desired::Running);
+        assert_eq!(self.r.audit_count(id, EventType::WorkspaceStopRequested).await, 0);
+    }
+
+    async fn task(&self, id: WorkspaceId, status: evershell_core::task::TaskStatus) -> evershell_core::ids::TaskId {
+        let t = evershell_core::model::TaskRecord {
+            id: evershell_core::ids::TaskId::new(),
+            org_id: self.r.caller.org_id,
+            workspace_id: id,
+            created_by_user_id: None,
+            description: "work".into(),
+            status,
+            reason: None,
+            options: Default::default(),
+            queue_seq: 0,
+            created_at: Timestamp::now(),
+            delivered_at: None,
+            started_at: None,
+            completed_at: None,
+            result: None,
+        };
+        self.r.app.store.insert_task(&t, &[]).await.unwrap();
+        t.id
+    }
+}
+
+#[tokio::test]
+async fn idle_past_the_limit_stops_with_a_snapshot_and_the_reason() {
+    let (ir, id) = idle_rig(Some(60)).await;
+    let pod = ir.r.get(id).await.observed.pod_id.unwrap();
+    ir.r.sim.write_file(pod, "notes.txt", b"idle but kept");
+    ir.at(59);
+    ir.check(id).await;
+    ir.still_idle(id).await;
+    ir.at(61);
+    ir.r.app.reconciler.wake(id);
+    let stopped = ir.r.status(id, WorkspaceStatus::Stopped).await;
+    assert_eq!(stopped.observed.status_reason, Some(StatusReason::IdleTimeout));
+    assert_eq!(stopped.intent.desired, evershell_core::lifecycle::Desired::Stopped);
+    let snap = ir.r.app.store.get_snapshot(stopped.observed.snapshot_id.unwrap()).await.unwrap().unwrap();
+    let keys = SnapshotKeys::from_strings(&snap.archive_key, &snap.manifest_key);
+    assert_eq!(ir.r.sim.snapshot_files(&keys).unwrap()["notes.txt"], b"idle but kept");
+    assert!(ir.r.sim.files(pod).is_none(), "the pod is removed once its files are saved");
+    // The audit trail says who and why: the request (control plane, user `system`) and the stop.
+    let q = AuditQuery {
+        org_id: ir.r.caller.org_id,
+        conditions: vec![],
+        workspace_id: Some(id),
+        user_id: None,
+        from: None,
+        to: None,
+        order: Order::Asc,
+        limit: 1000,
+        after: None,
+    };
+    let rows = ir.r.app.store.query_audit(&q).await.unwrap();
+    let asked = rows.iter().find(|e| e.event_type == EventType::WorkspaceStopRequested).expect("a stop request row");
+    assert_eq!((asked.user_id.as_str(), asked.actor), ("system", evershell_core::audit::Actor::ControlPlane));
+    assert_eq!(asked.reason.as_deref(), Some("idle_timeout"));
+    assert_eq!(asked.details.as_ref().unwrap()["idle_timeout_seconds"], 60);
+    let done = rows.iter().find(|e| e.event_type == EventType::WorkspaceStopped).expect("a stopped row");
+    assert_eq!(done.reason.as_deref(), Some("idle_timeout"));
+    // It resumes as any stopped workspace, with its files (the clock back to the system's).
+    ir.at(0);
+    ir.r.call(id, LifecycleCall::Resume { allow_empty: false }).await;
+    let idle = ir.r.status(id, WorkspaceStatus::Idle).await;
+    assert_eq!(idle.observed.status_reason, Some(StatusReason::Restored));
+    assert_eq!(ir.r.sim.files(idle.observed.pod_id.unwrap()).unwrap()["notes.txt"], b"idle but kept");
+    // The resume restarted the clock: idle for less than the limit since, it is not stopped again.
+    ir.at(59);
+    ir.check(id).await;
+    ir.still_idle_after_resume(id).await;
+    ir.r.app.reconciler.shutdown().await;
+}
+
+impl IdleRig {
+    async fn still_idle_after_resume(&self, id: WorkspaceId) {
+        let ws = self.r.get(id).await;
+        assert_eq!(ws.status(), WorkspaceStatus::Idle, "{ws:?}");
+        assert_eq!(self.r.audit_count(id, EventType::WorkspaceStopRequested).await, 1);
+    }
+}
+
+#[tokio::test]
+async fn a_running_task_over_the_limit_is_never_stopped() {
+    use evershell_core::task::TaskStatus;
+    for status in [TaskStatus::Delivered, TaskStatus::Running, TaskStatus::Compacting] {
+        let (ir, id) = idle_rig(Some(60)).await;
+        ir.task(id, status).await;
+        ir.at(3600);
+        ir.check(id).await;
+        ir.still_idle(id).await;
+        ir.r.app.reconciler.shutdown().await;
+    }
+}
+
+#[tokio::test]
+async fn a_queued_task_over_the_limit_is_never_stopped() {
+    let (ir, id) = idle_rig(Some(60)).await;
+    ir.task(id, evershell_core::task::TaskStatus::Submitted).await;
+    ir.at(3600);
+    ir.check(id).await;
+    ir.still_idle(id).await;
+    ir.r.app.reconciler.shutdown().await;
+}
+
+#[tokio::test]
+async fn activity_restarts_the_clock() {
+    use evershell_core::task::TaskStatus;
+    let (ir, id) = idle_rig(Some(60)).await;
+    // A task submitted and ended 50 s in (the store's rows carry those times).
+    let t = ir.task(id, TaskStatus::Running).await;
+    let ended = Timestamp::now().plus_millis(50_000);
+    let update = evershell_store::TaskUpdate {
+        status: TaskStatus::Completed,
+        reason: None,
+        delivered_at: None,
+        started_at: None,
+        completed_at: Some(ended),
+        result: None,
+    };
+    assert!(ir.r.app.store.update_task(t, TaskStatus::Running, &update, &[]).await.unwrap());
+    ir.at(100);
+    ir.check(id).await;
+    ir.still_idle(id).await;
+    // An exec through the API 105 s in (its audit row).
+    let mut exec =
+        evershell_core::audit::AuditEvent::system(ir.r.caller.org_id, EventType::WorkspaceExec).workspace(id);
+    exec.timestamp = Timestamp::now().plus_millis(105_000);
+    ir.r.app.store.append_audit(&[exec]).await.unwrap();
+    ir.at(160);
+    ir.check(id).await;
+    ir.still_idle(id).await;
+    // What the workspace writes about itself while idle is not activity.
+    let mut egress =
+        evershell_core::audit::AuditEvent::system(ir.r.caller.org_id, EventType::EgressRequest).workspace(id);
+    egress.timestamp = Timestamp::now().plus_millis(164_000);
+    ir.r.app.store.append_audit(&[egress]).await.unwrap();
+    ir.at(166);
+    ir.r.app.reconciler.wake(id);
+    let stopped = ir.r.status(id, WorkspaceStatus::Stopped).await;
+    assert_eq!(stopped.observed.status_reason, Some(StatusReason::IdleTimeout));
+    ir.r.app.reconciler.shutdown().await;
+}
+
+#[tokio::test]
+async fn no_limit_or_zero_never_stops() {
+    for limit in [None, Some(0)] {
+        let (ir, id) = idle_rig(limit).await;
+        ir.at(365 * 86_400);
+        ir.check(id).await;
+        ir.still_idle(id).await;
+        ir.r.app.reconciler.shutdown().await;
+    }
+}
+
+/// The stop and a submission race: whichever takes the workspace's row lock first wins, cleanly.
+#[tokio::test]
+async fn a_submission_and_the_idle_stop_never_both_win() {
+    use evershell_core::task::TaskStatus;
+    let (ir, id) = idle_rig(Some(60)).await;
+    let store = &ir.r.app.store;
+    // The decision was made from this row and this last activity; then a task arrives before the write.
+    let ws = ir.r.get(id).await;
+    let since = store.last_workspace_activity(id, evershell_core::idle::ACTIVITY_EVENTS).await.unwrap().unwrap();
+    let mut next = ws.clone();
+    next.intent.desired = evershell_core::lifecycle::Desired::Stopped;
+    next.intent.request = Some(evershell_core::model::Request {
+        seq: ws.observed.adopted + 1,
+        status: WorkspaceStatus::Stopping,
+        reason: StatusReason::IdleTimeout,
+    });
+    let g = (ws.intent.generation, ws.observed.generation);
+    let events = evershell_core::idle::ACTIVITY_EVENTS;
+    let t = ir.task(id, TaskStatus::Submitted).await;
+    assert!(!store.update_intent_if_inactive(&next, g.0, g.1, since, events, &[]).await.unwrap(), "a task is queued");
+    // The task ends (a moment later than the decision's last activity): still refused, that was activity.
+    let end = evershell_store::TaskUpdate {
+        status: TaskStatus::Cancelled,
+        reason: Some(evershell_core::task::TaskReason::Cancelled),
+        delivered_at: None,
+        started_at: None,
+        completed_at: Some(since.plus_millis(1)),
+        result: None,
+    };
+    assert!(store.update_task(t, TaskStatus::Submitted, &end, &[]).await.unwrap());
+    assert!(!store.update_intent_if_inactive(&next, g.0, g.1, since, events, &[]).await.unwrap(), "activity since");
+    // With nothing since, the stop lands; a submission after it is refused with the stopping workspace's 409.
+    let since = store.last_workspace_activity(id, events).await.unwrap().unwrap();
+    assert!(store.update_intent_if_inactive(&next, g.0, g.1, since, events, &[]).await.unwrap());
+    let t = evershell_core::model::TaskRecord {
+        id: evershell_core::ids::TaskId::new(),
+        status: TaskStatus::Submitted,
+        reason: None,
+        completed_at: None,
+        ..store.get_task(ir.r.caller.org_id, id, t).await.unwrap().unwrap()
+    };
+    let err = store.insert_task(&t, &[]).await.unwrap_err();
+    assert_eq!(err.code, evershell_core::ErrorCode::WorkspaceStopped, "{err:?}");
+    // The same written twice does not land twice (the generation moved).
+    assert!(!store.update_intent_if_inactive(&next, g.0, g.1, since, events, &[]).await.unwrap());
+    ir.r.app.reconciler.wake(id);
+    ir.r.status(id, WorkspaceStatus::Stopped).await;
+    ir.r.app.reconciler.shutdown().await;
+}

@@ -4,6 +4,7 @@ mod data_perms;
 mod harness;
 mod http_limits;
 mod idempotency_secrets;
+mod idle;
 mod metrics_labels;
 mod quotas_paging;
 mod smaller_hardening;

@@ -1,5 +1,6 @@
 //! Tasks: submission (queued behind the workspace's open tasks, under its row lock, refused when the workspace
-//! cannot take work), the narrow guarded status update every change goes through (`WHERE id = ? AND status = ?`),
+//! cannot take work, a pending stop included), the narrow guarded status update every change goes through
+//! (`WHERE id = ? AND status = ?`),
 //! and what the dispatcher reads (a workspace's open tasks in queue order, the workspaces that have any).
 
 macro_rules! ops {
@@ -32,8 +33,11 @@ macro_rules! ops {
             let options = options.as_str();
             run("insert_task", move || async move {
                 let mut tx = s.begin().await?;
+                // A stop the API (or the idle timeout) asked for counts as `stopping` before the reconciler takes
+                // it on: the public status says so, and a task accepted now would only be interrupted.
                 let ws: Option<(String, Option<i64>)> = sqlx::query_as(concat!(
-                    "SELECT status, archived_at FROM workspaces WHERE org_id = $1 AND id = $2",
+                    "SELECT CASE WHEN request_seq > adopted_seq AND request_status = 'stopping' THEN 'stopping' \
+                     ELSE status END, archived_at FROM workspaces WHERE org_id = $1 AND id = $2",
                     for_update!()
                 ))
                 .bind(t.org_id.to_string())

@@ -4,7 +4,7 @@
 
 macro_rules! ops {
     () => {
-        use evershell_core::audit::AuditEvent;
+        use evershell_core::audit::{AuditEvent, EventType};
         use evershell_core::ids::{OrgId, PodId, WorkspaceId};
         use evershell_core::model::WorkspaceRecord;
         use evershell_core::{Error, ErrorCode, Result, Timestamp};
@@ -173,6 +173,29 @@ macro_rules! ops {
             rows.into_iter().map(WorkspaceRecord::try_from).collect()
         }
 
+        /// The intent columns of `ws` inside `c`, guarded by the intent generation and by the observation generation
+        /// the caller decided from; `false` when either moved.
+        async fn intent_guarded(c: &mut Conn, ws: &WorkspaceRecord, expected_intent: i64, expected_observed: i64) -> TxResult<bool> {
+            let done = sqlx::query(
+                "UPDATE workspaces SET environment = $4, desired = $5, request_seq = $6, request_status = $7, \
+                 request_reason = $8, archived_at = $9, updated_at = $10, intent_generation = $2 + 1 \
+                 WHERE id = $1 AND intent_generation = $2 AND generation = $3",
+            )
+            .bind(ws.id.to_string())
+            .bind(expected_intent)
+            .bind(expected_observed)
+            .bind(ws.environment.as_deref())
+            .bind(ws.intent.desired.as_str())
+            .bind(ws.intent.request.map_or(0, |r| r.seq))
+            .bind(ws.intent.request.map(|r| r.status.as_str()))
+            .bind(ws.intent.request.map(|r| r.reason.as_str()))
+            .bind(millis(ws.archived_at))
+            .bind(ws.updated_at.millis())
+            .execute(&mut *c)
+            .await?;
+            Ok(done.rows_affected() == 1)
+        }
+
         /// The API's narrow write: the intent columns only, guarded by the intent generation and by the observation
         /// generation the call decided from.
         pub async fn update_intent(
@@ -186,24 +209,80 @@ macro_rules! ops {
             run("update_intent", move || async move {
                 let mut tx = s.begin().await?;
                 check_quota(&mut tx, ws, quota).await?;
-                let done = sqlx::query(
-                    "UPDATE workspaces SET environment = $4, desired = $5, request_seq = $6, request_status = $7, \
-                     request_reason = $8, archived_at = $9, updated_at = $10, intent_generation = $2 + 1 \
-                     WHERE id = $1 AND intent_generation = $2 AND generation = $3",
+                if !intent_guarded(&mut tx, ws, expected_intent, expected_observed).await? {
+                    return Ok(false);
+                }
+                super::audit::insert(&mut tx, audit).await?;
+                tx.commit().await?;
+                Ok(true)
+            })
+            .await
+        }
+
+        /// The latest of: a task of `ws` submitted, a task of `ws` ended, an audit row about `ws` of one of `events`.
+        /// The audit row is found from the newest backwards (the `(workspace_id, timestamp)` index), so the cost is
+        /// the rows written since the last activity, not the workspace's whole history.
+        async fn last_activity_in<'e, E: sqlx::Executor<'e, Database = Db>>(
+            e: E,
+            ws: WorkspaceId,
+            events: &[EventType],
+        ) -> TxResult<Option<i64>> {
+            let names: Vec<String> = events.iter().map(|t| format!("'{}'", t.as_str())).collect();
+            let audit = if names.is_empty() {
+                "NULL".to_string()
+            } else {
+                format!(
+                    "(SELECT \"timestamp\" FROM audit_events WHERE workspace_id = $1 AND event_type IN ({}) \
+                     ORDER BY \"timestamp\" DESC LIMIT 1)",
+                    names.join(", ")
+                )
+            };
+            let sql = format!(
+                "SELECT (SELECT MAX(created_at) FROM tasks WHERE workspace_id = $1), \
+                 (SELECT MAX(completed_at) FROM tasks WHERE workspace_id = $1), {audit}"
+            );
+            let (a, b, c): (Option<i64>, Option<i64>, Option<i64>) =
+                sqlx::query_as(sqlx::AssertSqlSafe(sql)).bind(ws.to_string()).fetch_one(e).await?;
+            Ok([a, b, c].into_iter().flatten().max())
+        }
+
+        pub async fn last_workspace_activity(s: &S, ws: WorkspaceId, events: &[EventType]) -> Result<Option<Timestamp>> {
+            let t = last_activity_in(&s.read, ws, events).await.map_err(Error::from)?;
+            Ok(t.map(Timestamp::from_millis))
+        }
+
+        /// The idle stop's write: `ws`'s intent as `update_intent` writes it, only if — under the workspace's row
+        /// lock, which a task submission takes too — the workspace has no task that has not ended and no activity
+        /// (as `last_workspace_activity` finds it) after `since`. `false` when it has, or a generation moved.
+        pub async fn update_intent_if_inactive(
+            s: &S,
+            ws: &WorkspaceRecord,
+            expected_intent: i64,
+            expected_observed: i64,
+            since: Timestamp,
+            events: &[EventType],
+            audit: &[AuditEvent],
+        ) -> Result<bool> {
+            run("update_intent_if_inactive", move || async move {
+                let mut tx = s.begin().await?;
+                sqlx::query(concat!("SELECT id FROM workspaces WHERE id = $1", for_update!()))
+                    .bind(ws.id.to_string())
+                    .execute(&mut *tx)
+                    .await?;
+                let open: i64 = sqlx::query_scalar(
+                    "SELECT COUNT(*) FROM tasks WHERE workspace_id = $1 \
+                     AND status IN ('submitted', 'delivered', 'running', 'compacting')",
                 )
                 .bind(ws.id.to_string())
-                .bind(expected_intent)
-                .bind(expected_observed)
-                .bind(ws.environment.as_deref())
-                .bind(ws.intent.desired.as_str())
-                .bind(ws.intent.request.map_or(0, |r| r.seq))
-                .bind(ws.intent.request.map(|r| r.status.as_str()))
-                .bind(ws.intent.request.map(|r| r.reason.as_str()))
-                .bind(millis(ws.archived_at))
-                .bind(ws.updated_at.millis())
-                .execute(&mut *tx)
+                .fetch_one(&mut *tx)
                 .await?;
-                if done.rows_affected() != 1 {
+                if open > 0 {
+                    return Ok(false);
+                }
+                if last_activity_in(&mut *tx, ws.id, events).await?.is_some_and(|t| t > since.millis()) {
+                    return Ok(false);
+                }
+                if !intent_guarded(&mut tx, ws, expected_intent, expected_observed).await? {
                     return Ok(false);
                 }
                 super::audit::insert(&mut tx, audit).await?;
