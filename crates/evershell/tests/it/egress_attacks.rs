@@ -223,6 +223,7 @@ print('rcode=%d answers=%s' % (rcode, ','.join(ips)))\"",
 async fn dns_to_outside_resolvers_is_answered_by_our_responder_and_nothing_leaves() {
     let Some(rig) = EgressRig::start(CAPS, NAMES).await else { return };
     let (dns_before, forwarded) = (nft_counter(&rig, "pod-dns"), nft_counter(&rig, "pod-forward"));
+    let refused = nft_counter(&rig, "pod-refused");
     // An allowed name asked of 8.8.8.8: answered with the mapped address, which only our responder knows.
     let r = ran(&rig, &dns_probe("8.8.8.8", "api.example.test", false)).await;
     assert_eq!(r.stdout, "rcode=0 answers=192.0.2.1\n", "{}", r.stderr);
@@ -243,6 +244,21 @@ async fn dns_to_outside_resolvers_is_answered_by_our_responder_and_nothing_leave
     // Every query went to the redirect (four first packets at least), none was forwarded off the host.
     assert!(nft_counter(&rig, "pod-dns") >= dns_before + 4, "the queries were not redirected to our responder");
     assert_eq!(nft_counter(&rig, "pod-forward"), forwarded, "a DNS packet of the pod was forwarded off the host");
+    // What is neither TCP nor DNS is refused at once as it arrives (counted), and never reaches the forward hook.
+    let r = ran(
+        &rig,
+        "python3 -c \"import socket
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.settimeout(10); s.connect(('1.1.1.1', 5353))
+s.send(b'x')
+try:
+    s.recv(10); print('answered')
+except OSError as e:
+    print('refused', e.errno)\"",
+    )
+    .await;
+    assert!(r.stdout.starts_with("refused"), "{}", r.stdout);
+    assert!(nft_counter(&rig, "pod-refused") > refused, "the early refusal counted nothing");
+    assert_eq!(nft_counter(&rig, "pod-forward"), forwarded, "a packet of the pod was forwarded off the host");
     // Each denial is in the workspace's audit, with its transport.
     let path = format!("/v1/workspaces/{}/audit?filter=event_type=egress_dns_denied&limit=100", rig.ws);
     for (name, transport) in [(&exfil_udp, "udp"), (&exfil_tcp, "tcp")] {
@@ -339,15 +355,21 @@ async fn the_pod_reads_no_credential_secret_or_key_of_the_platform() {
     }
     assert!(!seen.contains("PRIVATE KEY"), "the pod read a private key: {seen}");
     // Then search for each value, split in two so no command line carries it whole: every process's environment
-    // and command line, and every writable tree of the pod.
-    for n in &needles {
+    // and every writable tree of the pod. The probe finds a canary planted in the pod (so it can fail).
+    let probe = |n: &str| {
         let (a, b) = n.split_at(n.len() / 2);
-        let probe = format!(
+        format!(
             "n='{a}'; n=\"${{n}}{b}\"; grep -lsF -e \"$n\" /proc/[0-9]*/environ; \
              grep -rlsF -e \"$n\" /workspace /tmp /home /etc /run /root /var/tmp /dev/shm 2>/dev/null; \
              env | grep -qF -e \"$n\" && echo in-env; echo probed"
-        );
-        let r = rig.sh(&probe).await;
+        )
+    };
+    let canary = format!("canary-{nanos:x}");
+    let (ca, nb) = canary.split_at(8);
+    let r = rig.sh(&format!("c='{ca}'; echo \"${{c}}{nb}\" > /workspace/planted; {}", probe(&canary))).await;
+    assert_eq!(r["stdout"], "/workspace/planted\nprobed\n", "the probe does not find what is there: {r}");
+    for n in &needles {
+        let r = rig.sh(&probe(n)).await;
         assert_eq!(r["stdout"], "probed\n", "a platform secret is readable inside the pod: {r}");
     }
     rig.stop().await;
