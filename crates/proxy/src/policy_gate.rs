@@ -411,9 +411,11 @@ impl<D: Directory> Gate for PolicyGate<D> {
                 Ok(None) => {
                     // Org-less: a server-level record (`UnknownPeers`), not an audit row. A request the gate denied
                     // as `unknown_peer` was noted when it was decided.
-                    let noted = matches!(&outcome.decision, Decision::DeniedByGate { reason } if reason == "unknown_peer");
+                    let noted =
+                        matches!(&outcome.decision, Decision::DeniedByGate { reason } if reason == "unknown_peer");
                     if !noted {
-                        let kind = if outcome.request.is_some() { UnknownKind::Request } else { UnknownKind::Connection };
+                        let kind =
+                            if outcome.request.is_some() { UnknownKind::Request } else { UnknownKind::Connection };
                         let what = outcome.request.as_ref().map(|r| r.host.as_str()).or(conn.sni.as_deref());
                         UnknownPeers::global().note(conn.peer.ip(), kind, what.unwrap_or(""));
                     }

@@ -42,7 +42,9 @@ pub async fn record(
         ObservationWrite::Written => {
             tracing::debug!(workspace_id = %ws, pod_id = %pod, address = %addr, "pod network recorded")
         }
-        ObservationWrite::Stale => tracing::debug!(workspace_id = %ws, pod_id = %pod, "pod network of a pod no longer owned"),
+        ObservationWrite::Stale => {
+            tracing::debug!(workspace_id = %ws, pod_id = %pod, "pod network of a pod no longer owned")
+        }
         ObservationWrite::Fenced => {
             tracing::warn!(workspace_id = %ws, pod_id = %pod, epoch = fence.epoch, "pod network write fenced off")
         }

@@ -162,7 +162,11 @@ except OSError as e:
     print('reset', e.errno)\"",
     )
     .await;
-    assert!(r.stdout == "read 0\n" || r.stdout.starts_with("reset"), "the proxy answered a non-HTTP client: {}", r.stdout);
+    assert!(
+        r.stdout == "read 0\n" || r.stdout.starts_with("reset"),
+        "the proxy answered a non-HTTP client: {}",
+        r.stdout
+    );
     rig.deny_row("192.0.2.1:443", "not_http").await;
 
     // Smuggling: Content-Length with Transfer-Encoding, over TLS to the allowed host and over plain HTTP.
@@ -299,11 +303,9 @@ print(s.recv(65536).decode(errors='replace'))\""
     assert_eq!(code, "403", "the redirect was followed to the metadata address: {body}");
     denied_body(&body, "raw_ip");
     let rows = rig
-        .rows_where(
-            &format!("/v1/workspaces/{}/audit?filter=event_type=egress_request&limit=1000", rig.ws),
-            1,
-            |r| r["destination"] == "169.254.169.254:80" && r["path"] == "/latest/user-data",
-        )
+        .rows_where(&format!("/v1/workspaces/{}/audit?filter=event_type=egress_request&limit=1000", rig.ws), 1, |r| {
+            r["destination"] == "169.254.169.254:80" && r["path"] == "/latest/user-data"
+        })
         .await;
     assert_eq!(rows[0]["decision"], "deny");
     // Names and addresses the policy allows, but that are (or resolve to) loopback, without `upstream_hosts`: the
@@ -397,7 +399,8 @@ async fn an_expired_token_is_audited_and_an_address_no_pod_owns_is_counted() {
         async move {
             let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
             loop {
-                let (code, _, body) = curl(rig, "--resolve api.example.test:443:192.0.2.1 https://api.example.test/v1/ok").await;
+                let (code, _, body) =
+                    curl(rig, "--resolve api.example.test:443:192.0.2.1 https://api.example.test/v1/ok").await;
                 if body.contains(reason) {
                     assert_eq!(code, "403", "{body}");
                     return;

@@ -71,10 +71,9 @@ async fn a_networked_pod_goes_through_the_real_gate_with_its_credential_injected
     assert_eq!(r["stdout"], "probed\n", "the credential is readable inside the pod: {r}");
 
     // A denied host (its name given by hand: DNS would not answer it): the proxy's 403 JSON.
-    let r = rig.sh(
-        "curl -s -w '\\n%{http_code}' --resolve denied.example.test:443:192.0.2.1 https://denied.example.test/v1/x",
-    )
-    .await;
+    let r = rig
+        .sh("curl -s -w '\\n%{http_code}' --resolve denied.example.test:443:192.0.2.1 https://denied.example.test/v1/x")
+        .await;
     let out = r["stdout"].as_str().unwrap();
     let (body, code) = out.rsplit_once('\n').unwrap();
     assert_eq!(code, "403", "{r}");

@@ -206,7 +206,9 @@ impl EgressRig {
     pub async fn deny_row(&self, destination: &str, reason: &str) -> Value {
         let path = format!("/v1/workspaces/{}/audit?filter=event_type=egress_request&limit=1000", self.ws);
         let rows = self
-            .rows_where(&path, 1, |r| r["decision"] == "deny" && r["destination"] == destination && r["reason"] == reason)
+            .rows_where(&path, 1, |r| {
+                r["decision"] == "deny" && r["destination"] == destination && r["reason"] == reason
+            })
             .await;
         let row = rows[0].clone();
         assert_eq!((&row["actor"], &row["category"]), (&json!("policy-engine"), &json!("activity")), "{row}");
