@@ -13,11 +13,13 @@ pub mod gate;
 mod handler;
 pub mod oauth2_broker;
 pub mod orig_dst;
+mod own_addresses;
 pub mod policy_dns;
 pub mod policy_gate;
 mod raw_head;
 mod server;
 mod sniff;
+pub mod unknown_peers;
 mod upstream;
 
 pub use allow_list::AllowList;
@@ -34,4 +36,5 @@ pub use gate::{
 pub use policy_dns::PolicyDns;
 pub use policy_gate::{PolicyGate, PolicyGateConfig};
 pub use server::ProxyServer;
+pub use unknown_peers::{UnknownKind, UnknownPeers};
 pub use upstream::is_internal;

@@ -2,7 +2,7 @@
 //! and batched audit writer) as `PolicyGate`. A name is answered only when the querying pod (by source address) may
 //! send at all and some allow rule of its merged policy could match the name (a domain glob, whatever its port; the
 //! provider's own domain is the `_provider` capability's rule); every other query is `NXDOMAIN`, and each denial of a
-//! known pod becomes one `egress_dns_denied` audit row.
+//! known pod becomes one `egress_dns_denied` audit row (an unknown address's go to `UnknownPeers`).
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -15,6 +15,7 @@ use serde_json::json;
 use crate::directory::{Directory, PodIdentity};
 use crate::dns::{DnsAnswer, DnsDenial, DnsPolicy, DnsTransport};
 use crate::policy_gate::PolicyGate;
+use crate::unknown_peers::{UnknownKind, UnknownPeers};
 
 /// Whether some allow rule of `policy` could match the host `name` (lower-case, no trailing dot). Raw-IP globs
 /// never match a name; a name that reads as an IP (`127.1`) is never a host.
@@ -71,8 +72,13 @@ impl<D: Directory> DnsPolicy for PolicyDns<D> {
         // The identity was just looked up (cached): a peer that is no pod has no org to audit under.
         let who = match self.gate.identity(d.peer).await {
             Ok(Some(who)) => who,
-            _ => {
-                tracing::info!(peer = %d.peer, reason = %d.reason, "DNS query from an unknown address denied");
+            Ok(None) => {
+                // No org to audit under: a server-level record instead (rate-limited per address).
+                UnknownPeers::global().note(d.peer, UnknownKind::Dns, &d.name);
+                return;
+            }
+            Err(e) => {
+                tracing::warn!(peer = %d.peer, error = ?e, "egress directory unavailable; a DNS denial was not audited");
                 return;
             }
         };

@@ -26,6 +26,7 @@ use crate::config::ProxyConfig;
 use crate::directory::{BudgetKey, BudgetMove, CredentialForUse, Directory, PodIdentity};
 use crate::gate::{ConnId, ConnInfo, Decision, Denial, Forward, Gate, Outcome, RequestHead, Scheme, Verdict};
 use crate::oauth2_broker::Oauth2Broker;
+use crate::unknown_peers::{UnknownKind, UnknownPeers};
 
 /// Tunables of the gate.
 #[derive(Debug, Clone, Copy)]
@@ -335,7 +336,7 @@ impl<D: Directory> Gate for PolicyGate<D> {
         let who = match self.identity(conn.peer.ip()).await {
             Ok(Some(who)) => who,
             Ok(None) => {
-                tracing::info!(peer = %conn.peer, "egress from an unknown address denied");
+                UnknownPeers::global().note(conn.peer.ip(), UnknownKind::Request, &head.host);
                 return Verdict::Deny(Denial::egress_denied(
                     StatusCode::FORBIDDEN,
                     "unknown_peer",
@@ -415,8 +416,21 @@ impl<D: Directory> Gate for PolicyGate<D> {
                         request_bytes: 0,
                     })
                 }
-                _ => {
-                    tracing::info!(peer = %conn.peer, decision = ?outcome.decision, "egress outcome of an unknown address (not audited)");
+                Ok(None) => {
+                    // Org-less: a server-level record (`UnknownPeers`), not an audit row. A request the gate denied
+                    // as `unknown_peer` was noted when it was decided.
+                    let noted =
+                        matches!(&outcome.decision, Decision::DeniedByGate { reason } if reason == "unknown_peer");
+                    if !noted {
+                        let kind =
+                            if outcome.request.is_some() { UnknownKind::Request } else { UnknownKind::Connection };
+                        let what = outcome.request.as_ref().map(|r| r.host.as_str()).or(conn.sni.as_deref());
+                        UnknownPeers::global().note(conn.peer.ip(), kind, what.unwrap_or(""));
+                    }
+                    None
+                }
+                Err(e) => {
+                    tracing::warn!(peer = %conn.peer, error = ?e, "egress directory unavailable; an outcome was not audited");
                     None
                 }
             },

@@ -23,6 +23,7 @@ use crate::handler::{self, Shared};
 use crate::orig_dst::original_dst;
 use crate::raw_head::{RawTail, Tapped};
 use crate::sniff::{Prefixed, classify};
+use crate::unknown_peers::{UnknownKind, UnknownPeers};
 use crate::upstream::Upstreams;
 
 /// A running proxy.
@@ -69,7 +70,7 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, mut stopped: wa
             accepted = listener.accept() => match accepted {
                 Ok((tcp, peer)) => {
                     if !shared.config.peer_allowed(peer.ip()) {
-                        tracing::debug!(%peer, "connection from outside the allowed peers closed");
+                        UnknownPeers::global().note(peer.ip(), UnknownKind::OutsidePeers, "");
                         drop(tcp);
                         continue;
                     }

@@ -1,5 +1,6 @@
 //! The upstream leg: pooled hyper clients over TLS verified against the system roots plus an extra CA file, dialled
-//! through `upstream_hosts` or DNS (internal addresses refused), `TCP_NODELAY` set; and what each host negotiated.
+//! through `upstream_hosts` or DNS (internal addresses and the host's own refused), `TCP_NODELAY` set; and what each
+//! host negotiated.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -24,7 +25,7 @@ use crate::config::ProxyConfig;
 /// Why a dial failed.
 #[derive(Debug, thiserror::Error)]
 pub enum DialError {
-    #[error("{0} resolves only to internal addresses")]
+    #[error("{0} resolves only to internal addresses or the host's own")]
     Internal(String),
     #[error("{host}: {source}")]
     Io { host: String, source: io::Error },
@@ -58,7 +59,9 @@ impl tower_service::Service<Uri> for Dialer {
                 None => {
                     let all: Vec<SocketAddr> =
                         tokio::net::lookup_host((host.as_str(), port)).await.map_err(io_err)?.collect();
-                    let public: Vec<SocketAddr> = all.into_iter().filter(|a| !is_internal(a.ip())).collect();
+                    let own = crate::own_addresses::host_addresses();
+                    let public: Vec<SocketAddr> =
+                        all.into_iter().filter(|a| !is_internal(a.ip()) && !own.contains(&a.ip())).collect();
                     if public.is_empty() {
                         return Err(DialError::Internal(host));
                     }

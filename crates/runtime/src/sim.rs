@@ -95,6 +95,9 @@ struct State {
     calls: HashMap<SimOp, u32>,
     /// A started sandbox's agent does not answer (`Unhealthy` for ever).
     mute_on_start: bool,
+    /// Pods have a network of their own: each known pod gets an address (`pod_address`).
+    networked: bool,
+    addresses: HashMap<PodId, std::net::IpAddr>,
 }
 
 /// The simulated runtime. Cheap to share: wrap it in an `Arc` and hand the same one to a "restarted" control plane
@@ -124,6 +127,11 @@ impl SimRuntime {
     /// Sandboxes started from now on run an agent that never answers.
     pub fn mute_agents_on_start(&self, mute: bool) {
         self.state.lock().unwrap().mute_on_start = mute;
+    }
+
+    /// Pods get a network of their own (an address each, as the local runtime's networked pods do).
+    pub fn give_pods_addresses(&self, on: bool) {
+        self.state.lock().unwrap().networked = on;
     }
 
     /// The pod's sandbox exits on its own with `why` (its files stay).
@@ -295,6 +303,15 @@ impl PodRuntime for SimRuntime {
         let mut pods: Vec<PodId> = self.state.lock().unwrap().pods.keys().copied().collect();
         pods.sort();
         Ok(pods)
+    }
+
+    fn pod_address(&self, pod: PodId) -> Option<std::net::IpAddr> {
+        let mut st = self.state.lock().unwrap();
+        if !st.networked || !st.pods.contains_key(&pod) {
+            return None;
+        }
+        let n = st.addresses.len() as u32;
+        Some(*st.addresses.entry(pod).or_insert_with(|| std::net::Ipv4Addr::from(0x0ad4_0002 + 4 * n).into()))
     }
 
     fn agent(&self, pod: PodId) -> AgentClient {

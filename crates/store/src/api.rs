@@ -482,8 +482,16 @@ pub trait Store: Send + Sync + 'static {
 
     // ---- egress ----------------------------------------------------------------------------------------------------
     /// Record (or, with `None`, clear) the network observation of the workspace's pod `pod`: a narrow update of
-    /// those columns only, beside the generation-guarded row. `false` when the workspace no longer owns `pod`.
-    async fn set_pod_network(&self, ws: WorkspaceId, pod: PodId, net: Option<&PodNetwork>) -> Result<bool>;
+    /// those columns only, beside the generation-guarded row, presenting the reconciler's lease `fence` as
+    /// `record_observation` does. `Stale` when the workspace no longer owns `pod`; `Fenced` (nothing written) when
+    /// `fence` no longer holds the lease.
+    async fn set_pod_network(
+        &self,
+        ws: WorkspaceId,
+        pod: PodId,
+        net: Option<&PodNetwork>,
+        fence: &Fence,
+    ) -> Result<ObservationWrite>;
     /// The recorded network observation of the workspace's pod.
     async fn pod_network(&self, ws: WorkspaceId) -> Result<Option<(PodId, PodNetwork)>>;
     /// The non-archived workspace whose pod was last recorded at `address`: its id, the pod, and when the pod's

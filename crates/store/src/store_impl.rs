@@ -488,8 +488,9 @@ macro_rules! impl_store {
                     ws: WorkspaceId,
                     pod: PodId,
                     net: Option<&$crate::api::PodNetwork>,
-                ) -> Result<bool> {
-                    ops::egress::set_pod_network(self, ws, pod, net).await
+                    fence: &$crate::api::Fence,
+                ) -> Result<$crate::api::ObservationWrite> {
+                    ops::egress::set_pod_network(self, ws, pod, net, fence).await
                 }
                 async fn pod_network(&self, ws: WorkspaceId) -> Result<Option<(PodId, $crate::api::PodNetwork)>> {
                     ops::egress::pod_network(self, ws).await

@@ -84,9 +84,14 @@ pub(crate) async fn reconcile(inner: &Arc<Inner>, id: WorkspaceId) -> Option<Dur
             inner.states.reset_attempts(id);
             if matches!(ws.observed.status, WorkspaceStatus::Idle | WorkspaceStatus::Busy)
                 && let Some(pod) = ws.observed.pod_id
-                && let Err(e) = pod_network::renew(inner.store.as_ref(), inner.runtime.as_ref(), ws.id, pod).await
+                && let Ok(fence) = lease_fence(inner, &ws)
             {
-                warn!(error = ?e, "renewing the pod's capability token failed");
+                match pod_network::renew(inner.store.as_ref(), inner.runtime.as_ref(), ws.id, pod, &fence).await {
+                    Ok(w) => {
+                        let _ = unless_fenced(inner, &ws, w);
+                    }
+                    Err(e) => warn!(error = ?e, "renewing the pod's capability token failed"),
+                }
             }
             return match super::idle::check(inner, &ws).await {
                 Ok(super::idle::Outcome::StopRequested) => continue,
@@ -201,6 +206,22 @@ async fn write(inner: &Inner, ws: &WorkspaceRecord, mut next: WorkspaceRecord, a
             Err(lost_lease())
         }
     }
+}
+
+/// The fence of the lease this pass holds on `ws` (an error when it holds none: the pass must stop).
+fn lease_fence(inner: &Inner, ws: &WorkspaceRecord) -> Result<evershell_store::Fence> {
+    inner.states.lease(ws.id).map(|l| l.fence).ok_or_else(lost_lease)
+}
+
+/// A fenced-off narrow write (the pod's network) ends the pass as a fenced observation write does.
+fn unless_fenced(inner: &Inner, ws: &WorkspaceRecord, w: ObservationWrite) -> Result<()> {
+    if w != ObservationWrite::Fenced {
+        return Ok(());
+    }
+    if let Some(lease) = inner.states.lease(ws.id) {
+        lease.lost.cancel();
+    }
+    Err(lost_lease())
 }
 
 fn lost_lease() -> evershell_core::Error {
@@ -368,13 +389,16 @@ async fn perform(
                 ));
             }
             // The proxy knows the pod (address and capability token) before anyone sees it ready.
-            pod_network::record(inner.store.as_ref(), rt.as_ref(), ws.id, spec(ws).pod_id).await?;
+            let fence = lease_fence(inner, ws)?;
+            let w = pod_network::record(inner.store.as_ref(), rt.as_ref(), ws.id, spec(ws).pod_id, &fence).await?;
+            unless_fenced(inner, ws, w)?;
             write(inner, ws, next, &audit).await?;
             Ok(Flow::Again)
         }
         Step::StopSandbox => {
             // From here on the pod's connections are denied.
-            pod_network::clear(inner.store.as_ref(), ws.id, spec(ws).pod_id).await?;
+            let fence = lease_fence(inner, ws)?;
+            unless_fenced(inner, ws, pod_network::clear(inner.store.as_ref(), ws.id, spec(ws).pod_id, &fence).await?)?;
             rt.stop(spec(ws).pod_id).await.map_err(pod_err)?;
             Ok(Flow::Again)
         }

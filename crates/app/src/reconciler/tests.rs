@@ -14,7 +14,7 @@ use evershell_core::model::{
     AgentRole, BillingStatus, Environment, Org, PoolPolicy, Provider, ProviderKind, WorkspaceRecord,
 };
 use evershell_core::scope::PermissionSet;
-use evershell_runtime::{SimOp, SimRuntime};
+use evershell_runtime::{PodRuntime, SimOp, SimRuntime};
 use evershell_snapshot::{SnapshotKeys, SnapshotStore};
 use evershell_store::Store;
 
@@ -655,4 +655,47 @@ async fn a_submission_and_the_idle_stop_never_both_win() {
     ir.r.app.reconciler.wake(id);
     ir.r.status(id, WorkspaceStatus::Stopped).await;
     ir.r.app.reconciler.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_pod_network_write_after_the_lease_was_lost_is_refused_by_the_fence() {
+    // Pods get addresses, so marking a pod ready first records its address and capability token.
+    let sim = SimRuntime::new();
+    sim.give_pods_addresses(true);
+    let r = rig_with(sim, cfg()).await;
+    let pause = r.sim.pause_next(SimOp::Start);
+    let id = r.create().await;
+    pause.reached().await;
+    let before = r.get(id).await;
+    assert_eq!(before.observed.status, WorkspaceStatus::Provisioning);
+    let pod = before.observed.pod_id.unwrap();
+    // Another replica takes the lease while the sandbox starts; the next write of the old owner is the pod's network
+    // (the pass goes start → await agent → record the network → mark ready).
+    let thief = steal_lease(&r, id).await;
+    pause.release();
+    r.pass_ended(id).await;
+    assert_eq!(r.app.store.pod_network(id).await.unwrap(), None, "a stale owner recorded the pod's network");
+    assert_eq!(r.get(id).await.observed, before.observed);
+    // The holder writes (and clears) it; a fence of the old epoch is refused either way.
+    let addr = r.sim.pod_address(pod).unwrap().to_string();
+    let net = evershell_store::PodNetwork {
+        address: addr.clone(),
+        capability: "thief-token".into(),
+        capability_expires_at: Timestamp::now().plus_millis(60_000),
+    };
+    let old = evershell_store::Fence { owner: thief.owner.clone(), epoch: thief.epoch - 1 };
+    let w = r.app.store.set_pod_network(id, pod, Some(&net), &old).await.unwrap();
+    assert_eq!(w, evershell_store::ObservationWrite::Fenced);
+    let w = r.app.store.set_pod_network(id, pod, Some(&net), &thief).await.unwrap();
+    assert_eq!(w, evershell_store::ObservationWrite::Written);
+    let w = r.app.store.set_pod_network(id, pod, None, &thief).await.unwrap();
+    assert_eq!(w, evershell_store::ObservationWrite::Written);
+    // Once it lets go, the reconciler takes the workspace on again and records the network before it is ready.
+    r.app.store.release_workspace(id, &thief).await.unwrap();
+    r.app.reconciler.wake(id);
+    r.status(id, WorkspaceStatus::Idle).await;
+    let (p, recorded) = r.app.store.pod_network(id).await.unwrap().expect("the network was recorded");
+    assert_eq!((p, recorded.address.as_str()), (pod, addr.as_str()));
+    assert_ne!(recorded.capability, "thief-token");
+    r.app.reconciler.shutdown().await;
 }

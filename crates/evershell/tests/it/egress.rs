@@ -124,7 +124,20 @@ async fn the_in_process_proxy_decides_a_workspace_request_and_audits_it() {
         capability: "test-capability".into(),
         capability_expires_at: Timestamp::now().plus_millis(60_000),
     };
-    assert!(ts.app.store().set_pod_network(ws_id, rec.observed.pod_id.unwrap(), Some(&net)).await.unwrap());
+    // Written as the reconciler writes it: under the workspace's lease (taken once no pass holds it).
+    let store = ts.app.store();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    let fence = loop {
+        let now = Timestamp::now();
+        if let Some(f) = store.claim_workspace(ws_id, "egress-test", now, now.plus_millis(60_000)).await.unwrap() {
+            break f;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "the reconciler never let the workspace go");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let wrote = store.set_pod_network(ws_id, rec.observed.pod_id.unwrap(), Some(&net), &fence).await.unwrap();
+    assert_eq!(wrote, evershell_store::ObservationWrite::Written);
+    store.release_workspace(ws_id, &fence).await.unwrap();
     // The proxy caches identities for at most a second.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
     let resp = loop {

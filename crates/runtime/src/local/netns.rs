@@ -10,7 +10,12 @@
 //! TCP and UDP port 53 go to the DNS responder, all other TCP is redirected to the egress proxy (the original
 //! destination stays readable with `SO_ORIGINAL_DST`, since the host's conntrack made the redirect), only those two
 //! ports are accepted, everything else is refused at once with an ICMP error (a refused connect, never a hang), and
-//! nothing is ever forwarded. With no proxy listening, a pod's connections are refused at once.
+//! nothing is ever forwarded. What is neither TCP nor DNS is refused as it arrives (a filter chain at prerouting),
+//! not only at the forward hook: with `net.ipv4.ip_forward = 0` the kernel would drop such a packet silently before
+//! the forward hook, and the pod would wait for an answer instead of being refused. The DNS redirect, the early
+//! refusal and the forward refusal count their packets (`nft list table inet evershell_<port>`: comments
+//! `pod-dns`, `pod-refused`, `pod-forward`), which shows what pods sent and that nothing of theirs left the host.
+//! With no proxy listening, a pod's connections are refused at once.
 //!
 //! A pod's set-up is two `ip -batch` processes (the namespace and the host end; then the pod end) and two sysctl
 //! writes from a thread joined to the namespace; spare pods are set up with theirs, so a create that takes a spare
@@ -101,9 +106,15 @@ fn host_rules(ports: Ports) -> String {
         "table inet {table} {{}}
 delete table inet {table}
 table inet {table} {{
+  chain refuse {{
+    type filter hook prerouting priority mangle; policy accept;
+    iifname \"{pods}\" meta l4proto tcp accept
+    iifname \"{pods}\" udp dport 53 accept
+    iifname \"{pods}\" counter reject with icmpx type admin-prohibited comment \"pod-refused\"
+  }}
   chain prerouting {{
     type nat hook prerouting priority dstnat; policy accept;
-    iifname \"{pods}\" meta l4proto {{ tcp, udp }} th dport 53 redirect to :{dns}
+    iifname \"{pods}\" meta l4proto {{ tcp, udp }} th dport 53 counter redirect to :{dns} comment \"pod-dns\"
     iifname \"{pods}\" meta l4proto tcp redirect to :{proxy}
   }}
   chain input {{
@@ -114,7 +125,7 @@ table inet {table} {{
   }}
   chain forward {{
     type filter hook forward priority filter; policy accept;
-    iifname \"{pods}\" reject with icmpx type admin-prohibited
+    iifname \"{pods}\" counter reject with icmpx type admin-prohibited comment \"pod-forward\"
     oifname \"{pods}\" drop
   }}
 }}

@@ -1,5 +1,5 @@
 //! The egress proxy's queries: a pod's network observation (address and capability token, narrow updates beside the
-//! generation-guarded workspace row), the lookup by address, and the caps budget counters — read, moved all or
+//! generation-guarded workspace row, fenced by the reconciler's lease like every observation write), the lookup by address, and the caps budget counters — read, moved all or
 //! nothing by compare-and-set on the values read (so concurrent requests cannot both pass one ceiling), and grown
 //! by response bytes after the fact.
 
@@ -9,7 +9,7 @@ macro_rules! ops {
         use evershell_core::policy::Counter;
         use evershell_core::{Result, Timestamp};
 
-        use $crate::api::{BudgetCounterMove, PodNetwork};
+        use $crate::api::{BudgetCounterMove, Fence, ObservationWrite, PodNetwork};
         use $crate::errors::db;
         use $crate::tx::run;
 
@@ -17,22 +17,41 @@ macro_rules! ops {
             i64::try_from(v).unwrap_or(i64::MAX)
         }
 
-        pub async fn set_pod_network(s: &S, ws: WorkspaceId, pod: PodId, net: Option<&PodNetwork>) -> Result<bool> {
+        pub async fn set_pod_network(
+            s: &S,
+            ws: WorkspaceId,
+            pod: PodId,
+            net: Option<&PodNetwork>,
+            fence: &Fence,
+        ) -> Result<ObservationWrite> {
             run("set_pod_network", move || async move {
                 let mut tx = s.begin().await?;
                 let done = sqlx::query(
                     "UPDATE workspaces SET pod_address = $3, pod_capability = $4, pod_capability_expires_at = $5 \
-                     WHERE id = $1 AND pod_id = $2",
+                     WHERE id = $1 AND pod_id = $2 AND lease_owner = $6 AND lease_epoch = $7",
                 )
                 .bind(ws.to_string())
                 .bind(pod.to_string())
                 .bind(net.map(|n| n.address.clone()))
                 .bind(net.map(|n| n.capability.clone()))
                 .bind(net.map(|n| n.capability_expires_at.millis()))
+                .bind(fence.owner.as_str())
+                .bind(fence.epoch)
                 .execute(&mut *tx)
                 .await?;
-                tx.commit().await?;
-                Ok(done.rows_affected() == 1)
+                if done.rows_affected() == 1 {
+                    tx.commit().await?;
+                    return Ok(ObservationWrite::Written);
+                }
+                let held: Option<i64> = sqlx::query_scalar(
+                    "SELECT COUNT(*) FROM workspaces WHERE id = $1 AND lease_owner = $2 AND lease_epoch = $3",
+                )
+                .bind(ws.to_string())
+                .bind(fence.owner.as_str())
+                .bind(fence.epoch)
+                .fetch_optional(&mut *tx)
+                .await?;
+                Ok(if held.unwrap_or(0) == 1 { ObservationWrite::Stale } else { ObservationWrite::Fenced })
             })
             .await
         }

@@ -1,10 +1,10 @@
 //! The egress proxy's store state: a pod's network observation (narrow update, lookup by address, cleared on stop,
-//! refused for a pod the workspace no longer owns, untouched by generation-guarded writes) and the budget counters
+//! refused for a pod the workspace no longer owns or without the lease's fence, untouched by generation-guarded writes) and the budget counters
 //! (compare-and-set, all or nothing, exactly the ceiling under concurrent writers from two stores, bytes added
 //! after the fact).
 
 use evershell_core::policy::Counter;
-use evershell_store::{BudgetCounterMove, PodNetwork};
+use evershell_store::{BudgetCounterMove, Fence, ObservationWrite, PodNetwork};
 
 use crate::*;
 
@@ -24,18 +24,30 @@ async fn pod_network_is_recorded_looked_up_by_address_and_cleared(ctx: Ctx) {
     ctx.store.create_workspace(&ws, &[]).await.unwrap();
     let pod = ws.observed.pod_id.unwrap();
     assert_eq!(ctx.store.workspace_by_pod_address("10.212.0.6").await.unwrap(), None);
-    assert!(!ctx.store.set_pod_network(ws.id, PodId::new(), Some(&net("10.212.0.6", 5_000))).await.unwrap());
-    assert!(ctx.store.set_pod_network(ws.id, pod, Some(&net("10.212.0.6", 5_000))).await.unwrap());
+    let fence = ctx.store.claim_workspace(ws.id, "test", ts(1_000), ts(60_000)).await.unwrap().unwrap();
+    let set = |pod, n: Option<PodNetwork>, f: Fence| {
+        let store = ctx.store.clone();
+        async move { store.set_pod_network(ws.id, pod, n.as_ref(), &f).await.unwrap() }
+    };
+    assert_eq!(set(PodId::new(), Some(net("10.212.0.6", 5_000)), fence.clone()).await, ObservationWrite::Stale);
+    // A fence that no longer holds the lease writes nothing.
+    let stale = Fence { owner: fence.owner.clone(), epoch: fence.epoch - 1 };
+    assert_eq!(set(pod, Some(net("10.212.0.6", 5_000)), stale.clone()).await, ObservationWrite::Fenced);
+    let other = Fence { owner: "someone-else".into(), epoch: fence.epoch };
+    assert_eq!(set(pod, Some(net("10.212.0.6", 5_000)), other).await, ObservationWrite::Fenced);
+    assert_eq!(ctx.store.workspace_by_pod_address("10.212.0.6").await.unwrap(), None);
+    assert_eq!(set(pod, Some(net("10.212.0.6", 5_000)), fence.clone()).await, ObservationWrite::Written);
     assert_eq!(ctx.store.workspace_by_pod_address("10.212.0.6").await.unwrap(), Some((ws.id, pod, Some(ts(5_000)))));
     assert_eq!(ctx.store.pod_network(ws.id).await.unwrap(), Some((pod, net("10.212.0.6", 5_000))));
     // An observation write by the reconciler leaves the pod's network alone.
     let mut next = ws.clone();
     next.observed.status = WorkspaceStatus::Stopping;
-    let fence = ctx.store.claim_workspace(ws.id, "test", ts(1_000), ts(60_000)).await.unwrap().unwrap();
     let wrote = ctx.store.record_observation(&next, ws.observed.generation, &fence, &[]).await.unwrap();
     assert_eq!(wrote, evershell_store::ObservationWrite::Written);
     assert_eq!(ctx.store.workspace_by_pod_address("10.212.0.6").await.unwrap(), Some((ws.id, pod, Some(ts(5_000)))));
-    assert!(ctx.store.set_pod_network(ws.id, pod, None).await.unwrap());
+    assert_eq!(set(pod, None, stale).await, ObservationWrite::Fenced, "a stale owner cannot clear it either");
+    assert_eq!(ctx.store.workspace_by_pod_address("10.212.0.6").await.unwrap(), Some((ws.id, pod, Some(ts(5_000)))));
+    assert_eq!(set(pod, None, fence).await, ObservationWrite::Written);
     assert_eq!(ctx.store.workspace_by_pod_address("10.212.0.6").await.unwrap(), None);
     assert_eq!(ctx.store.pod_network(ws.id).await.unwrap(), None);
 }
