@@ -349,7 +349,7 @@ mod tests {
             ("metadata", Kind::Object, "{"),
         ] {
             let e = field_value(name, kind, text.into()).unwrap_err();
-            assert_eq!(e.code, ErrorCode::Validation);
+            assert_eq!(e.code, ErrorCode::ValidationError);
             assert!(serde_json::to_string(&e.details).unwrap().contains(name), "{name}: {:?}", e.details);
         }
     }

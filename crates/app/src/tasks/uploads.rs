@@ -304,7 +304,7 @@ mod tests {
         let long = "y".repeat(256);
         for bad in ["", "a/b", "/abs", "a\\b", "..", ".", "../x", "a..b", "nul\0", "line\nbreak", &long] {
             let e = check_name(bad).unwrap_err();
-            assert_eq!(e.code, ErrorCode::Validation, "{bad:?}");
+            assert_eq!(e.code, ErrorCode::ValidationError, "{bad:?}");
             let details = serde_json::to_string(&e.details).unwrap();
             assert!(details.contains("\"file\""), "the field is named: {details}");
         }
@@ -331,7 +331,7 @@ mod tests {
         inc.write(b"01234").await.unwrap();
         assert_eq!(inc.write(b"5").await.unwrap_err().code, ErrorCode::PayloadTooLarge, "in all");
         assert_eq!(inc.start_file("c").await.unwrap_err().code, ErrorCode::PayloadTooLarge, "count");
-        assert_eq!(inc.start_file("a").await.unwrap_err().code, ErrorCode::Validation, "duplicate");
+        assert_eq!(inc.start_file("a").await.unwrap_err().code, ErrorCode::ValidationError, "duplicate");
         assert_eq!(count(), 1);
         drop(inc);
         assert_eq!(count(), 0, "a refused submission leaves nothing");
@@ -353,6 +353,6 @@ mod tests {
     #[tokio::test]
     async fn without_a_directory_files_are_refused() {
         let s = Staging::default();
-        assert_eq!(s.begin().await.unwrap_err().code, ErrorCode::Validation);
+        assert_eq!(s.begin().await.unwrap_err().code, ErrorCode::ValidationError);
     }
 }

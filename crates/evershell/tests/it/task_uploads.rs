@@ -127,19 +127,19 @@ async fn task_files_reach_the_pod_and_bad_submissions_leave_nothing() {
     let long = "n".repeat(256);
     for bad in ["a/b.txt", "a\\b.txt", "..", "../x", "x..y", "nul\0.txt", "", long.as_str()] {
         let r = post_form(&ts, "/v1/tasks", &role, &[("ok.txt", b"x"), (bad, b"y")]).await;
-        r.expect(400, "validation");
+        r.expect(400, "validation_error");
         assert_eq!(r.fields(), ["file"], "{bad:?}: {}", r.json);
     }
     let r = post_form(&ts, "/v1/tasks", &role, &[("same.txt", b"1"), ("same.txt", b"2")]).await;
-    r.expect(400, "validation");
+    r.expect(400, "validation_error");
     let mut with_bad_fields = role.to_vec();
     with_bad_fields.push(("max_continuations", "ten"));
     let r = post_form(&ts, "/v1/tasks", &with_bad_fields, &[("a.txt", b"a")]).await;
-    r.expect(400, "validation");
+    r.expect(400, "validation_error");
     assert_eq!(r.fields(), ["max_continuations"], "{}", r.json);
     let mut with_bad_meta = role.to_vec();
     with_bad_meta.push(("metadata", "[1]"));
-    post_form(&ts, "/v1/tasks", &with_bad_meta, &[]).await.expect(400, "validation");
+    post_form(&ts, "/v1/tasks", &with_bad_meta, &[]).await.expect(400, "validation_error");
     post_form(&ts, "/v1/tasks", &role, &[("big.bin", &big)]).await.expect(413, "payload_too_large");
     post_form(&ts, "/v1/tasks", &role, &[("m1", &most), ("m2", &most)]).await.expect(413, "payload_too_large");
     let four: Vec<(String, &[u8])> = (0..=MAX_FILES).map(|i| (format!("f{i}"), b"x".as_slice())).collect();
@@ -151,7 +151,7 @@ async fn task_files_reach_the_pod_and_bad_submissions_leave_nothing() {
 
     // T1 with two files (one binary).
     let binary: Vec<u8> = (0..=255u8).cycle().take(5000).collect();
-    let t1_files: [(&str, &[u8]); 2] = [("a.txt", b"alpha\r\n--t3st-b0undary not the end\n"), ("b.bin", &binary)];
+    let t1_files: [(&str, &[u8]); 2] = [("a.txt", b"alpha\r\n--t3st-b0undar not the end\n"), ("b.bin", &binary)];
     look_at_uploads(&model, "look_1");
     let mut fields = role.to_vec();
     fields.push(("max_continuations", "5"));
@@ -183,7 +183,7 @@ async fn task_files_reach_the_pod_and_bad_submissions_leave_nothing() {
         let r = post_form(&ts, &path, &[("description", "no")], &files).await;
         assert_eq!(r.status.as_u16(), status, "{}", r.json);
     }
-    post_form(&ts, &path, &[("description", "no"), ("surprise", "1")], &[]).await.expect(400, "validation");
+    post_form(&ts, &path, &[("description", "no"), ("surprise", "1")], &[]).await.expect(400, "validation_error");
     assert_eq!(ts.get(&path).await.ok().as_array().map_or(0, Vec::len), 2, "no task was created");
     assert_eq!(staged_entries(&ts), Vec::<String>::new());
 
