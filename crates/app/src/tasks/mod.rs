@@ -296,7 +296,7 @@ impl App {
                 if staged {
                     self.uploads.discard(ws.id, task.id).await;
                 }
-                return Err(e.into());
+                return Err(e);
             }
         };
         tracing::info!(task_id = %task.id, workspace_id = %ws.id, queue_seq = seq, "task submitted");
