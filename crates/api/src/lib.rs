@@ -8,6 +8,7 @@ pub mod error;
 pub mod extract;
 pub mod idempotency;
 pub mod metrics;
+pub mod multipart;
 pub mod openapi;
 pub mod paging;
 pub mod routes;

@@ -1,6 +1,6 @@
 //! The per-request time limit: a request whose response head is not ready within `limits.request_timeout_ms` is
 //! dropped and answered `503 unavailable`. A `?wait=true` request may hold `limits.max_wait_ms` longer (its own
-//! limit); a file upload gets `limits.upload_timeout_ms` instead, and a command run in a sandbox (`sandbox/exec`)
+//! limit); a file upload (and a task submitted with files) gets `limits.upload_timeout_ms` instead, and a command run in a sandbox (`sandbox/exec`)
 //! the longest deadline a command may have plus the base limit. Response bodies (downloads) stream past the limit.
 
 use std::time::Duration;
@@ -31,7 +31,15 @@ pub fn limit_of(limits: &Limits, method: &Method, path: &str, query: Option<&str
 }
 
 pub async fn enforce(State(limits): State<Limits>, req: Request, next: Next) -> Response {
-    let limit = limit_of(&limits, req.method(), req.uri().path(), req.uri().query());
+    let mut limit = limit_of(&limits, req.method(), req.uri().path(), req.uri().query());
+    // A task submitted with files (multipart) is an upload.
+    let multipart = req
+        .headers()
+        .get(axum::http::header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().to_ascii_lowercase().starts_with(b"multipart/"));
+    if multipart && req.method() == Method::POST && req.uri().path().ends_with("/tasks") {
+        limit = limit.max(Duration::from_millis(limits.upload_timeout_ms));
+    }
     match tokio::time::timeout(limit, next.run(req)).await {
         Ok(res) => res,
         Err(_) => {

@@ -59,6 +59,11 @@ pub struct AppConfig {
     pub password_hash_concurrency: usize,
     /// Timing of the activity SSE streams.
     pub activity: activity::StreamSettings,
+    /// Where files uploaded with a task wait for its delivery (`None`: tasks take no files); the server uses
+    /// `<data_dir>/task-uploads`.
+    pub task_upload_dir: Option<std::path::PathBuf>,
+    /// Bounds of the files of one task submission.
+    pub task_upload_limits: tasks::uploads::UploadLimits,
 }
 
 /// Workspace limits (0: unlimited), counted over non-archived workspaces; a create beyond one is
@@ -108,6 +113,8 @@ impl Default for AppConfig {
             login: Default::default(),
             password_hash_concurrency: 0,
             activity: Default::default(),
+            task_upload_dir: None,
+            task_upload_limits: Default::default(),
         }
     }
 }
@@ -121,6 +128,8 @@ pub struct App {
     reconciler: Reconciler,
     /// Hands queued tasks to agents and follows them (see `tasks::dispatcher`).
     dispatcher: tasks::Dispatcher,
+    /// Files uploaded with tasks, waiting for their delivery (see `tasks::uploads`).
+    uploads: tasks::uploads::Staging,
     config: AppConfig,
     /// This server process, as the owner of the idempotency keys it is running requests for.
     instance_id: String,
@@ -175,7 +184,12 @@ impl App {
         config: AppConfig,
     ) -> Self {
         let reconciler = Reconciler::new(store.clone(), runtime.clone(), snapshots.clone(), config.reconciler.clone());
-        let dispatcher = tasks::Dispatcher::new(store.clone(), runtime.clone(), Default::default());
+        let uploads = tasks::uploads::Staging::new(config.task_upload_dir.clone(), config.task_upload_limits);
+        let dispatcher = tasks::Dispatcher::new(
+            store.clone(),
+            runtime.clone(),
+            tasks::DispatcherConfig { uploads: uploads.clone(), ..Default::default() },
+        );
         // Only a single server can know every revocation as it happens (see `key_cache`).
         let key_cache = key_cache::KeyCache::new(config.reconciler.single_server);
         let instance_id = uuid::Uuid::now_v7().simple().to_string();
@@ -186,6 +200,7 @@ impl App {
             snapshots,
             reconciler,
             dispatcher,
+            uploads,
             config,
             instance_id,
             session_key: Default::default(),

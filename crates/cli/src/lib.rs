@@ -10,4 +10,5 @@ pub mod profile;
 pub mod secrets;
 pub mod sse;
 pub mod tasks;
+pub mod tasks_form;
 pub mod workspaces;

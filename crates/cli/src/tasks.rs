@@ -1,5 +1,6 @@
 //! `evershell tasks …`: submit a task (to a workspace, or to a new workspace of a role), list, get, cancel, and
-//! `--follow` a task until it ends (polling it; the exit status says whether it completed).
+//! `--follow` a task until it ends (polling it; the exit status says whether it completed). With `--file`, the
+//! submission is sent as `multipart/form-data` (`tasks_form`).
 
 use std::time::Duration;
 
@@ -122,8 +123,11 @@ pub async fn run(conn: &Connection, cmd: TaskCommand) -> anyhow::Result<()> {
             follow: wait,
             json,
         } => {
-            if !files.is_empty() {
-                anyhow::bail!("--file needs multipart task uploads, which this server version does not accept yet");
+            let mut uploads = Vec::with_capacity(files.len());
+            for f in &files {
+                let name = crate::tasks_form::upload_name(f)?;
+                let data = tokio::fs::read(f).await.map_err(|e| anyhow::anyhow!("{}: {e}", f.display()))?;
+                uploads.push((name, data));
             }
             let mut body = json!({ "description": description, "reset_session": reset_session });
             for (k, v) in [
@@ -135,13 +139,24 @@ pub async fn run(conn: &Connection, cmd: TaskCommand) -> anyhow::Result<()> {
                     body[k] = v;
                 }
             }
-            let v: Value = match (&workspace, &role) {
-                (Some(ws), _) => c.json(Method::POST, &format!("/v1/workspaces/{ws}/tasks"), Some(body)).await?,
+            let path = match (&workspace, &role) {
+                (Some(ws), _) => format!("/v1/workspaces/{ws}/tasks"),
                 (None, Some(r)) => {
                     body["role_name"] = json!(r);
-                    c.json(Method::POST, "/v1/tasks", Some(body)).await?
+                    "/v1/tasks".to_string()
                 }
                 (None, None) => unreachable!("clap requires one"),
+            };
+            let v: Value = if uploads.is_empty() {
+                c.json(Method::POST, &path, Some(body)).await?
+            } else {
+                // With files: multipart, the same fields as text parts.
+                let form = crate::tasks_form::build(&body, &uploads);
+                let req = c
+                    .request(Method::POST, &path)
+                    .header(reqwest::header::CONTENT_TYPE, form.content_type)
+                    .body(form.body);
+                c.send(req).await?.1
             };
             let (ws, task) =
                 (v["workspace_id"].as_str().unwrap_or_default(), v["task_id"].as_str().unwrap_or_default());

@@ -211,6 +211,12 @@ pub struct LimitsConfig {
     pub max_wait_ms: u64,
     /// Most entries a file listing returns.
     pub max_list_entries: usize,
+    /// Most files one task submission (multipart `file` parts) may carry.
+    pub max_task_files: usize,
+    /// Largest file of a task submission (bytes).
+    pub max_task_file_bytes: u64,
+    /// Most bytes of all the files of one task submission.
+    pub max_task_upload_bytes: u64,
 }
 
 /// Connection and request limits of the HTTP server.
@@ -304,11 +310,15 @@ impl Default for RuntimeConfig {
 impl Default for LimitsConfig {
     fn default() -> Self {
         let l = evershell_api::Limits::default();
+        let u = evershell_app::tasks::uploads::UploadLimits::default();
         Self {
             max_body_bytes: l.max_body_bytes,
             max_upload_bytes: l.max_upload_bytes,
             max_wait_ms: l.max_wait_ms,
             max_list_entries: evershell_snapshot::MAX_LIST_ENTRIES,
+            max_task_files: u.max_files,
+            max_task_file_bytes: u.max_file_bytes,
+            max_task_upload_bytes: u.max_total_bytes,
         }
     }
 }

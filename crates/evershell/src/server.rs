@@ -135,6 +135,12 @@ pub async fn start(cfg: Config) -> anyhow::Result<Server> {
         login: cfg.login.policy(),
         password_hash_concurrency: cfg.login.hash_concurrency,
         activity: cfg.activity,
+        task_upload_dir: Some(cfg.data_dir.join("task-uploads")),
+        task_upload_limits: evershell_app::tasks::uploads::UploadLimits {
+            max_files: cfg.limits.max_task_files,
+            max_file_bytes: cfg.limits.max_task_file_bytes,
+            max_total_bytes: cfg.limits.max_task_upload_bytes,
+        },
     };
     let app = Arc::new(App::new(store, runtime, snapshots, app_cfg).with_master_key(master_key));
     app.reconciler().start().await.context("starting the reconciler")?;

@@ -1,7 +1,7 @@
 //! The `PodRuntime` contract.
 
 use async_trait::async_trait;
-use evershell_core::ids::{OrgId, PodId, SnapshotId, WorkspaceId};
+use evershell_core::ids::{OrgId, PodId, SnapshotId, TaskId, WorkspaceId};
 use evershell_core::lifecycle::PodObservation;
 use evershell_snapshot::{Manifest, SnapshotError, SnapshotKeys};
 
@@ -119,6 +119,18 @@ pub trait PodRuntime: Send + Sync + 'static {
 
     /// A client for the agent inside the pod.
     fn agent(&self, pod: PodId) -> AgentClient;
+
+    /// Copy a task's uploaded files (name, host path of the staged copy) to `/data/uploads/<task>/<name>` in the
+    /// pod: owned by the sandbox user, mode 0644, in a 0755 directory, never through a link pod code planted.
+    /// Idempotent (a placed file is replaced). A runtime that cannot place files refuses.
+    async fn place_uploads(
+        &self,
+        _pod: PodId,
+        _task: TaskId,
+        _files: &[(String, std::path::PathBuf)],
+    ) -> Result<(), PodError> {
+        Err(PodError::Other(anyhow::anyhow!("the `{}` runtime cannot place uploaded files", self.name())))
+    }
 
     /// A short, secret-free description of why the sandbox ended (exit status, last log lines), for `last_error`.
     async fn diagnostics(&self, pod: PodId) -> Option<String>;

@@ -45,6 +45,8 @@ pub struct DispatcherConfig {
     pub poll_wait: Duration,
     /// How often every workspace with an open task is looked at.
     pub scan_interval: Duration,
+    /// Where uploaded files wait: copied into the pod before delivery, removed once the task leaves `submitted`.
+    pub uploads: super::uploads::Staging,
 }
 
 impl Default for DispatcherConfig {
@@ -54,6 +56,7 @@ impl Default for DispatcherConfig {
             retry_base: Duration::from_millis(200),
             poll_wait: Duration::from_secs(2),
             scan_interval: Duration::from_secs(5),
+            uploads: Default::default(),
         }
     }
 }
@@ -162,6 +165,11 @@ async fn scan(inner: &Arc<Inner>) {
 }
 
 async fn recover(inner: &Arc<Inner>) -> evershell_core::Result<()> {
+    match inner.cfg.uploads.sweep(inner.store.as_ref()).await {
+        Ok(0) => {}
+        Ok(n) => info!(count = n, "removed uploaded files no queued task waits for"),
+        Err(e) => warn!(error = ?e, "sweeping staged uploads failed"),
+    }
     for id in inner.store.workspaces_with_open_tasks().await? {
         let Some(ws) = inner.store.get_workspace_by_id(id).await? else { continue };
         if ws.status().is_running() {
@@ -284,6 +292,11 @@ async fn deliver(
         (Some(r), Some(p)) => delivery::delivery(task, r, p),
         _ => Err(evershell_core::Error::new(evershell_core::ErrorCode::RoleNotFound, "the role is gone")),
     };
+    // The task's files are in the pod before the agent hears of the task.
+    let built = match built {
+        Ok(d) if !task.options.files.is_empty() => place_uploads(inner, ws, task).await.map(|()| d),
+        other => other,
+    };
     let d = match built {
         Ok(d) => d,
         Err(e) => {
@@ -336,6 +349,19 @@ async fn deliver(
     }
     warn!(task_id = %task.id, reason = reason.as_str(), "task delivery failed");
     apply(inner, ws, task, TaskInput::DeliveryFailed(reason), None).await?;
+    Ok(())
+}
+
+/// Copy `task`'s staged files to `/data/uploads/<task_id>/` in the workspace's pod.
+async fn place_uploads(inner: &Arc<Inner>, ws: &WorkspaceRecord, task: &TaskRecord) -> evershell_core::Result<()> {
+    let pod = ws.observed.pod_id.ok_or_else(|| evershell_core::Error::internal(anyhow::anyhow!("no pod")))?;
+    let files = inner.cfg.uploads.staged(ws.id, task.id, &task.options.files).await?;
+    inner
+        .runtime
+        .place_uploads(pod, task.id, &files)
+        .await
+        .map_err(|e| evershell_core::Error::internal(anyhow::anyhow!(e)))?;
+    debug!(task_id = %task.id, files = files.len(), "uploaded files placed in the pod");
     Ok(())
 }
 
@@ -578,6 +604,10 @@ async fn apply(
         .into_iter()
         .collect();
     let moved = inner.store.update_task(task.id, task.status, &update, &audit).await?;
+    if moved && task.status == TaskStatus::Submitted && !task.options.files.is_empty() {
+        // In the pod (delivered) or never needed again (ended before delivery).
+        inner.cfg.uploads.discard(ws.id, task.id).await;
+    }
     if moved {
         info!(task_id = %task.id, from = task.status.as_str(), to = status.as_str(),
             reason = reason.map(|r| r.as_str()), "task moved");

@@ -5,6 +5,7 @@
 
 pub mod delivery;
 pub mod dispatcher;
+pub mod uploads;
 
 use std::collections::HashSet;
 
@@ -23,6 +24,7 @@ use utoipa::ToSchema;
 use crate::App;
 use crate::caller::Caller;
 use crate::workspaces::CreateWorkspace;
+use uploads::Incoming;
 
 pub use dispatcher::{Dispatcher, DispatcherConfig};
 
@@ -119,13 +121,51 @@ fn options_of(
         Some(serde_json::Value::Object(_)) => {}
         Some(_) => errs.add("metadata", "must be an object"),
     }
-    TaskOptions { thinking_effort, max_continuations, max_context_tokens, reset_session, metadata, uploads: vec![] }
+    TaskOptions {
+        thinking_effort,
+        max_continuations,
+        max_context_tokens,
+        reset_session,
+        metadata,
+        uploads: vec![],
+        files: vec![],
+    }
 }
 
 impl App {
+    /// The files a submission takes (their bounds and where they wait), for the API's multipart reader.
+    pub fn task_uploads(&self) -> &uploads::Staging {
+        &self.uploads
+    }
+
+    /// The checks of `POST /v1/workspaces/{id}/tasks` that need no body (404, then 403), run before files are
+    /// received.
+    pub async fn check_task_submitter(&self, caller: &Caller, workspace: &str) -> Result<()> {
+        let ws = self.load_workspace(caller, workspace).await?;
+        caller.check_owner(Scope::TasksWrite, ws.created_by_user_id, ErrorCode::PermissionDenied)
+    }
+
+    /// The checks of `POST /v1/tasks` that need no body (the two scope families), run before files are received.
+    pub fn check_task_creator(&self, caller: &Caller) -> Result<()> {
+        caller.reach(Scope::WorkspaceWrite)?;
+        caller.reach(Scope::TasksWrite)?;
+        Ok(())
+    }
+
     /// `POST /v1/workspaces/{id}/tasks`. Order of checks: 404 → 403 ownership → 400 → 423 → 409 (another org's
     /// workspace is a 404 whatever the body).
     pub async fn submit_task(&self, caller: &Caller, workspace: &str, req: SubmitTask) -> Result<TaskAccepted> {
+        self.submit_task_with_files(caller, workspace, req, None).await
+    }
+
+    /// [`App::submit_task`] with the files of a multipart submission (kept only when the task is accepted).
+    pub async fn submit_task_with_files(
+        &self,
+        caller: &Caller,
+        workspace: &str,
+        req: SubmitTask,
+        files: Option<Incoming>,
+    ) -> Result<TaskAccepted> {
         let ws = self.load_workspace(caller, workspace).await?;
         caller.check_owner(Scope::TasksWrite, ws.created_by_user_id, ErrorCode::PermissionDenied)?;
         let mut errs = FieldErrors::default();
@@ -141,14 +181,24 @@ impl App {
         errs.into_result()?;
         self.ensure_billing(caller).await?;
         self.check_model(&ws).await?;
-        self.enqueue(caller, &ws, req.description, options).await
+        self.enqueue(caller, &ws, req.description, options, files).await
     }
 
     /// `POST /v1/tasks`: create the workspace, then queue its first task (delivered once it is `idle`).
     pub async fn create_task(&self, caller: &Caller, req: CreateTask) -> Result<TaskAccepted> {
+        self.create_task_with_files(caller, req, None).await
+    }
+
+    /// [`App::create_task`] with the files of a multipart submission: no workspace is created when the request is
+    /// refused, and the files are kept only when the task is accepted.
+    pub async fn create_task_with_files(
+        &self,
+        caller: &Caller,
+        req: CreateTask,
+        files: Option<Incoming>,
+    ) -> Result<TaskAccepted> {
         // Both families are needed; an `:own` reach suffices, as the caller owns the new workspace.
-        caller.reach(Scope::WorkspaceWrite)?;
-        caller.reach(Scope::TasksWrite)?;
+        self.check_task_creator(caller)?;
         let mut errs = FieldErrors::default();
         let options = options_of(
             &mut errs,
@@ -188,7 +238,7 @@ impl App {
             .get_workspace(caller.org_id, created.id)
             .await?
             .ok_or_else(|| Error::internal(anyhow::anyhow!("the workspace just created is gone")))?;
-        self.enqueue(caller, &ws, req.description, options).await
+        self.enqueue(caller, &ws, req.description, options, files).await
     }
 
     /// 409 `invalid_state` when the workspace's role or provider names no usable model endpoint.
@@ -206,8 +256,13 @@ impl App {
         caller: &Caller,
         ws: &WorkspaceRecord,
         description: String,
-        options: TaskOptions,
+        mut options: TaskOptions,
+        files: Option<Incoming>,
     ) -> Result<TaskAccepted> {
+        if let Some(f) = &files {
+            options.files = f.files().to_vec();
+            options.uploads = options.files.iter().map(|f| f.name.clone()).collect();
+        }
         let task = TaskRecord {
             id: TaskId::new(),
             org_id: ws.org_id,
@@ -226,7 +281,24 @@ impl App {
         };
         let mut audit = caller.audit(EventType::TaskSubmitted).workspace(ws.id).target("task", task.id);
         audit.task_id = Some(task.id);
-        let seq = self.store.insert_task(&task, &[audit]).await?;
+        if !task.options.files.is_empty() {
+            // Names and sizes only, never contents.
+            audit.details = Some(serde_json::json!({ "files": task.options.files }));
+        }
+        // The files are in place before the row exists, so the dispatcher never sees the task without them.
+        let staged = files.as_ref().is_some_and(|f| !f.files().is_empty());
+        if let Some(f) = files.filter(|f| !f.files().is_empty()) {
+            f.commit(&self.uploads, ws.id, task.id).await?;
+        }
+        let seq = match self.store.insert_task(&task, &[audit]).await {
+            Ok(seq) => seq,
+            Err(e) => {
+                if staged {
+                    self.uploads.discard(ws.id, task.id).await;
+                }
+                return Err(e);
+            }
+        };
         tracing::info!(task_id = %task.id, workspace_id = %ws.id, queue_seq = seq, "task submitted");
         self.dispatcher.wake(ws.id);
         Ok(TaskAccepted { task_id: task.id, workspace_id: ws.id, status: TaskStatus::Submitted })
@@ -278,6 +350,7 @@ impl App {
                 if !self.store.update_task(head.id, TaskStatus::Submitted, &update, &[audit]).await? {
                     continue; // delivered meanwhile: cancel it at the agent
                 }
+                self.uploads.discard(ws.id, head.id).await;
                 self.dispatcher.wake(ws.id);
                 return Ok(TaskAccepted { task_id: head.id, workspace_id: ws.id, status: TaskStatus::Cancelled });
             }

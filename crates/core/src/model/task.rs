@@ -23,6 +23,15 @@ pub struct TaskOptions {
     pub metadata: Option<serde_json::Value>,
     /// File names placed under `/data/uploads/<task_id>/` before delivery.
     pub uploads: Vec<String>,
+    /// The files uploaded with the task (names and sizes; the bytes are never kept in the store).
+    pub files: Vec<TaskFile>,
+}
+
+/// A file uploaded with a task: its name under `/data/uploads/<task_id>/` and its size in bytes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct TaskFile {
+    pub name: String,
+    pub size: u64,
 }
 
 /// A task row.
@@ -72,6 +81,8 @@ pub struct Task {
     pub metadata: Option<serde_json::Value>,
     /// File names under `/data/uploads/<task_id>/`.
     pub uploads: Vec<String>,
+    /// The files uploaded with the task (name, size in bytes), in the order they were sent.
+    pub files: Vec<TaskFile>,
     /// The agent's final answer, once completed.
     pub result: Option<String>,
 }
@@ -97,6 +108,7 @@ impl From<&TaskRecord> for Task {
             reset_session: t.options.reset_session,
             metadata: t.options.metadata.clone(),
             uploads: t.options.uploads.clone(),
+            files: t.options.files.clone(),
             result: t.result.clone(),
         }
     }

@@ -271,8 +271,11 @@ async fn tasks_submit_list_get_follow_and_cancel() {
     assert_eq!(list.as_array().unwrap().len(), 1);
     let (ok, _, err) = evershell(&ts, &["tasks", "cancel", "--workspace", &ws], &[]).await;
     assert!(!ok && err.contains("invalid_state"), "{err}");
+    // A missing --file is an error naming it, and nothing is submitted (`--file` end to end: it::task_uploads).
     let (ok, _, err) = evershell(&ts, &["tasks", "submit", "--workspace", &ws, "x", "--file", "a.txt"], &[]).await;
-    assert!(!ok && err.contains("--file"), "{err}");
+    assert!(!ok && err.contains("a.txt"), "{err}");
+    let list = json(&ts, &["tasks", "list", "--workspace", &ws, "--json"]).await;
+    assert_eq!(list.as_array().unwrap().len(), 1);
     let (ok, _, err) = evershell(&ts, &["tasks", "submit", "x"], &[]).await;
     assert!(!ok && err.contains("--workspace"), "{err}");
     ts.stop().await;

@@ -31,6 +31,7 @@ mod exec;
 mod openapi_drift;
 mod secrets;
 mod task_run;
+mod task_uploads;
 mod tasks;
 mod workspace_faults;
 mod workspaces;

@@ -65,12 +65,17 @@ async fn tls_front(backend: SocketAddr, names: &[&str]) -> (SocketAddr, String) 
 }
 
 pub(crate) struct Setup {
-    pub ts: TestServer,
-    pub model: ScriptedModel,
-    pub _ca_dir: tempfile::TempDir,
+    pub(crate) ts: TestServer,
+    pub(crate) model: ScriptedModel,
+    pub(crate) _ca_dir: tempfile::TempDir,
 }
 
 pub(crate) async fn setup(kind: &str, domain: &str) -> Setup {
+    setup_with(kind, domain, |_| {}).await
+}
+
+/// [`setup`] with the server's configuration adjusted by `tweak`.
+pub(crate) async fn setup_with(kind: &str, domain: &str, tweak: impl FnOnce(&mut evershell::config::Config)) -> Setup {
     let model = ScriptedModel::start().await;
     let (front, ca_pem) = tls_front(model.addr, &[domain]).await;
     let ca_dir = tempfile::tempdir().unwrap();
@@ -79,6 +84,7 @@ pub(crate) async fn setup(kind: &str, domain: &str) -> Setup {
     let ts = TestServer::start_with(|cfg| {
         cfg.proxy.upstream_hosts.insert(domain.into(), front.to_string());
         cfg.proxy.upstream_ca_file = Some(ca_file.clone());
+        tweak(cfg);
     })
     .await;
     let owner = ts.login(&ts.owner_email.clone()).await;

@@ -17,6 +17,7 @@ mod sandbox;
 mod seccomp;
 mod spares;
 mod trust;
+mod uploads;
 
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
@@ -26,7 +27,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, anyhow};
 use async_trait::async_trait;
-use evershell_core::ids::{OrgId, PodId, SnapshotId, WorkspaceId};
+use evershell_core::ids::{OrgId, PodId, SnapshotId, TaskId, WorkspaceId};
 use evershell_core::lifecycle::PodObservation;
 use evershell_snapshot::{Manifest, SnapshotKeys, SnapshotStore};
 use tokio::sync::watch;
@@ -861,6 +862,25 @@ impl PodRuntime for LocalRuntime {
 
     fn agent(&self, pod: PodId) -> AgentClient {
         AgentClient::unix(self.dir(pod).socket())
+    }
+
+    async fn place_uploads(
+        &self,
+        pod: PodId,
+        task: TaskId,
+        files: &[(String, std::path::PathBuf)],
+    ) -> Result<(), PodError> {
+        let dir = self.dir(pod);
+        let owner = match (&self.identities, self.ownership(&dir)) {
+            (None, _) => None,
+            (Some(_), Some(o)) => Some((o.pod.uid, o.pod.gid)),
+            (Some(_), None) => return Err(PodError::Other(anyhow::anyhow!("the pod has no recorded identity"))),
+        };
+        let (uploads, task, files) = (dir.uploads(), task.to_string(), files.to_vec());
+        blocking(move || uploads::place(&uploads, &task, &files, owner))
+            .await
+            .context("placing the task's uploaded files in the pod")?;
+        Ok(())
     }
 
     async fn diagnostics(&self, pod: PodId) -> Option<String> {
