@@ -9,9 +9,11 @@ pub mod audit_log;
 pub mod authn;
 pub mod billing;
 pub mod caller;
+pub mod checkpoint;
 pub mod credentials;
 pub mod egress;
 pub mod files;
+pub mod forks;
 pub mod idempotency;
 pub mod identity;
 pub mod input;
@@ -59,6 +61,8 @@ pub struct AppConfig {
     pub password_hash_concurrency: usize,
     /// Timing of the activity SSE streams.
     pub activity: activity::StreamSettings,
+    /// Checkpoints after each completed task (retention).
+    pub checkpoints: checkpoint::CheckpointConfig,
 }
 
 /// Workspace limits (0: unlimited), counted over non-archived workspaces; a create beyond one is
@@ -108,6 +112,7 @@ impl Default for AppConfig {
             login: Default::default(),
             password_hash_concurrency: 0,
             activity: Default::default(),
+            checkpoints: Default::default(),
         }
     }
 }
@@ -175,7 +180,10 @@ impl App {
         config: AppConfig,
     ) -> Self {
         let reconciler = Reconciler::new(store.clone(), runtime.clone(), snapshots.clone(), config.reconciler.clone());
-        let dispatcher = tasks::Dispatcher::new(store.clone(), runtime.clone(), Default::default());
+        let checkpoints =
+            checkpoint::Checkpointer::new(store.clone(), runtime.clone(), snapshots.clone(), config.checkpoints);
+        let dispatcher =
+            tasks::Dispatcher::with_checkpoints(store.clone(), runtime.clone(), Default::default(), Some(checkpoints));
         // Only a single server can know every revocation as it happens (see `key_cache`).
         let key_cache = key_cache::KeyCache::new(config.reconciler.single_server);
         let instance_id = uuid::Uuid::now_v7().simple().to_string();

@@ -135,6 +135,7 @@ pub async fn start(cfg: Config) -> anyhow::Result<Server> {
         login: cfg.login.policy(),
         password_hash_concurrency: cfg.login.hash_concurrency,
         activity: cfg.activity,
+        checkpoints: cfg.checkpoints,
     };
     let app = Arc::new(App::new(store, runtime, snapshots, app_cfg).with_master_key(master_key));
     app.reconciler().start().await.context("starting the reconciler")?;

@@ -20,6 +20,7 @@ pub(crate) const SQLITE: Ladder = &[
     (7, "tasks", include_str!("../migrations/sqlite/0007_tasks.sql")),
     (8, "activity_task_index", include_str!("../migrations/sqlite/0008_activity_task_index.sql")),
     (9, "role_pod_limits", include_str!("../migrations/sqlite/0009_role_pod_limits.sql")),
+    (11, "checkpoints", include_str!("../migrations/sqlite/0011_checkpoints.sql")),
 ];
 
 pub(crate) const POSTGRES: Ladder = &[
@@ -32,6 +33,7 @@ pub(crate) const POSTGRES: Ladder = &[
     (7, "tasks", include_str!("../migrations/postgres/0007_tasks.sql")),
     (8, "activity_task_index", include_str!("../migrations/postgres/0008_activity_task_index.sql")),
     (9, "role_pod_limits", include_str!("../migrations/postgres/0009_role_pod_limits.sql")),
+    (11, "checkpoints", include_str!("../migrations/postgres/0011_checkpoints.sql")),
 ];
 
 pub(crate) fn migrator(ladder: Ladder) -> Migrator {

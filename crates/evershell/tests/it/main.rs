@@ -24,6 +24,7 @@ mod credentials;
 mod egress;
 mod egress_e2e;
 mod exec;
+mod fork;
 mod openapi_drift;
 mod secrets;
 mod task_run;

@@ -19,7 +19,7 @@ use crate::harness::TestServer;
 const KEY: &str = "sk-ant-taskrun-51c9";
 const DOMAIN: &str = "api.anthropic.com";
 
-fn can_run() -> bool {
+pub(crate) fn can_run() -> bool {
     // SAFETY: geteuid has no preconditions.
     let root = unsafe { libc::geteuid() } == 0;
     root && ["nft", "ip"]
@@ -64,13 +64,18 @@ async fn tls_front(backend: SocketAddr, names: &[&str]) -> (SocketAddr, String) 
     (addr, ca_cert.pem())
 }
 
-struct Setup {
-    ts: TestServer,
-    model: ScriptedModel,
-    _ca_dir: tempfile::TempDir,
+pub(crate) struct Setup {
+    pub(crate) ts: TestServer,
+    pub(crate) model: ScriptedModel,
+    pub(crate) _ca_dir: tempfile::TempDir,
 }
 
 async fn setup(kind: &str, domain: &str) -> Setup {
+    setup_with(kind, domain, |_| {}).await
+}
+
+/// `setup` with a further change to the server's configuration.
+pub(crate) async fn setup_with(kind: &str, domain: &str, tweak: impl FnOnce(&mut evershell::config::Config)) -> Setup {
     let model = ScriptedModel::start().await;
     let (front, ca_pem) = tls_front(model.addr, &[domain]).await;
     let ca_dir = tempfile::tempdir().unwrap();
@@ -79,6 +84,7 @@ async fn setup(kind: &str, domain: &str) -> Setup {
     let ts = TestServer::start_with(|cfg| {
         cfg.proxy.upstream_hosts.insert(domain.into(), front.to_string());
         cfg.proxy.upstream_ca_file = Some(ca_file.clone());
+        tweak(cfg);
     })
     .await;
     let owner = ts.login(&ts.owner_email.clone()).await;
@@ -102,7 +108,7 @@ async fn setup(kind: &str, domain: &str) -> Setup {
     Setup { ts, model, _ca_dir: ca_dir }
 }
 
-async fn wait_task(ts: &TestServer, ws: &str, task: &str, secs: u64) -> Value {
+pub(crate) async fn wait_task(ts: &TestServer, ws: &str, task: &str, secs: u64) -> Value {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
     loop {
         let t = ts.get(&format!("/v1/workspaces/{ws}/tasks/{task}")).await.ok().clone();
