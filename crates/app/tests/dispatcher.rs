@@ -682,8 +682,11 @@ async fn a_checkpoint_that_cannot_be_saved_does_not_fail_the_task_and_refuses_a_
         after: None,
     };
     let rows = store.query_audit(&q).await.unwrap();
-    assert!(rows.iter().any(|r| r.event_type == evershell_core::audit::EventType::SnapshotFailed
-        && r.reason.as_deref() == Some("checkpoint")), "{rows:?}");
+    assert!(
+        rows.iter().any(|r| r.event_type == evershell_core::audit::EventType::SnapshotFailed
+            && r.reason.as_deref() == Some("checkpoint")),
+        "{rows:?}"
+    );
     let fork = |n: serde_json::Value| ForkWorkspace { fork_point_task_count: Some(n) };
     let e = w.app.fork_workspace(&w.caller, &ws.id.to_string(), fork(1.into())).await.unwrap_err();
     assert_eq!(e.code, evershell_core::ErrorCode::SnapshotMissing);
@@ -694,7 +697,10 @@ async fn a_checkpoint_that_cannot_be_saved_does_not_fail_the_task_and_refuses_a_
     assert_eq!(e.code, evershell_core::ErrorCode::ValidationError);
     // Checkpoint 0 of a workspace created empty is the empty state: that fork is made.
     let child = w.app.fork_workspace(&w.caller, &ws.id.to_string(), fork(0.into())).await.unwrap();
-    assert_eq!((child.parent_workspace_id, child.fork_point_task_count, child.fork_source_snapshot_ref), (ws.id, 0, None));
+    assert_eq!(
+        (child.parent_workspace_id, child.fork_point_task_count, child.fork_source_snapshot_ref),
+        (ws.id, 0, None)
+    );
     let view = w.app.get_workspace(&w.caller, &child.workspace_id.to_string()).await.unwrap();
     assert_eq!(view.parent_workspace_id, Some(ws.id));
     assert_eq!(view.fork_point_task_count, Some(0));

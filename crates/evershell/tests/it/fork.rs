@@ -115,6 +115,19 @@ async fn forks_start_from_the_state_right_after_n_tasks() {
         assert_eq!(file(&ts, child, "a").await, (*n >= 1).then(|| b"one\n".to_vec()), "child at {n}");
         assert_eq!(file(&ts, child, "b").await, (*n >= 2).then(|| b"two\n".to_vec()), "child at {n}");
     }
+    // The command line: `workspaces fork WS --at N` prints the child's id (`--json`: the whole answer).
+    let (ok, out, err) = crate::cli::evershell(&ts, &["workspaces", "fork", &ws, "--at", "2"], &[]).await;
+    assert!(ok, "{err}");
+    let by_cli = out.trim().to_string();
+    assert!(by_cli.starts_with("ws_"), "{out}");
+    let got = ts.get(&format!("/v1/workspaces/{by_cli}")).await.ok().clone();
+    assert_eq!(
+        (got["parent_workspace_id"].as_str(), got["fork_point_task_count"].as_i64()),
+        (Some(ws.as_str()), Some(2))
+    );
+    let (ok, out, err) = crate::cli::evershell(&ts, &["workspaces", "fork", &ws, "--at", "9", "--json"], &[]).await;
+    assert!(!ok && (out.contains("snapshot_missing") || err.contains("snapshot_missing")), "{out} {err}");
+    children.push((2, by_cli, got));
     // The parent runs on untouched.
     let parent = ts.get(&format!("/v1/workspaces/{ws}")).await.ok().clone();
     assert_eq!(parent["status"], "idle", "{parent}");
