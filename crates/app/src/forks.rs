@@ -142,7 +142,7 @@ impl App {
             None if n == completed => Err(Error::conflict(
                 ErrorCode::SnapshotMissing,
                 format!(
-                    "the checkpoint after {n} completed tasks is not written yet (it is taken right after the task; retry shortly)"
+                    "the checkpoint after {n} completed tasks is not written yet (it is taken right after the task, or when a workspace stopped before it runs again; retry then)"
                 ),
             )),
             None => {

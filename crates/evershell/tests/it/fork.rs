@@ -154,7 +154,7 @@ async fn forks_start_from_the_state_right_after_n_tasks() {
     ts.wait_status(&c3, "idle", 120).await;
     assert_eq!(file(&ts, &c3, "c").await, Some(b"three\n".to_vec()));
     // The fork audit row names both workspaces.
-    let rows = ts.get(&format!("/v1/audit?filter=event_type=workspace_forked&limit=50")).await;
+    let rows = ts.get("/v1/audit?filter=event_type=workspace_forked&limit=50").await;
     let rows = rows.ok()["events"].as_array().cloned().unwrap_or_default();
     assert!(
         rows.iter().any(|r| r["workspace_id"] == c3.as_str() && r["details"]["parent_workspace_id"] == ws.as_str()),
