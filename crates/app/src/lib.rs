@@ -9,9 +9,11 @@ pub mod audit_log;
 pub mod authn;
 pub mod billing;
 pub mod caller;
+pub mod checkpoint;
 pub mod credentials;
 pub mod egress;
 pub mod files;
+pub mod forks;
 pub mod idempotency;
 pub mod identity;
 pub mod input;
@@ -64,6 +66,8 @@ pub struct AppConfig {
     pub task_upload_dir: Option<std::path::PathBuf>,
     /// Bounds of the files of one task submission.
     pub task_upload_limits: tasks::uploads::UploadLimits,
+    /// Checkpoints after each completed task (retention).
+    pub checkpoints: checkpoint::CheckpointConfig,
 }
 
 /// Workspace limits (0: unlimited), counted over non-archived workspaces; a create beyond one is
@@ -115,6 +119,7 @@ impl Default for AppConfig {
             activity: Default::default(),
             task_upload_dir: None,
             task_upload_limits: Default::default(),
+            checkpoints: Default::default(),
         }
     }
 }
@@ -185,10 +190,13 @@ impl App {
     ) -> Self {
         let reconciler = Reconciler::new(store.clone(), runtime.clone(), snapshots.clone(), config.reconciler.clone());
         let uploads = tasks::uploads::Staging::new(config.task_upload_dir.clone(), config.task_upload_limits);
-        let dispatcher = tasks::Dispatcher::new(
+        let checkpoints =
+            checkpoint::Checkpointer::new(store.clone(), runtime.clone(), snapshots.clone(), config.checkpoints);
+        let dispatcher = tasks::Dispatcher::with_checkpoints(
             store.clone(),
             runtime.clone(),
             tasks::DispatcherConfig { uploads: uploads.clone(), ..Default::default() },
+            Some(checkpoints),
         );
         // Only a single server can know every revocation as it happens (see `key_cache`).
         let key_cache = key_cache::KeyCache::new(config.reconciler.single_server);

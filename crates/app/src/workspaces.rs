@@ -10,7 +10,8 @@ use evershell_core::audit::EventType;
 use evershell_core::ids::{RoleId, SnapshotId, WorkspaceId};
 use evershell_core::lifecycle::{Call, Decision, Desired, Facts, StatusReason, WorkspaceStatus, decide};
 use evershell_core::model::{
-    AgentRole, Intent, Observation, PackStatus, Request, SnapshotRecord, SnapshotSummary, Workspace, WorkspaceRecord,
+    AgentRole, ForkOrigin, Intent, Observation, PackStatus, Request, SnapshotRecord, SnapshotSummary, Workspace,
+    WorkspaceRecord,
 };
 use evershell_core::names;
 use evershell_core::scope::{MemberRole, Reach, Scope};
@@ -126,7 +127,7 @@ impl LifecycleCall {
 
 impl App {
     /// The limits a new workspace of `caller` must stay within.
-    fn quota_for(&self, caller: &Caller) -> WorkspaceQuota {
+    pub(crate) fn quota_for(&self, caller: &Caller) -> WorkspaceQuota {
         let q = &self.config.quotas;
         let limit = |n: u64| (n > 0).then_some(n);
         let per_user = match &caller.principal {
@@ -232,11 +233,17 @@ impl App {
         } else {
             self.store.get_snapshots(&snapshot_ids).await?.into_iter().map(|s| (s.id, s)).collect()
         };
+        let ids: Vec<WorkspaceId> = records.iter().map(|w| w.id).collect();
+        let origins: HashMap<WorkspaceId, ForkOrigin> = if ids.is_empty() {
+            HashMap::new()
+        } else {
+            self.store.get_fork_origins(&ids).await?.into_iter().collect()
+        };
         let mut views: Vec<Workspace> = records
             .iter()
             .map(|ws| {
                 let snap = ws.observed.snapshot_id.and_then(|id| snapshots.remove(&id));
-                view_of(ws, roles.get(&ws.role_id), snap)
+                view_of(ws, roles.get(&ws.role_id), snap, origins.get(&ws.id))
             })
             .collect();
         self.derive_busy(&mut views).await?;
@@ -439,14 +446,20 @@ impl App {
                 fetched.as_ref()
             }
         };
-        let mut view = view_of(ws, role, snapshot);
+        let origin = self.store.get_fork_origins(&[ws.id]).await?.pop().map(|(_, o)| o);
+        let mut view = view_of(ws, role, snapshot, origin.as_ref());
         view.status = self.derived_status(ws).await?;
         Ok(view)
     }
 }
 
 /// The API view of a workspace, given its role and its snapshot row.
-fn view_of(ws: &WorkspaceRecord, role: Option<&AgentRole>, snapshot: Option<SnapshotRecord>) -> Workspace {
+fn view_of(
+    ws: &WorkspaceRecord,
+    role: Option<&AgentRole>,
+    snapshot: Option<SnapshotRecord>,
+    origin: Option<&ForkOrigin>,
+) -> Workspace {
     {
         let snapshot = snapshot.and_then(|s| {
             Some(SnapshotSummary {
@@ -475,9 +488,9 @@ fn view_of(ws: &WorkspaceRecord, role: Option<&AgentRole>, snapshot: Option<Snap
             snapshot_ref: snapshot.as_ref().map(|s| s.reference),
             snapshot,
             last_snapshot_error: ws.observed.last_snapshot_error.clone(),
-            parent_workspace_id: None,
-            fork_source_snapshot_ref: None,
-            fork_point_task_count: None,
+            parent_workspace_id: origin.map(|o| o.parent_workspace_id),
+            fork_source_snapshot_ref: origin.and_then(|o| o.source_snapshot_id),
+            fork_point_task_count: origin.map(|o| o.fork_point_task_count),
             pack_status,
             created_at: ws.created_at,
             updated_at: ws.updated_at,

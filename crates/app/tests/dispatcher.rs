@@ -654,3 +654,57 @@ async fn a_control_plane_restart_ends_tasks_it_can_no_longer_follow_and_follows_
     assert_eq!(kinds, ["task_started", "iteration_completed", "task_completed"]);
     app2.dispatcher().shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_checkpoint_that_cannot_be_saved_does_not_fail_the_task_and_refuses_a_fork_at_it() {
+    use evershell_app::forks::ForkWorkspace;
+    let w = world().await;
+    let (ws, agent) = w.workspace().await;
+    let id = w.submit(&ws, "one").await;
+    w.wait_task(&ws, id, TaskStatus::Running).await;
+    agent.finish(id, AgentTaskState::Completed, None, Some("done"));
+    // This runtime cannot capture a running pod: the checkpoint fails, and says why.
+    let store = w.app.store().clone();
+    wait_until("the failed checkpoint is recorded", async || {
+        store.get_checkpoint(ws.id, 1).await.unwrap().is_some_and(|c| c.error.is_some() && c.snapshot_id.is_none())
+    })
+    .await;
+    assert_eq!(w.task(&ws, id).await.status, TaskStatus::Completed);
+    let q = AuditQuery {
+        org_id: ws.org_id,
+        conditions: vec![],
+        workspace_id: Some(ws.id),
+        user_id: None,
+        from: None,
+        to: None,
+        order: Order::Asc,
+        limit: 1000,
+        after: None,
+    };
+    let rows = store.query_audit(&q).await.unwrap();
+    assert!(
+        rows.iter().any(|r| r.event_type == evershell_core::audit::EventType::SnapshotFailed
+            && r.reason.as_deref() == Some("checkpoint")),
+        "{rows:?}"
+    );
+    let fork = |n: serde_json::Value| ForkWorkspace { fork_point_task_count: Some(n) };
+    let e = w.app.fork_workspace(&w.caller, &ws.id.to_string(), fork(1.into())).await.unwrap_err();
+    assert_eq!(e.code, evershell_core::ErrorCode::SnapshotMissing);
+    assert!(e.message.contains("could not be saved"), "{}", e.message);
+    let e = w.app.fork_workspace(&w.caller, &ws.id.to_string(), fork(2.into())).await.unwrap_err();
+    assert_eq!(e.code, evershell_core::ErrorCode::SnapshotMissing);
+    let e = w.app.fork_workspace(&w.caller, &ws.id.to_string(), fork((-1).into())).await.unwrap_err();
+    assert_eq!(e.code, evershell_core::ErrorCode::ValidationError);
+    // Checkpoint 0 of a workspace created empty is the empty state: that fork is made.
+    let child = w.app.fork_workspace(&w.caller, &ws.id.to_string(), fork(0.into())).await.unwrap();
+    assert_eq!(
+        (child.parent_workspace_id, child.fork_point_task_count, child.fork_source_snapshot_ref),
+        (ws.id, 0, None)
+    );
+    let view = w.app.get_workspace(&w.caller, &child.workspace_id.to_string()).await.unwrap();
+    assert_eq!(view.parent_workspace_id, Some(ws.id));
+    assert_eq!(view.fork_point_task_count, Some(0));
+    // The queue carries on.
+    let next = w.submit(&ws, "two").await;
+    w.wait_task(&ws, next, TaskStatus::Running).await;
+}

@@ -66,6 +66,15 @@ pub enum WorkspaceCommand {
         #[command(flatten)]
         o: Opts,
     },
+    /// Fork: a new workspace (yours) from this one's state right after N completed tasks; prints the new id.
+    Fork {
+        id: String,
+        /// How many completed tasks the fork includes (0: as the workspace was created).
+        #[arg(long = "at", value_name = "N")]
+        at: u64,
+        #[arg(long)]
+        json: bool,
+    },
     Archive {
         id: String,
         #[arg(long)]
@@ -240,6 +249,12 @@ pub async fn run(conn: &Connection, cmd: WorkspaceCommand) -> anyhow::Result<()>
         }
         WorkspaceCommand::Restart { id, force, o } => {
             lifecycle(&c, &id, "restart", if force { "force=true" } else { "" }, &o).await
+        }
+        WorkspaceCommand::Fork { id, at, json } => {
+            let body = json!({ "fork_point_task_count": at });
+            let v: Value =
+                c.json(Method::POST, &format!("/v1/workspaces/{}/fork", encode_path(&id)), Some(body)).await?;
+            emit(json, &v, |v| v["workspace_id"].as_str().unwrap_or("?").to_string())
         }
         WorkspaceCommand::Archive { id, json } => {
             lifecycle(&c, &id, "archive", "", &Opts { wait: false, timeout_ms: 0, json }).await

@@ -82,6 +82,8 @@ event_types! {
     AgentRoleArchived = "agent_role_archived" => Audit,
     AgentRoleUnarchived = "agent_role_unarchived" => Audit,
     WorkspaceCreated = "workspace_created" => Audit,
+    /// A workspace was created as a fork of another at one of its checkpoints (both ids and the count in `details`).
+    WorkspaceForked = "workspace_forked" => Audit,
     WorkspaceStopRequested = "workspace_stop_requested" => Audit,
     WorkspaceResumeRequested = "workspace_resume_requested" => Audit,
     WorkspaceRestartRequested = "workspace_restart_requested" => Audit,

@@ -34,6 +34,8 @@ pub struct Config {
     pub proxy: ProxySettings,
     /// Timing of the activity SSE streams (heartbeat, longest stream, store poll).
     pub activity: evershell_app::activity::StreamSettings,
+    /// Checkpoints taken after each completed task (`[checkpoints] keep = N`, default 10, 0: none).
+    pub checkpoints: evershell_app::checkpoint::CheckpointConfig,
 }
 
 /// The egress proxy (`[proxy]`): `evershell serve` runs it in-process on `runtime.proxy_port` unless `enabled` is
@@ -282,6 +284,7 @@ impl Default for Config {
             login: LoginSettings::default(),
             proxy: ProxySettings::default(),
             activity: Default::default(),
+            checkpoints: Default::default(),
         }
     }
 }

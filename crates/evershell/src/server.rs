@@ -141,6 +141,7 @@ pub async fn start(cfg: Config) -> anyhow::Result<Server> {
             max_file_bytes: cfg.limits.max_task_file_bytes,
             max_total_bytes: cfg.limits.max_task_upload_bytes,
         },
+        checkpoints: cfg.checkpoints,
     };
     let app = Arc::new(App::new(store, runtime, snapshots, app_cfg).with_master_key(master_key));
     app.reconciler().start().await.context("starting the reconciler")?;

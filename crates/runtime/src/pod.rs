@@ -105,6 +105,20 @@ pub trait PodRuntime: Send + Sync + 'static {
         ids: (OrgId, WorkspaceId, SnapshotId),
     ) -> Result<Manifest, PodError>;
 
+    /// Save the `/workspace` of a pod whose sandbox runs as snapshot `snap` (written, read back and verified), with
+    /// its processes frozen for the length of the capture so the snapshot is one moment's state, and thawed after —
+    /// always, also when the capture fails. A runtime with no way to freeze captures the files as they are (see
+    /// its docs). Fails when the sandbox does not run.
+    async fn capture_running(
+        &self,
+        pod: PodId,
+        keys: &SnapshotKeys,
+        ids: (OrgId, WorkspaceId, SnapshotId),
+    ) -> Result<Manifest, PodError> {
+        let _ = (pod, keys, ids);
+        Err(PodError::Other(anyhow::anyhow!("the {} runtime cannot capture a running pod", self.name())))
+    }
+
     /// Stop the sandbox if it runs and delete the pod's files. No-op when absent.
     async fn remove(&self, pod: PodId) -> Result<(), PodError>;
 

@@ -31,6 +31,8 @@ pub enum SimOp {
     Start,
     Stop,
     Capture,
+    /// `capture_running`: a checkpoint of a running pod.
+    CaptureRunning,
     Remove,
 }
 
@@ -199,6 +201,24 @@ impl SimRuntime {
     }
 }
 
+/// The manifest the simulator makes up for a capture of `files`.
+fn sim_manifest(files: &Files, (org_id, workspace_id, snapshot_id): (OrgId, WorkspaceId, SnapshotId)) -> Manifest {
+    let bytes: u64 = files.values().map(|c| c.len() as u64).sum();
+    Manifest {
+        format_version: 2,
+        snapshot_id,
+        org_id,
+        workspace_id,
+        archive_sha256: format!("{:064x}", bytes),
+        archive_bytes: bytes,
+        file_count: files.len() as u64,
+        content_bytes: bytes,
+        data_bytes: bytes,
+        created_at: Timestamp::now(),
+        index: None,
+    }
+}
+
 #[async_trait]
 impl PodRuntime for SimRuntime {
     fn name(&self) -> &'static str {
@@ -275,20 +295,27 @@ impl PodRuntime for SimRuntime {
             }
             _ => return Err(PodError::Other(anyhow::anyhow!("the pod has no files to capture"))),
         };
-        let bytes: u64 = files.values().map(|c| c.len() as u64).sum();
-        let manifest = Manifest {
-            format_version: 2,
-            snapshot_id,
-            org_id,
-            workspace_id,
-            archive_sha256: format!("{:064x}", bytes),
-            archive_bytes: bytes,
-            file_count: files.len() as u64,
-            content_bytes: bytes,
-            data_bytes: bytes,
-            created_at: Timestamp::now(),
-            index: None,
+        let manifest = sim_manifest(&files, (org_id, workspace_id, snapshot_id));
+        st.snapshots.insert(keys.archive.to_string(), files);
+        Ok(manifest)
+    }
+
+    async fn capture_running(
+        &self,
+        pod: PodId,
+        keys: &SnapshotKeys,
+        (org_id, workspace_id, snapshot_id): (OrgId, WorkspaceId, SnapshotId),
+    ) -> Result<Manifest, PodError> {
+        self.enter(SimOp::CaptureRunning).await?;
+        let mut st = self.state.lock().unwrap();
+        let files = match st.pods.get(&pod) {
+            Some(SimPod { files: Some(f), sandbox: Sandbox::Running { .. }, .. }) => f.clone(),
+            Some(SimPod { sandbox: Sandbox::None, .. }) => {
+                return Err(PodError::Other(anyhow::anyhow!("the pod's sandbox does not run")));
+            }
+            _ => return Err(PodError::Other(anyhow::anyhow!("the pod has no files to capture"))),
         };
+        let manifest = sim_manifest(&files, (org_id, workspace_id, snapshot_id));
         st.snapshots.insert(keys.archive.to_string(), files);
         Ok(manifest)
     }
@@ -357,6 +384,26 @@ mod tests {
         rt.remove(s.pod_id).await.unwrap();
         assert_eq!(rt.observe(s.pod_id).await.unwrap(), PodObservation::Absent);
         assert_eq!(rt.calls(SimOp::Prepare), 2);
+    }
+
+    #[tokio::test]
+    async fn a_running_pod_is_captured_and_keeps_running() {
+        let rt = SimRuntime::new();
+        let s = spec();
+        rt.prepare(&s, None).await.unwrap();
+        let keys = SnapshotKeys::new(s.org_id, s.workspace_id, SnapshotId::new());
+        let ids = (s.org_id, s.workspace_id, SnapshotId::new());
+        assert!(rt.capture_running(s.pod_id, &keys, ids).await.is_err(), "a pod that does not run is refused");
+        rt.start(&s).await.unwrap();
+        rt.write_file(s.pod_id, "a.txt", b"after one task");
+        let m = rt.capture_running(s.pod_id, &keys, ids).await.unwrap();
+        assert_eq!(m.file_count, 1);
+        assert!(rt.is_running(s.pod_id));
+        rt.write_file(s.pod_id, "b.txt", b"later");
+        assert_eq!(rt.snapshot_files(&keys).unwrap().keys().collect::<Vec<_>>(), vec!["a.txt"]);
+        rt.fail_next(SimOp::CaptureRunning, 1);
+        assert!(rt.capture_running(s.pod_id, &keys, ids).await.is_err());
+        assert_eq!(rt.calls(SimOp::CaptureRunning), 3);
     }
 
     #[tokio::test]

@@ -16,6 +16,7 @@ use evershell_core::model::{
     AgentRole, ApiKey, BillingStatus, Credential, CredentialStatus, Membership, Org, Provider, Sealed, Secret, Session,
     SnapshotRecord, TaskRecord, User, WorkspaceRecord,
 };
+use evershell_core::model::{CheckpointRecord, ForkOrigin};
 use evershell_core::scope::MemberRole;
 use evershell_core::task::{TaskReason, TaskStatus};
 
@@ -470,6 +471,45 @@ pub trait Store: Send + Sync + 'static {
         audit: &[AuditEvent],
     ) -> Result<ObservationWrite>;
     async fn delete_snapshot(&self, id: SnapshotId, audit: &[AuditEvent]) -> Result<()>;
+
+    // ---- checkpoints and forks -------------------------------------------------------------------------------------
+    /// Record checkpoint `cp`; with `snap` (inserted `pending` before its capture) that snapshot becomes `verified`
+    /// with `snap`'s figures in the same transaction. `false`, nothing written, when the pending row is gone (a stop
+    /// discarded it) or the workspace already has a checkpoint at that count.
+    async fn commit_checkpoint(
+        &self,
+        cp: &CheckpointRecord,
+        snap: Option<&SnapshotRecord>,
+        audit: &[AuditEvent],
+    ) -> Result<bool>;
+    /// A workspace's checkpoints, lowest count first.
+    async fn list_checkpoints(&self, ws: WorkspaceId) -> Result<Vec<CheckpointRecord>>;
+    async fn get_checkpoint(&self, ws: WorkspaceId, task_count: i64) -> Result<Option<CheckpointRecord>>;
+    /// How many of the workspace's tasks ended `completed`.
+    async fn completed_task_count(&self, ws: WorkspaceId) -> Result<i64>;
+    /// Delete the workspace's checkpoints below count `below` (all with `None`); returns the snapshots they held
+    /// that nothing needs any more (the caller deletes their objects, then their rows).
+    async fn prune_checkpoints(
+        &self,
+        ws: WorkspaceId,
+        below: Option<i64>,
+        audit: &[AuditEvent],
+    ) -> Result<Vec<SnapshotRecord>>;
+    /// Snapshots of `ws` that a checkpoint holds or a fork starts from (a stop does not delete them).
+    async fn fork_kept_snapshots(&self, ws: WorkspaceId) -> Result<Vec<SnapshotId>>;
+    /// The fork origins of those of `ids` that are forks.
+    async fn get_fork_origins(&self, ids: &[WorkspaceId]) -> Result<Vec<(WorkspaceId, ForkOrigin)>>;
+    /// Create the fork `ws` with its origin, as `create_workspace_within` does; with `checkpoint` (the parent's
+    /// checkpoint count the origin's snapshot comes from) that checkpoint must still hold it, else
+    /// `snapshot_missing`.
+    async fn create_fork(
+        &self,
+        ws: &WorkspaceRecord,
+        origin: &ForkOrigin,
+        checkpoint: Option<i64>,
+        quota: &WorkspaceQuota,
+        audit: &[AuditEvent],
+    ) -> Result<()>;
 
     // ---- audit -----------------------------------------------------------------------------------------------------
     async fn append_audit(&self, events: &[AuditEvent]) -> Result<()>;

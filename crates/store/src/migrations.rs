@@ -21,6 +21,7 @@ pub(crate) const SQLITE: Ladder = &[
     (8, "activity_task_index", include_str!("../migrations/sqlite/0008_activity_task_index.sql")),
     (9, "role_pod_limits", include_str!("../migrations/sqlite/0009_role_pod_limits.sql")),
     (10, "idle", include_str!("../migrations/sqlite/0010_idle.sql")),
+    (11, "checkpoints", include_str!("../migrations/sqlite/0011_checkpoints.sql")),
     (12, "task_budgets", include_str!("../migrations/sqlite/0012_task_budgets.sql")),
 ];
 
@@ -35,6 +36,7 @@ pub(crate) const POSTGRES: Ladder = &[
     (8, "activity_task_index", include_str!("../migrations/postgres/0008_activity_task_index.sql")),
     (9, "role_pod_limits", include_str!("../migrations/postgres/0009_role_pod_limits.sql")),
     (10, "idle", include_str!("../migrations/postgres/0010_idle.sql")),
+    (11, "checkpoints", include_str!("../migrations/postgres/0011_checkpoints.sql")),
     (12, "task_budgets", include_str!("../migrations/postgres/0012_task_budgets.sql")),
 ];
 

@@ -11,6 +11,7 @@ use evershell_core::model::{
     AgentRole, ApiKey, Credential, Intent, Membership, Observation, Org, Provider, Request, Sealed, Secret, Session,
     SnapshotRecord, TaskRecord, User, WorkspaceRecord,
 };
+use evershell_core::model::{CheckpointRecord, ForkOrigin};
 use evershell_core::{Error, Result, Timestamp};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -630,5 +631,50 @@ impl TryFrom<TaskRow> for TaskRecord {
             started_at: ts_opt(r.started_at),
             completed_at: ts_opt(r.completed_at),
         })
+    }
+}
+
+#[derive(sqlx::FromRow)]
+pub(crate) struct CheckpointRow {
+    workspace_id: String,
+    task_count: i64,
+    task_id: Option<String>,
+    snapshot_id: Option<String>,
+    error: Option<String>,
+    created_at: i64,
+}
+
+impl TryFrom<CheckpointRow> for CheckpointRecord {
+    type Error = Error;
+    fn try_from(r: CheckpointRow) -> Result<Self> {
+        Ok(CheckpointRecord {
+            workspace_id: parse(&r.workspace_id, "workspace id")?,
+            task_count: r.task_count,
+            task_id: parse_opt(r.task_id.as_deref(), "task id")?,
+            snapshot_id: parse_opt(r.snapshot_id.as_deref(), "snapshot id")?,
+            error: r.error,
+            created_at: ts(r.created_at),
+        })
+    }
+}
+
+#[derive(sqlx::FromRow)]
+pub(crate) struct ForkRow {
+    workspace_id: String,
+    parent_workspace_id: String,
+    source_snapshot_id: Option<String>,
+    fork_point_task_count: i64,
+}
+
+impl ForkRow {
+    pub(crate) fn parse(self) -> Result<(evershell_core::ids::WorkspaceId, ForkOrigin)> {
+        Ok((
+            parse(&self.workspace_id, "workspace id")?,
+            ForkOrigin {
+                parent_workspace_id: parse(&self.parent_workspace_id, "workspace id")?,
+                source_snapshot_id: parse_opt(self.source_snapshot_id.as_deref(), "snapshot id")?,
+                fork_point_task_count: self.fork_point_task_count,
+            },
+        ))
     }
 }

@@ -15,6 +15,7 @@ macro_rules! impl_store {
                 AgentRole, ApiKey, BillingStatus, Credential, CredentialStatus, Membership, Org, Provider, Sealed,
                 Secret, Session, SnapshotRecord, TaskRecord, User, WorkspaceRecord,
             };
+            use evershell_core::model::{CheckpointRecord, ForkOrigin};
             use evershell_core::scope::MemberRole;
             use evershell_core::task::TaskStatus;
 
@@ -468,6 +469,48 @@ macro_rules! impl_store {
                 }
                 async fn delete_snapshot(&self, id: SnapshotId, audit: &[AuditEvent]) -> Result<()> {
                     ops::snapshots::delete_snapshot(self, id, audit).await
+                }
+
+                async fn commit_checkpoint(
+                    &self,
+                    cp: &CheckpointRecord,
+                    snap: Option<&SnapshotRecord>,
+                    audit: &[AuditEvent],
+                ) -> Result<bool> {
+                    ops::checkpoints::commit_checkpoint(self, cp, snap, audit).await
+                }
+                async fn list_checkpoints(&self, ws: WorkspaceId) -> Result<Vec<CheckpointRecord>> {
+                    ops::checkpoints::list_checkpoints(self, ws).await
+                }
+                async fn get_checkpoint(&self, ws: WorkspaceId, task_count: i64) -> Result<Option<CheckpointRecord>> {
+                    ops::checkpoints::get_checkpoint(self, ws, task_count).await
+                }
+                async fn completed_task_count(&self, ws: WorkspaceId) -> Result<i64> {
+                    ops::checkpoints::completed_task_count(self, ws).await
+                }
+                async fn prune_checkpoints(
+                    &self,
+                    ws: WorkspaceId,
+                    below: Option<i64>,
+                    audit: &[AuditEvent],
+                ) -> Result<Vec<SnapshotRecord>> {
+                    ops::checkpoints::prune_checkpoints(self, ws, below, audit).await
+                }
+                async fn fork_kept_snapshots(&self, ws: WorkspaceId) -> Result<Vec<SnapshotId>> {
+                    ops::checkpoints::fork_kept_snapshots(self, ws).await
+                }
+                async fn get_fork_origins(&self, ids: &[WorkspaceId]) -> Result<Vec<(WorkspaceId, ForkOrigin)>> {
+                    ops::checkpoints::get_fork_origins(self, ids).await
+                }
+                async fn create_fork(
+                    &self,
+                    ws: &WorkspaceRecord,
+                    origin: &ForkOrigin,
+                    checkpoint: Option<i64>,
+                    quota: &WorkspaceQuota,
+                    audit: &[AuditEvent],
+                ) -> Result<()> {
+                    ops::checkpoints::create_fork(self, ws, origin, checkpoint, quota, audit).await
                 }
 
                 async fn append_audit(&self, events: &[AuditEvent]) -> Result<()> {

@@ -95,6 +95,8 @@ macro_rules! store_tests {
 mod audit;
 #[path = "suite/catalog.rs"]
 mod catalog;
+#[path = "suite/checkpoints.rs"]
+mod checkpoints;
 #[path = "suite/concurrency.rs"]
 mod concurrency;
 #[path = "suite/egress.rs"]

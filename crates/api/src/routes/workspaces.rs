@@ -33,6 +33,7 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(archive_workspace))
         .routes(routes!(unarchive_workspace))
         .routes(routes!(stop_all))
+        .routes(routes!(fork_workspace))
 }
 
 /// `{"workspaces": […]}`.
@@ -265,4 +266,27 @@ pub async fn unarchive_workspace(
     responses((status = 200, body = StoppingAnswer)))]
 pub async fn stop_all(State(s): State<AppState>, Auth(c): Auth) -> ApiResult<axum::Json<StoppingAnswer>> {
     Ok(axum::Json(s.app.stop_all(&c).await?))
+}
+
+/// Fork: a new workspace owned by the caller whose `/workspace` is the parent's right after
+/// `fork_point_task_count` completed tasks (`0`: as the parent was created). It provisions like a resume, from that
+/// checkpoint; the parent keeps running untouched. Reading the parent is enough.
+#[utoipa::path(post, path = "/v1/workspaces/{id}/fork", tag = "workspaces",
+    security(("bearer" = ["workspace:read"]), ("bearer" = ["workspace:read:own"])),
+    params(("id" = WorkspaceId, Path, description = "The parent workspace's id (`ws_…`)")),
+    request_body = evershell_app::forks::ForkWorkspace,
+    responses((status = 202, description = "Fork initiated", body = evershell_app::forks::ForkAnswer),
+        (status = 400, description = "`validation_error` (`fork_point_task_count` missing, negative or not an integer)", body = ErrorBody),
+        (status = 403, description = "`workspace_not_visible`", body = ErrorBody),
+        (status = 404, body = ErrorBody),
+        (status = 409, description = "`snapshot_missing` (past the completed tasks, a checkpoint pruned, failed or not written yet), `role_archived`, `provider_archived`, `quota_exceeded`", body = ErrorBody),
+        (status = 423, body = ErrorBody)))]
+pub async fn fork_workspace(
+    State(s): State<AppState>,
+    Auth(c): Auth,
+    Path(id): Path<String>,
+    Json(req): Json<evershell_app::forks::ForkWorkspace>,
+) -> ApiResult<Response> {
+    let answer = s.app.fork_workspace(&c, &id, req).await?;
+    Ok((StatusCode::ACCEPTED, axum::Json(answer)).into_response())
 }

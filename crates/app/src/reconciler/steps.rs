@@ -396,13 +396,18 @@ async fn perform(
             Ok(Flow::Again)
         }
         Step::StopSandbox => {
+            // A checkpoint capture in flight finishes first (it needs the sandbox running and frozen).
+            let _checkpoint = crate::checkpoint::hold(ws.id).await;
             // From here on the pod's connections are denied.
             let fence = lease_fence(inner, ws)?;
             unless_fenced(inner, ws, pod_network::clear(inner.store.as_ref(), ws.id, spec(ws).pod_id, &fence).await?)?;
             rt.stop(spec(ws).pod_id).await.map_err(pod_err)?;
             Ok(Flow::Again)
         }
-        Step::SnapshotAndRelease => snapshot_and_release(inner, ws).await,
+        Step::SnapshotAndRelease => {
+            let _checkpoint = crate::checkpoint::hold(ws.id).await;
+            snapshot_and_release(inner, ws).await
+        }
         Step::FinishStopWithoutSnapshot => {
             if obs == PodObservation::Partial {
                 rt.remove(spec(ws).pod_id).await.map_err(pod_err)?;
@@ -587,9 +592,13 @@ async fn snapshot_and_release(inner: &Arc<Inner>, ws: &WorkspaceRecord) -> Resul
     // Older snapshots go only now that a newer one is verified and the workspace points at it — and after the
     // caller has its answer: deleting a large file can take longer than a stop's own bookkeeping. Best effort: what
     // is left (an error, a crash) goes at the next stop or the next start-up (`recovery`).
-    let older: Vec<SnapshotRecord> = match inner.store.list_snapshots(ws.id).await {
-        Ok(all) => all.into_iter().filter(|s| Some(s.id) != ws.observed.snapshot_id).collect(),
-        Err(e) => {
+    // Checkpoints and fork sources are not replaced by a stop's snapshot: their retention is `checkpoint.rs`'s.
+    let kept = inner.store.fork_kept_snapshots(ws.id).await;
+    let older: Vec<SnapshotRecord> = match (inner.store.list_snapshots(ws.id).await, kept) {
+        (Ok(all), Ok(kept)) => {
+            all.into_iter().filter(|s| Some(s.id) != ws.observed.snapshot_id && !kept.contains(&s.id)).collect()
+        }
+        (Err(e), _) | (_, Err(e)) => {
             tracing::warn!(error = ?e, "listing replaced snapshots failed; retried later");
             vec![]
         }

@@ -33,6 +33,7 @@ use tokio_util::task::TaskTracker;
 use tracing::{Instrument, debug, info, info_span, warn};
 
 use super::delivery;
+use crate::checkpoint::Checkpointer;
 
 /// Tunables.
 #[derive(Debug, Clone)]
@@ -86,6 +87,8 @@ struct Inner {
     cursors: Mutex<HashMap<WorkspaceId, Cursor>>,
     /// Cuts a worker's event long-poll short when its workspace is woken (a stop, a cancel, a submit).
     kicks: Mutex<HashMap<WorkspaceId, Arc<tokio::sync::Notify>>>,
+    /// Takes a checkpoint after each completed task (`None`: none are taken).
+    checkpoints: Option<Checkpointer>,
     cancel: CancellationToken,
     tracker: TaskTracker,
 }
@@ -98,6 +101,17 @@ pub struct Dispatcher {
 
 impl Dispatcher {
     pub fn new(store: Arc<dyn Store>, runtime: Arc<dyn PodRuntime>, cfg: DispatcherConfig) -> Self {
+        Self::with_checkpoints(store, runtime, cfg, None)
+    }
+
+    /// A dispatcher that has `checkpoints` take a checkpoint after each completed task, before the next one is
+    /// delivered (see `checkpoint.rs`).
+    pub fn with_checkpoints(
+        store: Arc<dyn Store>,
+        runtime: Arc<dyn PodRuntime>,
+        cfg: DispatcherConfig,
+        checkpoints: Option<Checkpointer>,
+    ) -> Self {
         let (queue, rx) = mpsc::unbounded_channel();
         Self {
             inner: Arc::new(Inner {
@@ -109,6 +123,7 @@ impl Dispatcher {
                 running: Mutex::new(HashMap::new()),
                 cursors: Mutex::new(HashMap::new()),
                 kicks: Mutex::new(HashMap::new()),
+                checkpoints,
                 cancel: CancellationToken::new(),
                 tracker: TaskTracker::new(),
             }),
@@ -262,6 +277,8 @@ async fn drive(inner: &Arc<Inner>, id: WorkspaceId) -> evershell_core::Result<()
         // The task's egress identity, before the agent can make its first request (renewed on every round).
         crate::egress::task_capability::hold(inner.store.as_ref(), ws.id, pod, head.id).await?;
         if head.status == TaskStatus::Submitted {
+            // The state the next task starts from is checkpointed first (again, if a crash lost it).
+            checkpoint(inner, &ws, None).await;
             deliver(inner, &ws, head, &agent).await?;
         } else {
             follow(inner, &ws, head, &agent).await?;
@@ -612,6 +629,9 @@ async fn apply(
         info!(task_id = %task.id, from = task.status.as_str(), to = status.as_str(),
             reason = reason.map(|r| r.as_str()), "task moved");
         metrics::counter!("evershell_task_transitions_total", "to" => status.as_str()).increment(1);
+        if status == TaskStatus::Completed {
+            checkpoint(inner, ws, Some(task.id)).await;
+        }
     }
     if moved
         && status.is_terminal()
@@ -621,6 +641,16 @@ async fn apply(
         warn!(task_id = %task.id, error = ?e, "revoking the task's egress capability failed");
     }
     Ok(moved)
+}
+
+/// Take the workspace's checkpoint for its completed-task count if it is missing. A failure is the checkpoint's,
+/// never the task's: logged here (and recorded by the checkpointer when the capture itself failed).
+async fn checkpoint(inner: &Arc<Inner>, ws: &WorkspaceRecord, task: Option<TaskId>) {
+    if let Some(cp) = &inner.checkpoints
+        && let Err(e) = cp.ensure(ws, task).await
+    {
+        warn!(error = ?e, "checkpointing the workspace failed; retried before its next task");
+    }
 }
 
 #[cfg(test)]

@@ -190,3 +190,29 @@ pub struct Workspace {
     pub updated_at: Timestamp,
     pub archived_at: Option<Timestamp>,
 }
+
+/// A checkpoint row: the workspace's `/workspace` right after its `task_count`-th completed task — a verified
+/// snapshot of its own, or why that capture failed.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CheckpointRecord {
+    pub workspace_id: WorkspaceId,
+    /// How many of the workspace's tasks had completed (≥ 1; checkpoint 0 has no row).
+    pub task_count: i64,
+    /// The task whose completion made the count.
+    pub task_id: Option<crate::ids::TaskId>,
+    /// The verified snapshot; `None` when the capture failed.
+    pub snapshot_id: Option<SnapshotId>,
+    /// Why the capture failed.
+    pub error: Option<String>,
+    pub created_at: Timestamp,
+}
+
+/// Where a forked workspace came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ForkOrigin {
+    pub parent_workspace_id: WorkspaceId,
+    /// The snapshot the fork starts from (`None`: the parent's empty checkpoint 0).
+    pub source_snapshot_id: Option<SnapshotId>,
+    /// How many of the parent's completed tasks that state includes.
+    pub fork_point_task_count: i64,
+}

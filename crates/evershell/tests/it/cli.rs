@@ -6,7 +6,7 @@ use serde_json::Value;
 use crate::harness::TestServer;
 
 /// Run the binary (asynchronously: the server under test shares this thread).
-async fn evershell(ts: &TestServer, args: &[&str], envs: &[(&str, &str)]) -> (bool, String, String) {
+pub(crate) async fn evershell(ts: &TestServer, args: &[&str], envs: &[(&str, &str)]) -> (bool, String, String) {
     let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_evershell"));
     cmd.args(args)
         .current_dir(ts.dir.path())

@@ -28,6 +28,7 @@ mod egress_e2e;
 mod egress_task;
 mod egress_rig;
 mod exec;
+mod fork;
 mod openapi_drift;
 mod secrets;
 mod task_run;

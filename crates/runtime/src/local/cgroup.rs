@@ -20,6 +20,8 @@ use std::time::{Duration, Instant};
 
 /// How long removing a cgroup waits for its last processes to exit.
 const REMOVE_WAIT: Duration = Duration::from_secs(5);
+/// How long a freeze may take before it is given up.
+pub const FREEZE_WAIT: Duration = Duration::from_secs(5);
 /// The CFS period the CPU quota is expressed in.
 const CPU_PERIOD_US: u64 = 100_000;
 
@@ -28,8 +30,8 @@ pub use crate::pod::PodLimits as Limits;
 /// Where the hierarchy is and how it is laid out.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Layout {
-    /// One base per controller (`cpu` may be missing).
-    V1 { memory: PathBuf, pids: PathBuf, cpu: Option<PathBuf> },
+    /// One base per controller (`cpu` and `freezer` may be missing).
+    V1 { memory: PathBuf, pids: PathBuf, cpu: Option<PathBuf>, freezer: Option<PathBuf> },
     /// The unified hierarchy: one base.
     V2 { base: PathBuf },
 }
@@ -44,9 +46,10 @@ impl Layout {
 
     fn bases(&self) -> Vec<&Path> {
         match self {
-            Layout::V1 { memory, pids, cpu } => {
+            Layout::V1 { memory, pids, cpu, freezer } => {
                 let mut v = vec![memory.as_path(), pids.as_path()];
                 v.extend(cpu.as_deref());
+                v.extend(freezer.as_deref());
                 v
             }
             Layout::V2 { base } => vec![base.as_path()],
@@ -101,7 +104,7 @@ pub fn detect(mountinfo: &str, self_cgroup: &str, base: &str) -> Option<Layout> 
         Some(mp.join(own(controller).unwrap_or_default()).join(base))
     };
     if let (Some(memory), Some(pids)) = (v1_base("memory"), v1_base("pids")) {
-        return Some(Layout::V1 { memory, pids, cpu: v1_base("cpu") });
+        return Some(Layout::V1 { memory, pids, cpu: v1_base("cpu"), freezer: v1_base("freezer") });
     }
     let mount = v2?;
     let ctrls = fs::read_to_string(mount.join("cgroup.controllers")).ok()?;
@@ -211,7 +214,7 @@ impl Cgroups {
     pub fn apply(&self, pod: &str, l: &Limits) -> io::Result<()> {
         let num = |v: Option<u64>, none: &str| v.map_or_else(|| none.to_string(), |v| v.to_string());
         match &self.layout {
-            Layout::V1 { memory, pids, cpu } => {
+            Layout::V1 { memory, pids, cpu, .. } => {
                 let m = memory.join(pod);
                 let bytes = num(l.memory_bytes, "-1");
                 // memsw (memory + swap) must stay ≥ the memory limit: whichever order fails first is retried.
@@ -260,6 +263,56 @@ impl Cgroups {
         Events {
             oom_kills: keyed(&mem, "oom_kill").unwrap_or(0),
             pids_max: keyed(&pids.join("pids.events"), "max").unwrap_or(0),
+        }
+    }
+
+    /// Freeze every process of the pod (v1: the `freezer` controller's `freezer.state`; v2: `cgroup.freeze`) and
+    /// wait until the kernel reports the whole cgroup frozen (at most [`FREEZE_WAIT`]; past it the pod is thawed
+    /// again and the call fails). `Ok(false)`: this host has no freezer for the pod (v1 without the controller, or a
+    /// cgroup made before it was used), so nothing was frozen.
+    pub fn freeze(&self, pod: &str) -> io::Result<bool> {
+        let (file, frozen_value, done): (PathBuf, &str, Box<dyn Fn() -> bool>) = match &self.layout {
+            Layout::V1 { freezer: Some(f), .. } => {
+                let state = f.join(pod).join("freezer.state");
+                let check = state.clone();
+                (state, "FROZEN", Box::new(move || fs::read_to_string(&check).is_ok_and(|s| s.trim() == "FROZEN")))
+            }
+            Layout::V1 { freezer: None, .. } => return Ok(false),
+            Layout::V2 { base } => {
+                let events = base.join(pod).join("cgroup.events");
+                (base.join(pod).join("cgroup.freeze"), "1", Box::new(move || keyed(&events, "frozen") == Some(1)))
+            }
+        };
+        if !file.exists() {
+            return Ok(false);
+        }
+        write(&file, frozen_value)?;
+        let deadline = Instant::now() + FREEZE_WAIT;
+        let mut pause = Duration::from_micros(200);
+        while !done() {
+            if Instant::now() >= deadline {
+                let _ = self.thaw(pod);
+                return Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    format!("the pod did not freeze within {FREEZE_WAIT:?}"),
+                ));
+            }
+            std::thread::sleep(pause);
+            pause = (pause * 2).min(Duration::from_millis(20));
+        }
+        Ok(true)
+    }
+
+    /// Let the pod's processes run again (no-op when it has no freezer or is not frozen).
+    pub fn thaw(&self, pod: &str) -> io::Result<()> {
+        let (file, value) = match &self.layout {
+            Layout::V1 { freezer: Some(f), .. } => (f.join(pod).join("freezer.state"), "THAWED"),
+            Layout::V1 { freezer: None, .. } => return Ok(()),
+            Layout::V2 { base } => (base.join(pod).join("cgroup.freeze"), "0"),
+        };
+        match write(&file, value) {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            other => other,
         }
     }
 
@@ -377,6 +430,12 @@ fn remove_dir(d: &Path) -> io::Result<()> {
         for c in &children {
             remove_dir(c)?;
         }
+        // A frozen process acts on SIGKILL only once thawed (a checkpoint's freeze a crash left in place).
+        for (file, thawed) in [("freezer.state", "THAWED"), ("cgroup.freeze", "0")] {
+            if d.join(file).exists() {
+                let _ = write(&d.join(file), thawed);
+            }
+        }
         for pid in fs::read_to_string(d.join("cgroup.procs")).unwrap_or_default().lines() {
             if let Ok(pid) = pid.trim().parse::<i32>() {
                 super::procfs::kill(pid, libc::SIGKILL);
@@ -429,6 +488,7 @@ mod tests {
                 memory: "/sys/fs/cgroup/memory/process_api/abc/evershell-x".into(),
                 pids: "/sys/fs/cgroup/pids/evershell-x".into(),
                 cpu: Some("/sys/fs/cgroup/cpu/evershell-x".into()),
+                freezer: None,
             }
         );
         // Without a pids controller v1 does not do, and the (controller-less) unified mount neither.
@@ -504,7 +564,7 @@ mod tests {
             fs::write(c.join("pod_1").join(f), "").unwrap();
         }
         let cg = Cgroups {
-            layout: Layout::V1 { memory: m.clone(), pids: p.clone(), cpu: Some(c.clone()) },
+            layout: Layout::V1 { memory: m.clone(), pids: p.clone(), cpu: Some(c.clone()), freezer: None },
             defaults: Limits::default(),
         };
         let l = Limits { memory_bytes: Some(1 << 30), pids: Some(64), cpu_millis: Some(500) };

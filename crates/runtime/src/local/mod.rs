@@ -213,6 +213,12 @@ impl LocalRuntime {
             if n > 0 {
                 tracing::info!(removed = n, "removed leftover pod cgroups");
             }
+            // A checkpoint's freeze a crash left in place: the adopted pods run on.
+            for e in std::fs::read_dir(&cfg.pods_dir).into_iter().flatten().flatten() {
+                if let Some(name) = e.file_name().to_str().filter(|n| n.starts_with(PodId::PREFIX)) {
+                    let _ = cg.thaw(name);
+                }
+            }
         }
         if trash.exists() {
             std::thread::spawn(move || {
@@ -618,6 +624,13 @@ impl LocalRuntime {
     async fn do_stop(&self, pod: PodId) -> Result<(), PodError> {
         let dir = self.dir(pod);
         if let Some(rec) = self.running(&dir) {
+            // A frozen process cannot act on a signal: a checkpoint's freeze ends before the stop begins.
+            if let Some(cg) = self.launcher.cgroups.clone() {
+                let id = pod.to_string();
+                if let Err(e) = blocking(move || cg.thaw(&id)).await {
+                    tracing::warn!(error = %format!("{e:#}"), "thawing the pod before its stop failed");
+                }
+            }
             tracing::info!(pid = rec.pid, "stopping sandbox");
             sandbox::stop(&dir, rec, sandbox::STOP_GRACE).await?;
             tracing::info!("sandbox stopped");
@@ -653,6 +666,50 @@ impl LocalRuntime {
         let options = evershell_snapshot::CaptureOptions { max_content_bytes: self.cfg.max_workspace_bytes };
         let manifest = self.cfg.snapshots.capture_with(&dir.workspace(), keys, ids, &options).await?;
         tracing::info!(files = manifest.file_count, bytes = manifest.archive_bytes, "workspace captured");
+        Ok(manifest)
+    }
+
+    /// Capture a running pod with its cgroup frozen (`Cgroups::freeze`), thawed by a guard when the capture ends,
+    /// fails or is dropped. Without a freezer (no cgroups, or v1 without the `freezer` controller) the files are
+    /// captured as they are, which is consistent as long as nothing in the pod writes meanwhile (between tasks the
+    /// agent does not).
+    async fn do_capture_running(
+        &self,
+        pod: PodId,
+        keys: &SnapshotKeys,
+        ids: (OrgId, WorkspaceId, SnapshotId),
+    ) -> Result<Manifest, PodError> {
+        let dir = self.dir(pod);
+        if !dir.is_complete().context("reading the complete marker")? {
+            return Err(anyhow!("pod {pod} has no complete files to capture").into());
+        }
+        if self.running(&dir).is_none() {
+            return Err(anyhow!("pod {pod}'s sandbox does not run").into());
+        }
+        self.ensure_mounted(&dir).await?;
+        let _thaw = match self.launcher.cgroups.clone() {
+            Some(cg) => {
+                let id = pod.to_string();
+                let frozen = {
+                    let (cg, id) = (cg.clone(), id.clone());
+                    blocking(move || cg.freeze(&id)).await.context("freezing the pod")?
+                };
+                if !frozen {
+                    tracing::debug!("no freezer for this pod: capturing it unfrozen");
+                }
+                frozen.then(|| ThawOnDrop { cg, pod: id })
+            }
+            None => None,
+        };
+        let began = std::time::Instant::now();
+        let options = evershell_snapshot::CaptureOptions { max_content_bytes: self.cfg.max_workspace_bytes };
+        let manifest = self.cfg.snapshots.capture_with(&dir.workspace(), keys, ids, &options).await?;
+        tracing::info!(
+            files = manifest.file_count,
+            bytes = manifest.archive_bytes,
+            frozen_ms = began.elapsed().as_secs_f64() * 1e3,
+            "running workspace captured"
+        );
         Ok(manifest)
     }
 
@@ -749,6 +806,20 @@ fn run_as(ids: Option<&identity::Identities>, owner: Option<layout::Ownership>) 
     Some(bwrap::RunAs { uid: o.pod.uid, gid: o.pod.gid, group: o.group, net_index: Some(ids.index(o.pod)) })
 }
 
+/// Thaws a frozen pod when dropped (the end of a capture, its failure, or its future being dropped).
+struct ThawOnDrop {
+    cg: Arc<cgroup::Cgroups>,
+    pod: String,
+}
+
+impl Drop for ThawOnDrop {
+    fn drop(&mut self) {
+        if let Err(e) = self.cg.thaw(&self.pod) {
+            tracing::error!(error = %e, pod_id = %self.pod, "thawing the pod after its capture failed");
+        }
+    }
+}
+
 async fn blocking<T: Send + 'static>(f: impl FnOnce() -> std::io::Result<T> + Send + 'static) -> anyhow::Result<T> {
     Ok(tokio::task::spawn_blocking(f).await.context("blocking task panicked")??)
 }
@@ -829,6 +900,15 @@ impl PodRuntime for LocalRuntime {
         ids: (OrgId, WorkspaceId, SnapshotId),
     ) -> Result<Manifest, PodError> {
         self.do_capture(pod, keys, ids).instrument(tracing::info_span!("pod.capture", pod_id = %pod)).await
+    }
+
+    async fn capture_running(
+        &self,
+        pod: PodId,
+        keys: &SnapshotKeys,
+        ids: (OrgId, WorkspaceId, SnapshotId),
+    ) -> Result<Manifest, PodError> {
+        self.do_capture_running(pod, keys, ids).instrument(tracing::info_span!("pod.checkpoint", pod_id = %pod)).await
     }
 
     async fn remove(&self, pod: PodId) -> Result<(), PodError> {

@@ -11,6 +11,7 @@
 
 pub(crate) mod audit;
 pub(crate) mod auth;
+pub(crate) mod checkpoints;
 pub(crate) mod credentials;
 pub(crate) mod egress;
 pub(crate) mod idempotency;
@@ -35,6 +36,10 @@ macro_rules! expand {
         pub(crate) mod auth {
             use super::*;
             $crate::queries::auth::ops!();
+        }
+        pub(crate) mod checkpoints {
+            use super::*;
+            $crate::queries::checkpoints::ops!();
         }
         pub(crate) mod credentials {
             use super::*;

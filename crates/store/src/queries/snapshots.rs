@@ -107,7 +107,9 @@ macro_rules! ops {
             let rows: Vec<SnapshotRow> = sqlx::query_as(concat!(
                 snap_select!(),
                 "WHERE state = 'verified' AND NOT EXISTS \
-                 (SELECT 1 FROM workspaces w WHERE w.snapshot_id = snapshots.id) ORDER BY created_at, id"
+                 (SELECT 1 FROM workspaces w WHERE w.snapshot_id = snapshots.id) AND NOT EXISTS \
+                 (SELECT 1 FROM checkpoints c WHERE c.snapshot_id = snapshots.id) AND NOT EXISTS \
+                 (SELECT 1 FROM workspace_forks f WHERE f.source_snapshot_id = snapshots.id) ORDER BY created_at, id"
             ))
             .fetch_all(&s.read)
             .await

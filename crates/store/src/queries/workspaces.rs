@@ -81,10 +81,26 @@ macro_rules! ops {
             quota: &WorkspaceQuota,
             audit: &[AuditEvent],
         ) -> Result<()> {
-            let packs = pod_pack_ids(ws)?;
-            let packs = packs.as_deref();
             run("create_workspace", move || async move {
                 let mut tx = s.begin().await?;
+                insert_workspace(&mut tx, ws, quota).await?;
+                super::audit::insert(&mut tx, audit).await?;
+                tx.commit().await?;
+                Ok(())
+            })
+            .await
+        }
+
+        /// Insert `ws` under its share-locked, live role and provider, within `quota`.
+        pub(crate) async fn insert_workspace(
+            tx: &mut Conn,
+            ws: &WorkspaceRecord,
+            quota: &WorkspaceQuota,
+        ) -> TxResult<()> {
+            let packs = pod_pack_ids(ws)?;
+            let packs = packs.as_deref();
+            {
+                let mut tx = tx;
                 let (role, provider) = super::roles::lock_with_provider(&mut tx, ws.org_id, ws.role_id, false).await?;
                 if role.archived_at.is_some() {
                     return Err(Error::new(ErrorCode::RoleArchived, "the agent role is archived").into());
@@ -125,11 +141,8 @@ macro_rules! ops {
                 .bind(ws.intent.request.map(|r| r.reason.as_str()))
                 .execute(&mut *tx)
                 .await?;
-                super::audit::insert(&mut tx, audit).await?;
-                tx.commit().await?;
                 Ok(())
-            })
-            .await
+            }
         }
 
         pub async fn get_workspace(s: &S, org: OrgId, id: WorkspaceId) -> Result<Option<WorkspaceRecord>> {
