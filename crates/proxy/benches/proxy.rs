@@ -4,7 +4,8 @@
 //! process (this binary re-executed) so its RSS is its own. Targets: median added latency < 1 ms, throughput ≥ 0.7×
 //! direct, first SSE event within 5 ms, RSS < 64 MiB.
 //!
-//!   cargo bench -p evershell-proxy --bench proxy        (BENCH_REQUESTS, BENCH_SECONDS, BENCH_ROUNDS)
+//!   cargo bench -p evershell-proxy --bench proxy        (BENCH_REQUESTS, BENCH_SECONDS, BENCH_ROUNDS,
+//!   BENCH_ONLY=latency,rps,throughput,sse,rss to run some parts only)
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -136,6 +137,11 @@ async fn fetch(c: &mut SendRequest<B>, path: &str) -> u64 {
     n
 }
 
+/// Whether `part` is to run (`BENCH_ONLY` unset: every part).
+fn runs(part: &str) -> bool {
+    std::env::var("BENCH_ONLY").map_or(true, |only| only.split(',').any(|p| p.trim() == part))
+}
+
 fn median(v: &mut [f64]) -> f64 {
     v.sort_by(|a, b| a.partial_cmp(b).unwrap());
     v[v.len() / 2]
@@ -206,6 +212,27 @@ async fn first_sse(c: &mut SendRequest<B>) -> f64 {
     ms
 }
 
+/// CPU seconds (user + system) this process has used.
+fn self_cpu() -> f64 {
+    // SAFETY: rusage is plain integers; all zeroes is a valid value.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: `ru` is a valid rusage to write to.
+    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) };
+    let secs = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    secs(ru.ru_utime) + secs(ru.ru_stime)
+}
+
+/// CPU seconds (user + system) process `pid` has used.
+fn proc_cpu(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let after = stat.rsplit_once(')').map(|(_, a)| a).unwrap_or("");
+    let f: Vec<f64> = after.split_whitespace().map(|v| v.parse().unwrap_or(0.0)).collect();
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    // Fields 14 and 15 of stat (utime, stime), counted from the state field after the command name.
+    (f.get(11).copied().unwrap_or(0.0) + f.get(12).copied().unwrap_or(0.0)) / hz
+}
+
 fn rss_kib(pid: u32, field: &str) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
     status
@@ -266,55 +293,83 @@ async fn parent() {
     println!("egress proxy bench: upstream {upstream}, proxy {proxy_addr} (pid {pid}), {rounds} rounds");
 
     // Latency per small request on a warm connection.
-    let (mut d_lat, mut p_lat) = (vec![], vec![]);
-    for _ in 0..rounds {
-        d_lat.extend(small_latencies(&direct, requests).await);
-        p_lat.extend(small_latencies(&proxied, requests).await);
+    if runs("latency") {
+        let (mut d_lat, mut p_lat) = (vec![], vec![]);
+        for _ in 0..rounds {
+            d_lat.extend(small_latencies(&direct, requests).await);
+            p_lat.extend(small_latencies(&proxied, requests).await);
+        }
+        let (dm, pm) = (median(&mut d_lat), median(&mut p_lat));
+        let (d99, p99) = (pct(&mut d_lat, 0.99), pct(&mut p_lat, 0.99));
+        println!(
+            "small request, warm connection: direct median {dm:.3} ms p99 {d99:.3} ms; proxy median {pm:.3} ms p99 {p99:.3} ms"
+        );
+        println!("  added latency: median {:.3} ms (target < 1 ms), p99 {:.3} ms", pm - dm, p99 - d99);
     }
-    let (dm, pm) = (median(&mut d_lat), median(&mut p_lat));
-    let (d99, p99) = (pct(&mut d_lat, 0.99), pct(&mut p_lat, 0.99));
-    println!(
-        "small request, warm connection: direct median {dm:.3} ms p99 {d99:.3} ms; proxy median {pm:.3} ms p99 {p99:.3} ms"
-    );
-    println!("  added latency: median {:.3} ms (target < 1 ms), p99 {:.3} ms", pm - dm, p99 - d99);
 
     // Requests per second over 16 connections.
-    rps(&direct, 16, 1).await;
-    rps(&proxied, 16, 1).await;
-    let (mut d_rps, mut p_rps) = (vec![], vec![]);
-    for _ in 0..rounds {
-        d_rps.push(rps(&direct, 16, secs).await);
-        p_rps.push(rps(&proxied, 16, secs).await);
+    if runs("rps") {
+        rps(&direct, 16, 1).await;
+        rps(&proxied, 16, 1).await;
+        let (mut d_rps, mut p_rps) = (vec![], vec![]);
+        for _ in 0..rounds {
+            d_rps.push(rps(&direct, 16, secs).await);
+            p_rps.push(rps(&proxied, 16, secs).await);
+        }
+        let (dr, pr) = (median(&mut d_rps), median(&mut p_rps));
+        println!("16 connections: direct {dr:.0} req/s, proxy {pr:.0} req/s, ratio {:.2}", pr / dr);
     }
-    let (dr, pr) = (median(&mut d_rps), median(&mut p_rps));
-    println!("16 connections: direct {dr:.0} req/s, proxy {pr:.0} req/s, ratio {:.2}", pr / dr);
 
     // Throughput.
     for (label, n, reps) in [("1 MB", 1_000_000u64, 20 * rounds), ("100 MB", 100_000_000u64, rounds)] {
+        if !runs("throughput") {
+            break;
+        }
         let mut dc = direct.connect().await;
         let mut pc = proxied.connect().await;
         let (mut dt, mut pt) = (vec![], vec![]);
+        // CPU seconds: this process (client + upstream) on each side, the proxy process on the proxied side.
+        let (mut d_cpu, mut p_cpu, mut proxy_cpu) = (0.0, 0.0, 0.0);
         for _ in 0..reps {
+            let c0 = self_cpu();
             dt.push(throughput(&mut dc, n).await);
+            let (c1, x1) = (self_cpu(), proc_cpu(pid));
             pt.push(throughput(&mut pc, n).await);
+            d_cpu += c1 - c0;
+            p_cpu += self_cpu() - c1;
+            proxy_cpu += proc_cpu(pid) - x1;
         }
         let (dmb, pmb) = (median(&mut dt), median(&mut pt));
         println!("{label} download: direct {dmb:.0} MB/s, proxy {pmb:.0} MB/s, ratio {:.2} (target ≥ 0.70)", pmb / dmb);
+        let gb = (reps * n) as f64 / 1e9;
+        println!(
+            "  CPU s per GB: direct (client + upstream) {:.2}; proxied: client + upstream {:.2} + proxy {:.2} = {:.2}; CPU-bound ceiling {:.2}",
+            d_cpu / gb,
+            p_cpu / gb,
+            proxy_cpu / gb,
+            (p_cpu + proxy_cpu) / gb,
+            d_cpu / (p_cpu + proxy_cpu)
+        );
     }
 
     // Time to the first SSE event.
-    let mut dc = direct.connect().await;
     let mut pc = proxied.connect().await;
-    let (mut ds, mut ps) = (vec![], vec![]);
-    for _ in 0..(100 * rounds) {
-        ds.push(first_sse(&mut dc).await);
-        ps.push(first_sse(&mut pc).await);
+    if runs("sse") {
+        let mut dc = direct.connect().await;
+        let (mut ds, mut ps) = (vec![], vec![]);
+        for _ in 0..(100 * rounds) {
+            ds.push(first_sse(&mut dc).await);
+            ps.push(first_sse(&mut pc).await);
+        }
+        println!(
+            "first SSE event: direct median {:.3} ms, proxy median {:.3} ms (target < 5 ms)",
+            median(&mut ds),
+            median(&mut ps)
+        );
     }
-    println!(
-        "first SSE event: direct median {:.3} ms, proxy median {:.3} ms (target < 5 ms)",
-        median(&mut ds),
-        median(&mut ps)
-    );
+    if !runs("rss") {
+        return;
+    }
 
     // Proxy RSS during a 1 GiB download.
     let before = rss_kib(pid, "VmRSS:");

@@ -4,6 +4,7 @@
 
 pub mod allow_list;
 pub mod audit_sink;
+mod batched_io;
 mod body;
 pub mod ca;
 pub mod config;

@@ -1,6 +1,7 @@
 //! `ProxyServer`: the accept loop of our own. Each connection is classified by its first bytes: TLS → SNI → a
 //! leaf from the platform CA → terminated → HTTP/1.1 or h2 (h2 only when the upstream carries it); plain HTTP →
-//! HTTP/1.1; anything else → closed at once and recorded.
+//! HTTP/1.1; anything else → closed at once and recorded. Reads are greedy and TLS writes go out in large batches
+//! (`batched_io`, `TLS_WRITE_BUFFER`).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -16,6 +17,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_rustls::LazyConfigAcceptor;
 
+use crate::batched_io::Greedy;
 use crate::ca::PlatformCa;
 use crate::config::ProxyConfig;
 use crate::gate::{ConnId, ConnInfo, ConnKind, Decision, Gate, Outcome, ProxyRefusal};
@@ -24,7 +26,10 @@ use crate::orig_dst::original_dst;
 use crate::raw_head::{RawTail, Tapped};
 use crate::sniff::{Prefixed, classify};
 use crate::unknown_peers::{UnknownKind, UnknownPeers};
-use crate::upstream::Upstreams;
+use crate::upstream::{Upstreams, tls_provider};
+
+/// Most encrypted bytes queued per client connection before the socket must take them.
+const TLS_WRITE_BUFFER: usize = 256 * 1024;
 
 /// A running proxy.
 pub struct ProxyServer {
@@ -152,6 +157,9 @@ async fn serve_tls(shared: Arc<Shared>, mut conn: ConnInfo, stream: Prefixed<Tcp
         Ok(Err(e)) => return refuse(&shared, conn, ProxyRefusal::TlsHandshake, Some(e.to_string())),
         Err(_) => return refuse(&shared, conn, ProxyRefusal::TlsHandshake, Some("handshake timed out".into())),
     };
+    // Room for a few records per write to the client (rustls' default, 64 KiB, splits big chunks in many writes).
+    let mut tls = tls;
+    tls.get_mut().1.set_buffer_limit(Some(TLS_WRITE_BUFFER));
     let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
     tracing::debug!(conn = conn.id.0, sni, h2, "TLS terminated");
     let conn = Arc::new(conn);
@@ -162,7 +170,7 @@ async fn serve_tls(shared: Arc<Shared>, mut conn: ConnInfo, stream: Prefixed<Tcp
         };
         let served = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
             .timer(TokioTimer::new())
-            .serve_connection(TokioIo::new(tls), svc)
+            .serve_connection(Greedy::new(TokioIo::new(tls)), svc)
             .await;
         if let Err(e) = served {
             tracing::debug!(conn = conn.id.0, error = %e, "h2 connection ended with an error");
@@ -177,7 +185,7 @@ where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     let tail = RawTail::default();
-    let io = TokioIo::new(Tapped::new(stream, tail.clone()));
+    let io = Greedy::new(TokioIo::new(Tapped::new(stream, tail.clone())));
     let svc = {
         let conn = conn.clone();
         service_fn(move |req| handler::handle(shared.clone(), conn.clone(), Some(tail.clone()), req))
@@ -203,11 +211,13 @@ impl ResolvesServerCert for OneLeaf {
 }
 
 fn server_config(leaf: Arc<CertifiedKey>, h2: bool) -> Arc<rustls::ServerConfig> {
-    let mut cfg = rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+    let mut cfg = rustls::ServerConfig::builder_with_provider(tls_provider())
         .with_safe_default_protocol_versions()
         .expect("ring supports the default protocol versions")
         .with_no_client_auth()
         .with_cert_resolver(Arc::new(OneLeaf(leaf)));
+    // Our preference (AES-128-GCM first), not the client's: it is this leg's CPU that is scarce.
+    cfg.ignore_client_order = true;
     cfg.alpn_protocols = if h2 { vec![b"h2".to_vec(), b"http/1.1".to_vec()] } else { vec![b"http/1.1".to_vec()] };
     Arc::new(cfg)
 }
