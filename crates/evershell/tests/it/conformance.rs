@@ -303,6 +303,8 @@ async fn real_answers_match_the_committed_document() {
     let ts = TestServer::start_with(|c| {
         c.activity.max_duration_ms = 300;
         c.activity.heartbeat_ms = 100;
+        // Production retry waits: the first task is still at its agent (retrying the model) when it is cancelled.
+        c.agent = Default::default();
     })
     .await;
     let contract = Contract::new(committed_document());
