@@ -163,6 +163,7 @@ fn push_seccomp(a: &mut Vec<OsString>, fds: SeccompFds) {
 }
 
 /// The full argument list (after the `bwrap` program) for a pod's sandbox.
+#[allow(clippy::too_many_arguments)]
 pub fn sandbox_args(
     dir: &PodDir,
     pod_id: &str,
