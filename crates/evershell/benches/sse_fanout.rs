@@ -195,7 +195,7 @@ async fn main() {
         "  complete: {complete}/{subscribers} subscribers got every event; {duplicates} duplicates; {out_of_order} out of order"
     );
     println!(
-        "  server RSS: {rss_before:.1} MiB before, {rss_subscribed:.1} MiB with the subscribers, {rss_now:.1} MiB after writing (peak {rss_peak:.1} MiB)"
+        "  server RSS (the `evershell serve` process, /proc/{pid}/status VmRSS, peak VmHWM): {rss_before:.1} MiB before, {rss_subscribed:.1} MiB with the subscribers, {rss_now:.1} MiB after writing (peak {rss_peak:.1} MiB)"
     );
     let within = lat.iter().filter(|l| **l <= 100.0).count();
     println!("  within 100 ms: {within}/{} deliveries", lat.len());

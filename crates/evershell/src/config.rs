@@ -36,6 +36,52 @@ pub struct Config {
     pub activity: evershell_app::activity::StreamSettings,
     /// Checkpoints taken after each completed task (`[checkpoints] keep = N`, default 10, 0: none).
     pub checkpoints: evershell_app::checkpoint::CheckpointConfig,
+    pub agent: AgentSettings,
+}
+
+/// Tuning of the in-pod agent's model calls (`[agent]`), handed to every pod's `evershell agent` as its
+/// `EVERSHELL_AGENT_*` environment. Only these settings, each bounded, ever reach a pod's environment (nothing from
+/// the API does). Unset: the agent's own defaults (first retry after 1 s, doubling up to 30 s, 5 retries; 300 s for
+/// an answer's headers and for silence inside a streamed answer). Tests shorten them.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AgentSettings {
+    /// The wait before a model call's first retry (it doubles per retry, at most 30 s), 1..=60000 ms.
+    pub model_retry_base_ms: Option<u64>,
+    /// How long a model call waits for its answer's headers, 100..=3600000 ms.
+    pub model_response_timeout_ms: Option<u64>,
+    /// The longest silence inside a streamed model answer, 100..=3600000 ms.
+    pub model_idle_timeout_ms: Option<u64>,
+}
+
+impl AgentSettings {
+    /// The pods' agent environment for these settings, or why a setting is out of bounds.
+    pub fn env(&self) -> anyhow::Result<Vec<(String, String)>> {
+        use evershell_agent::task::{
+            ENV_MODEL_IDLE_TIMEOUT_MS, ENV_MODEL_RESPONSE_TIMEOUT_MS, ENV_MODEL_RETRY_BASE_MS,
+        };
+        let mut env = Vec::new();
+        for (name, var, value, range) in [
+            ("model_retry_base_ms", ENV_MODEL_RETRY_BASE_MS, self.model_retry_base_ms, 1..=60_000),
+            (
+                "model_response_timeout_ms",
+                ENV_MODEL_RESPONSE_TIMEOUT_MS,
+                self.model_response_timeout_ms,
+                100..=3_600_000,
+            ),
+            ("model_idle_timeout_ms", ENV_MODEL_IDLE_TIMEOUT_MS, self.model_idle_timeout_ms, 100..=3_600_000),
+        ] {
+            let Some(v) = value else { continue };
+            anyhow::ensure!(
+                range.contains(&v),
+                "invalid configuration: agent.{name} must be within {}..={} ms, not {v}",
+                range.start(),
+                range.end()
+            );
+            env.push((var.to_string(), v.to_string()));
+        }
+        Ok(env)
+    }
 }
 
 /// The egress proxy (`[proxy]`): `evershell serve` runs it in-process on `runtime.proxy_port` unless `enabled` is
@@ -285,6 +331,7 @@ impl Default for Config {
             proxy: ProxySettings::default(),
             activity: Default::default(),
             checkpoints: Default::default(),
+            agent: AgentSettings::default(),
         }
     }
 }
@@ -465,5 +512,42 @@ mod tests {
             assert_eq!(c.idempotency.ttl_ms, 1234);
             Ok(())
         });
+    }
+
+    #[test]
+    fn agent_settings_become_the_pods_agent_environment_within_bounds() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("evershell.toml");
+        std::fs::write(&f, "[agent]\nmodel_retry_base_ms = 10\nmodel_idle_timeout_ms = 5000\n").unwrap();
+        let c = Config::load(Some(&f), &Overrides::default()).unwrap();
+        assert_eq!(
+            c.agent.env().unwrap(),
+            [
+                ("EVERSHELL_AGENT_MODEL_RETRY_BASE_MS".to_string(), "10".to_string()),
+                ("EVERSHELL_AGENT_MODEL_IDLE_TIMEOUT_MS".to_string(), "5000".to_string()),
+            ]
+        );
+        assert!(Config::default().agent.env().unwrap().is_empty(), "nothing by default");
+        for bad in [
+            AgentSettings { model_retry_base_ms: Some(0), ..Default::default() },
+            AgentSettings { model_retry_base_ms: Some(60_001), ..Default::default() },
+            AgentSettings { model_response_timeout_ms: Some(99), ..Default::default() },
+            AgentSettings { model_idle_timeout_ms: Some(3_600_001), ..Default::default() },
+        ] {
+            let e = bad.env().unwrap_err().to_string();
+            assert!(e.contains("agent.model_"), "{e}");
+        }
+        // Only the named settings: anything else under [agent] is refused.
+        std::fs::write(&f, "[agent]\nenv = { LD_PRELOAD = \"x\" }\n").unwrap();
+        assert!(Config::load(Some(&f), &Overrides::default()).is_err());
+        // Every agent variable the runtime lets into a pod is one of these settings.
+        let all = AgentSettings {
+            model_retry_base_ms: Some(1),
+            model_response_timeout_ms: Some(100),
+            model_idle_timeout_ms: Some(100),
+        };
+        let vars = all.env().unwrap();
+        evershell_runtime::local::check_agent_env(&vars).unwrap();
+        assert_eq!(vars.len(), evershell_runtime::local::AGENT_ENV_NAMES.len());
     }
 }

@@ -77,6 +77,7 @@ fn lock_data_dir(cfg: &Config) -> anyhow::Result<Option<std::fs::File>> {
 /// Start a server: returns once it listens.
 pub async fn start(cfg: Config) -> anyhow::Result<Server> {
     cfg.login.policy().validate().map_err(|e| anyhow::anyhow!("invalid configuration: {e}"))?;
+    let agent_env = cfg.agent.env()?;
     let snap_dir = cfg.snapshots.dir.clone().unwrap_or_else(|| cfg.data_dir.join("snapshots"));
     crate::datadir::prepare(&cfg.data_dir, Some(&snap_dir))?;
     let lock = lock_data_dir(&cfg)?;
@@ -117,6 +118,7 @@ pub async fn start(cfg: Config) -> anyhow::Result<Server> {
     rcfg.egress_ca_file = Some(cfg.egress_ca_file());
     rcfg.limits = cfg.runtime.limits.pod_limits();
     rcfg.disk_limit_bytes = Some(cfg.runtime.limits.disk_bytes).filter(|&b| b > 0);
+    rcfg.agent_env = agent_env;
     let runtime = Arc::new(LocalRuntime::new(rcfg)?);
     let app_cfg = AppConfig {
         session_ttl_ms: cfg.sessions.ttl_seconds * 1000,

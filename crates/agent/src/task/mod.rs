@@ -50,22 +50,61 @@ impl Default for LoopConfig {
     }
 }
 
+/// The model call's first retry wait, in ms (the server's `agent.model_retry_base_ms` puts it into pods).
+pub const ENV_MODEL_RETRY_BASE_MS: &str = "EVERSHELL_AGENT_MODEL_RETRY_BASE_MS";
+/// The wait for a model answer's headers, in ms (`agent.model_response_timeout_ms`).
+pub const ENV_MODEL_RESPONSE_TIMEOUT_MS: &str = "EVERSHELL_AGENT_MODEL_RESPONSE_TIMEOUT_MS";
+/// The longest silence inside a streamed answer, in ms (`agent.model_idle_timeout_ms`).
+pub const ENV_MODEL_IDLE_TIMEOUT_MS: &str = "EVERSHELL_AGENT_MODEL_IDLE_TIMEOUT_MS";
+
 impl LoopConfig {
-    /// Defaults, with `EVERSHELL_AGENT_MODEL_RETRY_BASE_MS`, `…_MODEL_IDLE_TIMEOUT_MS` and
-    /// `…_MODEL_RESPONSE_TIMEOUT_MS` overriding the model call's tuning.
+    /// Defaults, with [`ENV_MODEL_RETRY_BASE_MS`], [`ENV_MODEL_IDLE_TIMEOUT_MS`] and
+    /// [`ENV_MODEL_RESPONSE_TIMEOUT_MS`] overriding the model call's tuning.
     pub fn from_env() -> Self {
+        Self::from_vars(|k| std::env::var(k).ok())
+    }
+
+    fn from_vars(var: impl Fn(&str) -> Option<String>) -> Self {
         let mut c = LoopConfig::default();
-        let ms = |k: &str| std::env::var(k).ok().and_then(|v| v.parse::<u64>().ok()).map(Duration::from_millis);
-        if let Some(d) = ms("EVERSHELL_AGENT_MODEL_RETRY_BASE_MS") {
+        let ms = |k: &str| var(k).and_then(|v| v.parse::<u64>().ok()).map(Duration::from_millis);
+        if let Some(d) = ms(ENV_MODEL_RETRY_BASE_MS) {
             c.model.retry_base = d;
         }
-        if let Some(d) = ms("EVERSHELL_AGENT_MODEL_IDLE_TIMEOUT_MS") {
+        if let Some(d) = ms(ENV_MODEL_IDLE_TIMEOUT_MS) {
             c.model.idle_timeout = d;
         }
-        if let Some(d) = ms("EVERSHELL_AGENT_MODEL_RESPONSE_TIMEOUT_MS") {
+        if let Some(d) = ms(ENV_MODEL_RESPONSE_TIMEOUT_MS) {
             c.model.response_timeout = d;
         }
         c
+    }
+}
+
+#[cfg(test)]
+mod env_tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    #[test]
+    fn the_pods_allowed_agent_settings_are_the_ones_the_agent_reads() {
+        let mut read = vec![ENV_MODEL_RETRY_BASE_MS, ENV_MODEL_RESPONSE_TIMEOUT_MS, ENV_MODEL_IDLE_TIMEOUT_MS];
+        let mut allowed = evershell_runtime::local::AGENT_ENV_NAMES.to_vec();
+        read.sort();
+        allowed.sort();
+        assert_eq!(read, allowed);
+        let c = LoopConfig::from_vars(|k| match k {
+            ENV_MODEL_RETRY_BASE_MS => Some("10".into()),
+            ENV_MODEL_RESPONSE_TIMEOUT_MS => Some("2000".into()),
+            ENV_MODEL_IDLE_TIMEOUT_MS => Some("3000".into()),
+            _ => None,
+        });
+        assert_eq!(
+            (c.model.retry_base, c.model.response_timeout, c.model.idle_timeout),
+            (Duration::from_millis(10), Duration::from_secs(2), Duration::from_secs(3))
+        );
+        let d = LoopConfig::from_vars(|_| None);
+        assert_eq!(d.model.retry_base, ModelConfig::default().retry_base);
     }
 }
 

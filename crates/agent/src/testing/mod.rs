@@ -105,6 +105,8 @@ impl Reply {
 /// One request as the server received it.
 #[derive(Debug, Clone)]
 pub struct Recorded {
+    /// When the server had read the whole request (this machine's wall clock).
+    pub at: std::time::SystemTime,
     pub path: String,
     pub headers: Vec<(String, String)>,
     pub body: Value,
@@ -239,6 +241,7 @@ impl ScriptedModel {
 
 async fn handle(State(s): State<Arc<Shared>>, uri: Uri, headers: HeaderMap, body: Bytes) -> Response {
     let recorded = Recorded {
+        at: std::time::SystemTime::now(),
         path: uri.path().to_string(),
         headers: headers
             .iter()

@@ -9,6 +9,9 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+/// The bootstrapped owner's (`bench@example.com` in org `bench`) password.
+pub const PASSWORD: &str = "bench-password-0123";
+
 pub struct Server {
     pub child: Child,
     pub url: String,
@@ -40,13 +43,18 @@ pub fn bin() -> String {
 /// `BENCH_LOG`, default `warn`) goes to `<root>/data/serve.log`, copied to the temp dir at the end when `BENCH_LOG`
 /// is set.
 pub fn start(root: &Path, extra_env: &[(&str, &str)]) -> Server {
+    start_with_config(root, extra_env, None)
+}
+
+/// [`start`], with `config` (TOML) written to `<root>/evershell.toml` and passed as `--config`.
+pub fn start_with_config(root: &Path, extra_env: &[(&str, &str)], config: Option<&str>) -> Server {
     let data = root.join("data");
     // Private, as `serve` requires (the admin CLI creates it 0700).
     std::os::unix::fs::DirBuilderExt::mode(std::fs::DirBuilder::new().recursive(true), 0o700).create(&data).unwrap();
     let out = Command::new(bin())
         .args(["admin", "--data-dir"])
         .arg(&data)
-        .args(["bootstrap", "--org", "bench", "--email", "bench@example.com", "--json"])
+        .args(["bootstrap", "--org", "bench", "--email", "bench@example.com", "--password", PASSWORD, "--json"])
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
@@ -55,6 +63,11 @@ pub fn start(root: &Path, extra_env: &[(&str, &str)]) -> Server {
     let f = std::fs::File::create(&log).unwrap();
     let mut cmd = Command::new(bin());
     cmd.args(["serve", "--listen", "127.0.0.1:0", "--data-dir"]).arg(&data);
+    if let Some(toml) = config {
+        let f = root.join("evershell.toml");
+        std::fs::write(&f, toml).unwrap();
+        cmd.arg("--config").arg(f);
+    }
     for (k, v) in extra_env {
         cmd.env(k, v);
     }

@@ -303,6 +303,10 @@ async fn real_answers_match_the_committed_document() {
     let ts = TestServer::start_with(|c| {
         c.activity.max_duration_ms = 300;
         c.activity.heartbeat_ms = 100;
+        // Model retries 250 ms, 500 ms, … apart: a task against the closed model port lives ~8 s, so the first one
+        // is surely still at its agent when it is cancelled a few requests later, and `first_ws` is idle soon
+        // (production waits held this test for half a minute).
+        c.agent.model_retry_base_ms = Some(250);
     })
     .await;
     let contract = Contract::new(committed_document());

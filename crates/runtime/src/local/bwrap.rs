@@ -163,6 +163,7 @@ fn push_seccomp(a: &mut Vec<OsString>, fds: SeccompFds) {
 }
 
 /// The full argument list (after the `bwrap` program) for a pod's sandbox.
+#[allow(clippy::too_many_arguments)]
 pub fn sandbox_args(
     dir: &PodDir,
     pod_id: &str,
@@ -173,6 +174,7 @@ pub fn sandbox_args(
     joined_netns: bool,
     trust: Option<&trust::Binds>,
     resolv_conf: Option<&Path>,
+    agent_env: &[(String, String)],
 ) -> Vec<OsString> {
     let mut a = base_args_net(disable_userns, joined_netns);
     push_seccomp(&mut a, seccomp);
@@ -229,6 +231,10 @@ pub fn sandbox_args(
         for (k, v) in trust::ENV {
             push(&mut a, &["--setenv", k, v]);
         }
+    }
+    // The agent's tuning from the server's configuration (`LocalRuntimeConfig::agent_env`, checked there).
+    for (k, v) in agent_env {
+        push(&mut a, &["--setenv", k, v]);
     }
     push(
         &mut a,
@@ -362,6 +368,7 @@ mod tests {
             false,
             None,
             None,
+            &[],
         )
         .into_iter()
         .map(|s| s.into_string().unwrap())
@@ -399,6 +406,7 @@ mod tests {
             true,
             Some(&binds),
             Some(Path::new("/pods/pod_x/etc/resolv.conf")),
+            &[("EVERSHELL_AGENT_MODEL_RETRY_BASE_MS".into(), "10".into())],
         )
         .into_iter()
         .map(|s| s.into_string().unwrap())
@@ -410,7 +418,8 @@ mod tests {
         assert!(joined.contains("--ro-bind /pods/pod_x/etc/resolv.conf /etc/resolv.conf"));
         assert!(!args.iter().any(|a| a == "--unshare-net"), "the joined namespace is the pod's network");
         let clear = args.iter().position(|a| a == "--clearenv").unwrap();
-        for (k, v) in trust::ENV {
+        let tuning = [("EVERSHELL_AGENT_MODEL_RETRY_BASE_MS", "10")];
+        for (k, v) in trust::ENV.iter().chain(&tuning) {
             let at = args.windows(3).position(|w| w[0] == "--setenv" && w[1] == *k && w[2] == *v).unwrap();
             assert!(at > clear, "{k} set before --clearenv");
         }

@@ -95,6 +95,30 @@ pub struct LocalRuntimeConfig {
     /// Size of each pod's `/workspace` file system (a loop-mounted sparse ext4 image, `disk.rs`): writes beyond it
     /// fail with ENOSPC inside the pod. `None`: no disk limit (`/workspace` is a directory of the data dir).
     pub disk_limit_bytes: Option<u64>,
+    /// Extra environment of every pod's agent, set after the sandbox clears its environment: only the names in
+    /// [`AGENT_ENV_NAMES`], each with a decimal value (`LocalRuntime::new` refuses anything else), so neither the
+    /// API nor a typo can put arbitrary variables or secrets into pods.
+    pub agent_env: Vec<(String, String)>,
+}
+
+/// The agent settings a pod's environment may carry (read by `evershell agent`, `LoopConfig::from_env`): the model
+/// call's first retry wait, its wait for response headers, and the longest silence inside a streamed answer, in ms.
+pub const AGENT_ENV_NAMES: &[&str] = &[
+    "EVERSHELL_AGENT_MODEL_RETRY_BASE_MS",
+    "EVERSHELL_AGENT_MODEL_RESPONSE_TIMEOUT_MS",
+    "EVERSHELL_AGENT_MODEL_IDLE_TIMEOUT_MS",
+];
+
+/// Refuse agent environment outside [`AGENT_ENV_NAMES`] or with a value that is not a plain decimal number.
+pub fn check_agent_env(env: &[(String, String)]) -> anyhow::Result<()> {
+    for (k, v) in env {
+        anyhow::ensure!(AGENT_ENV_NAMES.contains(&k.as_str()), "`{k}` is not an agent setting a pod may be given");
+        anyhow::ensure!(
+            !v.is_empty() && v.len() <= 12 && v.bytes().all(|b| b.is_ascii_digit()),
+            "the agent setting `{k}` must be a decimal number, not `{v}`"
+        );
+    }
+    Ok(())
 }
 
 impl LocalRuntimeConfig {
@@ -115,6 +139,7 @@ impl LocalRuntimeConfig {
             egress_ca_file: None,
             limits: PodLimits::default(),
             disk_limit_bytes: None,
+            agent_env: Vec::new(),
         }
     }
 }
@@ -142,6 +167,7 @@ impl LocalRuntime {
     /// Check bubblewrap (installed, and able to create every namespace) and the agent binary, and create `pods_dir`.
     /// Fails rather than run anything unsandboxed.
     pub fn new(cfg: LocalRuntimeConfig) -> anyhow::Result<Self> {
+        check_agent_env(&cfg.agent_env)?;
         let programs = Arc::new(seccomp::build()?);
         let identities = identity::Identities::for_this_process(cfg.pod_uid_base, cfg.pod_uid_count)?.map(Arc::new);
         anyhow::ensure!(
@@ -191,6 +217,7 @@ impl LocalRuntime {
             trust: cfg.egress_ca_file.clone().map(|f| Arc::new(trust::Trust::new(f, &cfg.pods_dir))),
             cgroups,
             disk,
+            agent_env: cfg.agent_env.clone().into(),
         };
         // Spares belong to no workspace: those a previous run left are killed and deleted.
         let spares = Arc::new(spares::Spares::new(&cfg.pods_dir, cfg.spare_pods));
@@ -972,6 +999,33 @@ impl PodRuntime for LocalRuntime {
             (Some(s), None) => Some(s),
             (None, Some(l)) => Some(l),
             (Some(s), Some(l)) => Some(format!("{l}; {s}")),
+        }
+    }
+}
+
+#[cfg(test)]
+mod agent_env_tests {
+    use super::check_agent_env;
+
+    fn env(k: &str, v: &str) -> Vec<(String, String)> {
+        vec![(k.to_string(), v.to_string())]
+    }
+
+    #[test]
+    fn only_the_listed_agent_settings_with_numbers_reach_a_pod() {
+        check_agent_env(&[]).unwrap();
+        check_agent_env(&env("EVERSHELL_AGENT_MODEL_RETRY_BASE_MS", "10")).unwrap();
+        check_agent_env(&env("EVERSHELL_AGENT_MODEL_IDLE_TIMEOUT_MS", "300000")).unwrap();
+        for (k, v) in [
+            ("LD_PRELOAD", "1"),
+            ("ANTHROPIC_API_KEY", "1"),
+            ("EVERSHELL_AGENT_OTHER", "1"),
+            ("EVERSHELL_AGENT_MODEL_RETRY_BASE_MS", ""),
+            ("EVERSHELL_AGENT_MODEL_RETRY_BASE_MS", "10; rm -rf /"),
+            ("EVERSHELL_AGENT_MODEL_RETRY_BASE_MS", "-1"),
+            ("EVERSHELL_AGENT_MODEL_RETRY_BASE_MS", "1234567890123"),
+        ] {
+            assert!(check_agent_env(&env(k, v)).is_err(), "{k}={v}");
         }
     }
 }

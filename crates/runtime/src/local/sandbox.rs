@@ -178,6 +178,8 @@ pub struct Launcher {
     pub cgroups: Option<Arc<cgroup::Cgroups>>,
     /// Pods' workspace file systems (`disk.rs`); `None`: no disk limit.
     pub disk: Option<disk::DiskLimit>,
+    /// The agent's environment beyond the sandbox's own (`LocalRuntimeConfig::agent_env`, checked).
+    pub agent_env: Arc<[(String, String)]>,
 }
 
 /// A spawned sandbox: the child (for the reaper), its record, and the relay of its output into `sandbox.log`.
@@ -251,6 +253,7 @@ pub async fn spawn(
         net_fd.is_some(),
         trusted.as_ref(),
         resolv.as_deref(),
+        &launcher.agent_env,
     );
     cmd.args(args)
         .stdin(Stdio::null())

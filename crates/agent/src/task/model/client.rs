@@ -1,8 +1,8 @@
 //! The model client: one streamed HTTP call per turn (hyper + rustls trusting the system bundle, which inside a
 //! pod holds the platform CA; `SSL_CERT_FILE` is honoured). No auth header is sent: the egress proxy injects the
 //! provider's credential. Transient failures — connect errors, 429, 5xx, a stream that drops or stalls, an
-//! overloaded error event — are retried with exponential backoff (honouring a short `Retry-After`), at most
-//! `max_retries` times; then the call fails with the last cause.
+//! overloaded error event — are retried with exponential backoff (honouring `Retry-After`, in seconds or as an
+//! HTTP-date, capped at `retry_max`), at most `max_retries` times; then the call fails with the last cause.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -144,8 +144,7 @@ impl ModelClient {
                 return Err(ModelError::Failed(format!("{} (after {} retries)", cause.0, attempt)));
             }
             attempt += 1;
-            let backoff = self.cfg.retry_base.saturating_mul(1 << (attempt - 1).min(16)).min(self.cfg.retry_max);
-            let delay = cause.1.map(|d| d.min(self.cfg.retry_max)).unwrap_or(backoff).max(backoff / 2);
+            let delay = retry_delay(&self.cfg, attempt, cause.1);
             tracing::warn!(attempt, error = %cause.0, delay_ms = delay.as_millis() as u64, "model call failed; retrying");
             on_retry(RetryNote { attempt, error: &cause.0, delay });
             tokio::select! {
@@ -174,8 +173,7 @@ impl ModelClient {
                 .headers()
                 .get(http::header::RETRY_AFTER)
                 .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.trim().parse::<u64>().ok())
-                .map(Duration::from_secs);
+                .and_then(|v| retry_after(v, std::time::SystemTime::now()));
             let text = read_bounded(resp.into_body(), 2048, self.cfg.idle_timeout).await;
             let cause = format!("model answered HTTP {}: {}", status.as_u16(), text.trim());
             return Err(if status.as_u16() == 429 || status.is_server_error() {
@@ -249,6 +247,25 @@ impl ModelClient {
     }
 }
 
+/// The wait before retry number `attempt` (1-based): exponential from `retry_base`, capped at `retry_max`; a
+/// `Retry-After` replaces it (capped at `retry_max` too), though never below half the backoff.
+fn retry_delay(cfg: &ModelConfig, attempt: u32, retry_after: Option<Duration>) -> Duration {
+    let backoff = cfg.retry_base.saturating_mul(1 << (attempt.max(1) - 1).min(16)).min(cfg.retry_max);
+    retry_after.map(|d| d.min(cfg.retry_max)).unwrap_or(backoff).max(backoff / 2)
+}
+
+/// The wait a `Retry-After` value asks for at `now`: delay-seconds, or an HTTP-date (IMF-fixdate and the two
+/// obsolete forms RFC 9110 tells recipients to accept); a date in the past is no wait. `None` for anything else.
+/// The caller caps it at `retry_max`.
+fn retry_after(value: &str, now: std::time::SystemTime) -> Option<Duration> {
+    let value = value.trim();
+    if let Ok(secs) = value.parse::<u64>() {
+        return Some(Duration::from_secs(secs));
+    }
+    let at = httpdate::parse_http_date(value).ok()?;
+    Some(at.duration_since(now).unwrap_or(Duration::ZERO))
+}
+
 async fn read_bounded(mut body: hyper::body::Incoming, max: usize, idle: Duration) -> String {
     let mut out = Vec::new();
     while out.len() < max {
@@ -290,5 +307,53 @@ pub fn tool_use(id: String, name: String, args: &str) -> Block {
             input: Value::Object(Default::default()),
             invalid_arguments: Some(args.chars().take(16_384).collect()),
         },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, SystemTime};
+
+    use super::{ModelConfig, retry_after, retry_delay};
+
+    /// 1994-11-06T08:49:37Z.
+    fn at() -> SystemTime {
+        SystemTime::UNIX_EPOCH + Duration::from_secs(784_111_777)
+    }
+
+    #[test]
+    fn retry_after_reads_seconds_and_every_http_date_form() {
+        assert_eq!(retry_after("7", at()), Some(Duration::from_secs(7)));
+        assert_eq!(retry_after(" 0 ", at()), Some(Duration::ZERO));
+        // IMF-fixdate, RFC 850 and asctime, each 20 s after `at`.
+        for v in ["Sun, 06 Nov 1994 08:49:57 GMT", "Sunday, 06-Nov-94 08:49:57 GMT", "Sun Nov  6 08:49:57 1994"] {
+            assert_eq!(retry_after(v, at()), Some(Duration::from_secs(20)), "{v}");
+        }
+        // A date already past asks for no wait.
+        assert_eq!(retry_after("Sun, 06 Nov 1994 08:00:00 GMT", at()), Some(Duration::ZERO));
+        for v in ["", "soon", "-3", "1.5", "Sun, 06 Nov 1994 25:00:00 GMT"] {
+            assert_eq!(retry_after(v, at()), None, "{v:?}");
+        }
+    }
+
+    #[test]
+    fn the_wait_is_the_backoff_or_retry_after_capped_at_the_max_backoff() {
+        let cfg = ModelConfig {
+            retry_base: Duration::from_millis(100),
+            retry_max: Duration::from_secs(2),
+            ..ModelConfig::default()
+        };
+        let ms = Duration::from_millis;
+        assert_eq!(
+            [1, 2, 3, 5, 9, 40].map(|a| retry_delay(&cfg, a, None)),
+            [ms(100), ms(200), ms(400), ms(1600), ms(2000), ms(2000)]
+        );
+        // An HTTP-date a day away waits the max backoff, not a day.
+        let far = retry_after("Mon, 07 Nov 1994 08:49:37 GMT", at());
+        assert_eq!(far, Some(Duration::from_secs(86_400)));
+        assert_eq!(retry_delay(&cfg, 1, far), ms(2000));
+        assert_eq!(retry_delay(&cfg, 1, Some(ms(700))), ms(700));
+        // Never below half the backoff.
+        assert_eq!(retry_delay(&cfg, 3, Some(Duration::ZERO)), ms(200));
     }
 }
