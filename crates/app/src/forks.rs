@@ -44,6 +44,8 @@ impl App {
     /// `workspace_not_visible` (`:own` caller, another member's workspace) → 423 → 409.
     pub async fn fork_workspace(&self, caller: &Caller, id: &str, req: ForkWorkspace) -> Result<ForkAnswer> {
         caller.reach(Scope::WorkspaceRead)?;
+        // Tenancy before the body: another org's workspace is 404 whatever was sent.
+        let parent = self.readable_workspace(caller, id).await?;
         let n = match req.fork_point_task_count {
             Some(serde_json::Value::Number(v)) if v.as_i64().is_some_and(|n| n >= 0) => v.as_i64().unwrap_or(0),
             Some(serde_json::Value::Number(v)) if v.as_u64().is_some() => {
@@ -54,7 +56,6 @@ impl App {
             }
             Some(_) => return Err(Error::invalid_field("fork_point_task_count", "must be an integer ≥ 0")),
         };
-        let parent = self.readable_workspace(caller, id).await?;
         self.ensure_billing(caller).await?;
         let origin = self.fork_source(&parent, n).await?;
         let role =

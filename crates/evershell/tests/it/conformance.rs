@@ -483,6 +483,12 @@ async fn real_answers_match_the_committed_document() {
     // The real agent answers both (the head task is queued or at the agent: a cancel is accepted either way).
     c.post_empty(&format!("{wsp}/task/cancel"), &key).await.ok();
     c.get(&format!("{wsp}/session"), &key).await.ok();
+    // Fork at 0 (the workspace as it was created), and its refusals.
+    let fork = c.post(&format!("{wsp}/fork"), &key, json!({"fork_point_task_count": 0})).await;
+    let child = fork.ok()["workspace_id"].as_str().unwrap().to_string();
+    c.post(&format!("{wsp}/fork"), &key, json!({})).await;
+    c.post(&format!("{wsp}/fork"), &key, json!({"fork_point_task_count": 99})).await;
+    ts.wait_status(&child, "idle", 120).await;
     let first = c.post("/v1/tasks", &key, json!({"role_name": "coder", "description": "first"})).await;
     let first_ws = first.ok()["workspace_id"].as_str().unwrap().to_string();
     c.post("/v1/tasks", &key, json!({"role_name": "nobody", "description": "first"})).await;
