@@ -28,8 +28,8 @@ fn now_ms() -> f64 {
     SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap().as_secs_f64() * 1000.0
 }
 
-/// What one subscriber saw: `(event id, latency ms)` in arrival order.
-type Seen = Arc<Mutex<Vec<(String, f64)>>>;
+/// What one subscriber saw: `(event id, latency ms, arrival ms since the epoch)` in arrival order.
+type Seen = Arc<Mutex<Vec<(String, f64, f64)>>>;
 
 async fn subscribe(http: reqwest::Client, url: String, key: String, seen: Seen, ready: tokio::sync::mpsc::Sender<()>) {
     let mut res = http.get(format!("{url}/v1/activity/stream")).bearer_auth(&key).send().await.unwrap();
@@ -42,7 +42,7 @@ async fn subscribe(http: reqwest::Client, url: String, key: String, seen: Seen, 
             let Some(data) = f.data else { continue };
             let v: Value = serde_json::from_str(&data).unwrap();
             let ts = Timestamp::parse_rfc3339(v["timestamp"].as_str().unwrap()).unwrap().millis() as f64;
-            seen.lock().unwrap().push((v["id"].as_str().unwrap().to_string(), at - ts));
+            seen.lock().unwrap().push((v["id"].as_str().unwrap().to_string(), at - ts, at));
         }
     }
 }
@@ -141,7 +141,7 @@ async fn main() {
     // Wait until every subscriber has them all (or 10 s pass: then the report says who is short).
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     while std::time::Instant::now() < deadline
-        && seen.iter().any(|s| s.lock().unwrap().iter().filter(|(id, _)| want_ids.contains(id)).count() < want.len())
+        && seen.iter().any(|s| s.lock().unwrap().iter().filter(|(id, _, _)| want_ids.contains(id)).count() < want.len())
     {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
@@ -150,6 +150,16 @@ async fn main() {
         r.abort();
     }
 
+    // The fan-out's own share: how long after the first subscriber each one read the event (the end-to-end figure
+    // also holds the writer's transaction, which commits after the event's timestamp was taken).
+    let mut first_at: HashMap<String, f64> = HashMap::new();
+    for s in &seen {
+        for (id, _, at) in s.lock().unwrap().iter() {
+            let e = first_at.entry(id.clone()).or_insert(*at);
+            *e = e.min(*at);
+        }
+    }
+    let mut spread = Vec::new();
     let mut lat = Vec::new();
     let (mut complete, mut duplicates, mut out_of_order) = (0, 0, 0);
     let index: HashMap<&String, (usize, usize)> = want_by_ws
@@ -161,10 +171,11 @@ async fn main() {
         let s = s.lock().unwrap();
         let mut counts: HashMap<&String, usize> = HashMap::new();
         let mut next = vec![0usize; want_by_ws.len()];
-        for (id, l) in s.iter() {
+        for (id, l, at) in s.iter() {
             let Some(&(w, i)) = index.get(id) else { continue };
             *counts.entry(id).or_default() += 1;
             lat.push(*l);
+            spread.push(at - first_at[id]);
             // Per workspace, each event must be the next one of its history.
             if i != next[w] {
                 out_of_order += 1;
@@ -198,7 +209,17 @@ async fn main() {
         "  server RSS (the `evershell serve` process, /proc/{pid}/status VmRSS, peak VmHWM): {rss_before:.1} MiB before, {rss_subscribed:.1} MiB with the subscribers, {rss_now:.1} MiB after writing (peak {rss_peak:.1} MiB)"
     );
     let within = lat.iter().filter(|l| **l <= 100.0).count();
-    println!("  within 100 ms: {within}/{} deliveries", lat.len());
+    println!("  within 100 ms of the event's timestamp: {within}/{} deliveries", lat.len());
+    if !spread.is_empty() {
+        let smax = spread.iter().cloned().fold(f64::MIN, f64::max);
+        let swithin = spread.iter().filter(|l| **l <= 100.0).count();
+        println!(
+            "  fan-out (each subscriber's read after the first subscriber's read of the same event): median {:.1} ms, p95 {:.1} ms, max {smax:.1} ms; within 100 ms: {swithin}/{}",
+            median(&mut spread.clone()),
+            p95(&mut spread.clone()),
+            spread.len()
+        );
+    }
     for ws in &ids {
         call(&http, &server, Method::POST, &format!("/v1/workspaces/{ws}/stop?wait=true&timeout_ms=60000"), None).await;
     }
