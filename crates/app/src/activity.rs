@@ -262,7 +262,10 @@ impl Stream {
         let deadline = tokio::time::sleep(Duration::from_millis(s.max_duration_ms));
         tokio::pin!(deadline);
         let mut heartbeat = interval(s.heartbeat_ms);
-        let mut poll = interval(s.poll_interval_ms);
+        // Streams opened together (a dashboard reconnecting, a load test) must not poll the store together: a herd of
+        // polls queues on the store's connections while the feed's events wait behind them. Each stream's polls
+        // keep a phase of their own.
+        let mut poll = interval_phased(s.poll_interval_ms, rand::random::<f64>());
         let mut feed_open = true;
         // Catch up from the store first (the replay after `Last-Event-ID`; without one, nothing is older).
         if self.poll().await.is_err() {
@@ -354,6 +357,15 @@ impl Stream {
             }
         }
     }
+}
+
+/// A ticker of period `ms` whose first tick is `phase` (0..1) of a period from now, then one period apart.
+fn interval_phased(ms: u64, phase: f64) -> tokio::time::Interval {
+    let period = Duration::from_millis(ms.max(1));
+    let first = period.mul_f64(phase.clamp(0.0, 1.0)).max(Duration::from_millis(1));
+    let mut i = tokio::time::interval_at(tokio::time::Instant::now() + first, period);
+    i.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    i
 }
 
 /// A ticker whose first tick is one period from now.

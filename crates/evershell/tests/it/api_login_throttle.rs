@@ -162,6 +162,10 @@ async fn accept_invite_is_throttled_like_login_and_audited_in_the_inviting_org()
     let ts = TestServer::start_with(|c| {
         c.login.account_free_failures = 2;
         c.login.refusal_delay_ms = 0;
+        // A back-off far longer than the test: on a loaded machine the hashing of the two failures can outlast a
+        // 1 s back-off, and the next attempts would then be let through instead of refused.
+        c.login.backoff_base_ms = 60_000;
+        c.login.backoff_max_ms = 120_000;
     })
     .await;
     let (_, _) = ts.user("dev@acme.example", MemberRole::Member).await;
