@@ -370,10 +370,7 @@ fn interval_phased(ms: u64, phase: f64) -> tokio::time::Interval {
 
 /// A ticker whose first tick is one period from now.
 fn interval(ms: u64) -> tokio::time::Interval {
-    let period = Duration::from_millis(ms.max(1));
-    let mut i = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
-    i.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    i
+    interval_phased(ms, 1.0)
 }
 
 #[cfg(test)]

@@ -681,19 +681,37 @@ impl LocalRuntime {
         keys: &SnapshotKeys,
         ids: (OrgId, WorkspaceId, SnapshotId),
     ) -> Result<Manifest, PodError> {
+        let dir = self.capturable(pod, false).await?;
+        let manifest = self.capture_files(&dir, keys, ids).await?;
+        tracing::info!(files = manifest.file_count, bytes = manifest.archive_bytes, "workspace captured");
+        Ok(manifest)
+    }
+
+    /// The pod's files, checked for a capture: complete, the sandbox running (`running`) or not, and the workspace
+    /// image mounted (a reboot may have unmounted it: never capture the empty directory under it).
+    async fn capturable(&self, pod: PodId, running: bool) -> Result<PodDir, PodError> {
         let dir = self.dir(pod);
         if !dir.is_complete().context("reading the complete marker")? {
             return Err(anyhow!("pod {pod} has no complete files to capture").into());
         }
-        if self.running(&dir).is_some() {
-            return Err(anyhow!("pod {pod} is running; stop its sandbox before capturing").into());
+        match (self.running(&dir).is_some(), running) {
+            (true, false) => return Err(anyhow!("pod {pod} is running; stop its sandbox before capturing").into()),
+            (false, true) => return Err(anyhow!("pod {pod}'s sandbox does not run").into()),
+            _ => {}
         }
-        // A workspace image a reboot unmounted is mounted again: never capture the empty directory under it.
         self.ensure_mounted(&dir).await?;
+        Ok(dir)
+    }
+
+    /// Save the pod's `/workspace` as a verified snapshot, within the workspace size limit.
+    async fn capture_files(
+        &self,
+        dir: &PodDir,
+        keys: &SnapshotKeys,
+        ids: (OrgId, WorkspaceId, SnapshotId),
+    ) -> Result<Manifest, PodError> {
         let options = evershell_snapshot::CaptureOptions { max_content_bytes: self.cfg.max_workspace_bytes };
-        let manifest = self.cfg.snapshots.capture_with(&dir.workspace(), keys, ids, &options).await?;
-        tracing::info!(files = manifest.file_count, bytes = manifest.archive_bytes, "workspace captured");
-        Ok(manifest)
+        Ok(self.cfg.snapshots.capture_with(&dir.workspace(), keys, ids, &options).await?)
     }
 
     /// Capture a running pod with its cgroup frozen (`Cgroups::freeze`), thawed by a guard when the capture ends,
@@ -706,14 +724,7 @@ impl LocalRuntime {
         keys: &SnapshotKeys,
         ids: (OrgId, WorkspaceId, SnapshotId),
     ) -> Result<Manifest, PodError> {
-        let dir = self.dir(pod);
-        if !dir.is_complete().context("reading the complete marker")? {
-            return Err(anyhow!("pod {pod} has no complete files to capture").into());
-        }
-        if self.running(&dir).is_none() {
-            return Err(anyhow!("pod {pod}'s sandbox does not run").into());
-        }
-        self.ensure_mounted(&dir).await?;
+        let dir = self.capturable(pod, true).await?;
         let _thaw = match self.launcher.cgroups.clone() {
             Some(cg) => {
                 let id = pod.to_string();
@@ -729,8 +740,7 @@ impl LocalRuntime {
             None => None,
         };
         let began = std::time::Instant::now();
-        let options = evershell_snapshot::CaptureOptions { max_content_bytes: self.cfg.max_workspace_bytes };
-        let manifest = self.cfg.snapshots.capture_with(&dir.workspace(), keys, ids, &options).await?;
+        let manifest = self.capture_files(&dir, keys, ids).await?;
         tracing::info!(
             files = manifest.file_count,
             bytes = manifest.archive_bytes,
